@@ -24,7 +24,8 @@ def run(capsys, *argv):
 
 
 def outputs(tmp_path):
-    return ["--figures-dir", tmp_path / "figures", "--run-dir", tmp_path / "run"]
+    """Figures and run directory under tmp_path; no classifier evaluation (tests/test_eval.py covers it)."""
+    return ["--figures-dir", tmp_path / "figures", "--run-dir", tmp_path / "run", "--no-evaluate"]
 
 
 # ----------------------------------------------------------------------------- data
@@ -234,14 +235,14 @@ def interrupt_after(monkeypatch, trainer_cls, steps):
 
 def final_weights(run_dir):
     trainer_state = hw.load_checkpoint(run_dir / "checkpoint.pt")["trainer"]
-    return {f"{part}.{k}": v for part in ("model", "G", "D") if part in trainer_state
+    return {f"{part}.{k}": v for part in ("model", "G", "D", "G_ema") if part in trainer_state
             for k, v in trainer_state[part].items()}
 
 
 @pytest.mark.parametrize("model, trainer_cls", [("vae", hw.VAETrainer), ("gan", hw.GANTrainer)])
 def test_ctrl_c_keeps_the_last_epoch_and_resume_ends_where_an_uninterrupted_run_does(
         model, trainer_cls, tmp_path, small_npy, capsys, monkeypatch):
-    common = [model, "--data", small_npy, "--batch-size", "50", "--figures-dir", tmp_path / "figures"]
+    common = [model, "--data", small_npy, "--batch-size", "50", "--figures-dir", tmp_path / "figures", "--no-evaluate"]
     assert run(capsys, *common, "--epochs", "3", "--run-dir", tmp_path / "straight")[0] == 0
 
     with monkeypatch.context() as patch:

@@ -118,3 +118,22 @@ def test_samples_are_images_and_seeded():
     b = gan.sample(5, torch.Generator().manual_seed(1))
     assert a.shape == (5, hw.IMAGE_DIM) and torch.equal(a, b)
     assert torch.all((a >= 0) & (a <= 1))
+
+
+def test_moving_average_of_g_is_what_draws_the_samples():
+    gan = small_gan(ema=0.9)
+    x = torch.rand(16, hw.IMAGE_DIM)
+    gan.train_step(x)
+    after_1 = [p.detach().clone() for p in gan.G.parameters()]
+    gan.train_step(x)
+    after_2 = list(gan.G.parameters())
+    for ema, p1, p2 in zip(gan.G_ema.module.parameters(), after_1, after_2):
+        assert torch.allclose(ema, 0.9 * p1 + 0.1 * p2)  # the first update copies G, then decays by 0.9
+    z = torch.randn(5, 8)
+    assert gan.sampler is gan.G_ema.module and not gan.sampler.training
+    assert not torch.allclose(gan.sampler(z), gan.G.eval()(z))
+    restored = small_gan(ema=0.9)
+    restored.load_state_dict(gan.state_dict())
+    assert torch.equal(restored.sample(3, torch.Generator().manual_seed(2)), gan.sample(3, torch.Generator().manual_seed(2)))
+    plain = small_gan(ema=0)
+    assert plain.G_ema is None and plain.sampler is plain.G
