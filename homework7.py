@@ -14,6 +14,7 @@ Usage:
   python homework7.py eval vae|gan       score samples with an MNIST classifier (runs after training too)
   python homework7.py sweep --kl-weights 0 0.25 0.5 1 2 4    one VAE per KL weight, figures/vae_sweep.png
   python homework7.py report --user NAME homework7.NAME.pdf, homework7.NAME.py and their zip
+  python homework7.py bench              training speed against the plain PyTorch loop
   python homework7.py vae --help         every flag with its default
 
 Outputs: figures in figures/, checkpoints, config.json and metrics.json in runs/<model>/.
@@ -32,7 +33,9 @@ import math
 import os
 import pickle
 import struct
+import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 import zipfile
@@ -86,7 +89,7 @@ class VAEConfig(RunConfig):
     """The VAE: encoder 784→hidden→2p (tanh, dropout), decoder p→hidden→784 sigmoids."""
 
     epochs: int = arg(60, "passes over the training set")
-    latent_dim: int = arg(16, "p, the dimension of the latent code z")
+    latent_dim: int = arg(4, "p, the dimension of the latent code z")
     hidden: int = arg(200, "hidden units of encoder and decoder")
     dropout: float = arg(0.1, "dropout rate on the encoder's hidden layer")
     kl_weight: float = arg(1.0, "weight of the KL term of Eq. 10 against reconstruction")
@@ -103,7 +106,7 @@ class GANConfig(RunConfig):
     hidden: int = arg(256, "hidden units of G and D")
     dropout: float = arg(0.5, "rate of D's input dropout layer")
     k: int = arg(1, "discriminator steps per generator step (Algorithm 1's k)")
-    ema: float = arg(0.0, "decay of a moving average of G's weights that draws the samples (0 = off)")
+    ema: float = arg(0.999, "decay of a moving average of G's weights that draws the samples (0 = off)")
     generator_loss: str = arg(
         "non-saturating",
         "G's objective: minimax, log(1-D(G(z))), or non-saturating, -log D(G(z))",
@@ -719,16 +722,26 @@ def load_checkpoint(path, model=None):
     return state
 
 
-def trainer_from_checkpoint(state, device):
+def saved_config(config_cls, saved, path):
+    """The config stored in a checkpoint, refused if another version of this script wrote it."""
+    fields = {f.name for f in dataclasses.fields(config_cls)}
+    if set(saved) != fields:
+        odd = sorted(set(saved) ^ fields)
+        raise UsageError(f"{path}: written by another version of homework7.py (config fields differ: "
+                         f"{', '.join(odd)}); train it again")
+    return config_cls(**saved)
+
+
+def trainer_from_checkpoint(state, device, path):
     config_cls, trainer_cls = TRAINERS[state["model"]]
-    cfg = config_cls(**state["config"])
+    cfg = saved_config(config_cls, state["config"], path)
     trainer = trainer_cls(cfg, device)
     trainer.load_state_dict(state["trainer"])
     return trainer
 
 
 # ----------------------------------------------------------------------------- evaluation
-CLASSIFIER_VERSION = 1  # bump when the classifier or its training changes: cached copies are rebuilt
+CLASSIFIER_VERSION = 2  # bump when the classifier or its training changes: cached copies are rebuilt
 CLASSIFIER_MIN_ACCURACY = 0.99  # a judge worse than this on the MNIST test set is not trusted
 CONFIDENT = 0.9  # a sample is "clearly a digit" when one class gets at least this probability
 COVERED = 0.05  # a class is covered when it holds at least this share of the samples
@@ -764,7 +777,7 @@ def classify(classifier, x, batch_size=1000):
     return torch.cat(probs), torch.cat(features)
 
 
-def train_classifier(train_x, train_y, test_x, test_y, device, epochs=6, seed=0, log=print):
+def train_classifier(train_x, train_y, test_x, test_y, device, epochs=10, seed=0, log=print):
     """Adam on cross-entropy, each minibatch shifted by up to 2 pixels, the learning rate shrinking each
     epoch; returns (classifier, test accuracy)."""
     torch.manual_seed(seed)
@@ -1001,6 +1014,172 @@ def plot_curves(metrics, series, path, ylabel=""):
     save_figure(fig, path)
 
 
+# ----------------------------------------------------------------------------- benchmark
+def plain_vae_steps(train_x, steps, cfg):
+    """The loop a newcomer writes (pytorch/examples style): DataLoader, default Adam, sigmoid + BCE,
+    loss.item() every step. Returns seconds for `steps` steps after a short warm-up."""
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(train_x), batch_size=cfg.batch_size,
+                                         shuffle=True)
+    model = VAE(cfg.latent_dim, cfg.hidden, cfg.dropout)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+
+    def step(x):
+        mu, logvar = model.encode(x)
+        y = model.decode(reparameterize(mu, logvar))
+        recon = F.binary_cross_entropy(y, x, reduction="sum")
+        kl = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
+        loss = (recon + kl) / len(x)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        return loss.item()
+
+    return time_loop(step, (x for (x,) in cycle(loader)), steps)
+
+
+def plain_gan_steps(train_x, steps, cfg):
+    """The newcomer's GAN loop (pytorch/examples DCGAN style): DataLoader, nn.BCELoss on D's probabilities
+    with label tensors, default fused-less Adam, .item() of both losses every step."""
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(train_x), batch_size=cfg.batch_size,
+                                         shuffle=True)
+    G, D = Generator(cfg.noise_dim, cfg.hidden), Discriminator(cfg.hidden, cfg.dropout)
+    opt_G = torch.optim.Adam(G.parameters(), lr=cfg.lr, betas=(cfg.beta1, 0.999))
+    opt_D = torch.optim.Adam(D.parameters(), lr=cfg.lr, betas=(cfg.beta1, 0.999))
+    bce = nn.BCELoss()
+
+    def step(x):
+        ones, zeros = torch.ones(len(x)), torch.zeros(len(x))
+        D.zero_grad()
+        loss_real = bce(D(x), ones)
+        loss_real.backward()
+        fake = G(torch.randn(len(x), cfg.noise_dim))
+        loss_fake = bce(D(fake.detach()), zeros)
+        loss_fake.backward()
+        opt_D.step()
+        G.zero_grad()
+        loss_G = bce(D(fake), ones)
+        loss_G.backward()
+        opt_G.step()
+        return (loss_real + loss_fake).item(), loss_G.item()
+
+    return time_loop(step, (x for (x,) in cycle(loader)), steps)
+
+
+def project_steps(name, train_x, steps, cfg):
+    """This project's training step, as fit() runs it: sliced minibatches, running sums on tensors."""
+    torch.manual_seed(cfg.seed)
+    trainer = TRAINERS[name][1](cfg, torch.device("cpu"))
+    meter = Meter()
+
+    def batches():
+        while True:
+            yield from minibatches(train_x, cfg.batch_size)
+
+    seconds = time_loop(lambda x: meter.add(trainer.train_step(x)), batches(), steps)
+    meter.means()  # the one read-back a progress update does
+    return seconds
+
+
+def cycle(loader):
+    while True:
+        yield from loader
+
+
+def time_loop(step, batches, steps, warmup=20):
+    """Seconds that `steps` calls of step(batch) take, after `warmup` untimed calls."""
+    for _ in range(warmup):
+        step(next(batches))
+    start = time.perf_counter()
+    for _ in range(steps):
+        step(next(batches))
+    return time.perf_counter() - start
+
+
+def linear_products(layers, batch, input_grad_first):
+    """(m, k, n) of the matrix products of fully-connected layers, forward and backward, at this batch size:
+    forward x·Wᵀ, backward the weight gradient and (except into a first layer that needs none) the input's."""
+    products = []
+    for i, layer in enumerate(layers):
+        out_f, in_f = layer.out_features, layer.in_features
+        products += [(batch, in_f, out_f), (out_f, batch, in_f)]  # forward; weight gradient
+        if i > 0 or input_grad_first:
+            products.append((batch, out_f, in_f))  # gradient of the layer's input
+    return products
+
+
+def step_products(name, cfg):
+    """Every matrix product of one training step of the model (batch cfg.batch_size)."""
+    linears = lambda module: [m for m in module.modules() if isinstance(m, nn.Linear)]
+    b = cfg.batch_size
+    if name == "vae":
+        return linear_products(linears(VAE(cfg.latent_dim, cfg.hidden, cfg.dropout)), b, False)
+    G, D = linears(Generator(cfg.noise_dim, cfg.hidden)), linears(Discriminator(cfg.hidden, cfg.dropout))
+    g_forward = [(b, m.in_features, m.out_features) for m in G]
+    d_step = g_forward + 2 * linear_products(D, b, False)  # G(z) without gradients; D on real, then on fake
+    g_step = linear_products(G, b, False) + linear_products(D, b, True)  # D's gradients flow back into G
+    return d_step + g_step
+
+
+def matmul_seconds(products, repeats=200):
+    """Seconds torch.mm needs for one pass over the products: the hardware limit of a step."""
+    operands = [(torch.randn(m, k), torch.randn(k, n)) for m, k, n in products]
+    outputs = [torch.empty(m, n) for m, _, n in products]
+
+    def one_pass():
+        for (a, b), out in zip(operands, outputs):
+            torch.mm(a, b, out=out)
+
+    for _ in range(20):
+        one_pass()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        one_pass()
+    return (time.perf_counter() - start) / repeats
+
+
+def peak_memory_mb(name, tmp_dir):
+    """Peak resident memory of a one-epoch run of the model with default flags, in a child process."""
+    report_peak = ("import resource, sys, homework7; status = homework7.main(sys.argv[1:]); "
+                   "print('peak KiB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); sys.exit(status)")
+    done = subprocess.run(
+        [sys.executable, "-c", report_peak, name, "--epochs", "1", "--no-evaluate",
+         "--run-dir", str(tmp_dir / name), "--figures-dir", str(tmp_dir / name)],
+        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent)})
+    if done.returncode:
+        raise UsageError(f"the {name} memory run failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
+    return int(done.stdout.rsplit("peak KiB", 1)[1]) / 1024
+
+
+def bench_command(models, steps):
+    """Images per second of this project's steps, of the plain loop, and of the torch.mm limit."""
+    if steps < 1:
+        raise UsageError(f"--steps {steps}: must be at least 1")
+    train_x, _ = load_images(RunConfig())
+    print(f"bench: {torch.get_num_threads()} threads, PyTorch {torch.__version__}, batch size 100, "
+          f"{steps} timed steps each")
+    rows, lines = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in models:
+            cfg = TRAINERS[name][0]()
+            plain = {"vae": plain_vae_steps, "gan": plain_gan_steps}[name](train_x, steps, cfg)
+            ours = project_steps(name, train_x, steps, cfg)
+            limit = matmul_seconds(step_products(name, cfg)) * steps
+            memory = peak_memory_mb(name, Path(tmp))
+            per_s = {k: steps * cfg.batch_size / v for k, v in (("ours", ours), ("plain", plain), ("mm", limit))}
+            rows += [(name, "homework7 train_step", per_s["ours"], f"{per_s['ours'] / per_s['plain']:.2f}×",
+                      f"{limit / ours:.0%}"),
+                     (name, "plain DataLoader loop", per_s["plain"], "1.00×", f"{limit / plain:.0%}"),
+                     (name, "torch.mm limit", per_s["mm"], "", "100%")]
+            lines.append(f"{name}: {per_s['ours']:,.0f} images/s ({60000 / per_s['ours']:.1f} s per epoch of 60,000), "
+                         f"{per_s['ours'] / per_s['plain']:.2f}× the plain loop, {limit / ours:.0%} of the torch.mm "
+                         f"limit; peak memory of a default run {memory:,.0f} MiB")
+    print(f"| model | loop | images/s | s/epoch | vs plain | of mm limit |\n|---|---|---:|---:|---:|---:|")
+    for name, loop, rate, ratio, share in rows:
+        print(f"| {name} | {loop} | {rate:,.0f} | {60000 / rate:.1f} | {ratio} | {share} |")
+    print("\n".join(lines))
+    return 0
+
+
 # ----------------------------------------------------------------------------- CLI
 def add_config_flags(parser, config_cls, skip=()):
     """One --flag per config field; defaults are left out of the namespace so given flags can be told apart."""
@@ -1018,7 +1197,8 @@ def add_config_flags(parser, config_cls, skip=()):
 
 def build_parser():
     parser = argparse.ArgumentParser(prog="homework7.py", description=__doc__.split("\n\n")[0])
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{vae,gan,sample,eval,sweep,report}")
+    commands = parser.add_subparsers(dest="command", required=True,
+                                     metavar="{vae,gan,sample,eval,sweep,report,bench}")
     for name, (config_cls, _) in TRAINERS.items():
         sub = commands.add_parser(name, help=f"train the {name.upper()} and write its figures",
                                   description=config_cls.__doc__)
@@ -1059,6 +1239,14 @@ def build_parser():
     report.add_argument("--figures-dir", default="figures", help="where the figures are (default: figures)")
     report.add_argument("--runs-dir", default="runs",
                         help="where the runs' config.json and eval.json are (default: runs)")
+    bench = commands.add_parser(
+        "bench", help="measure training speed against the plain PyTorch loop and the torch.mm limit",
+        description="Images per second of this project's VAE and GAN training steps (batch 100), of the "
+                    "plain DataLoader loop on the same models and data, and of torch.mm alone on the same "
+                    "matrix products; peak memory of a default run. Prints a Markdown table.")
+    bench.add_argument("--models", nargs="+", choices=TRAINERS, default=list(TRAINERS),
+                       help="which models (default: vae gan)")
+    bench.add_argument("--steps", type=int, default=300, help="timed training steps per loop (default: 300)")
     return parser
 
 
@@ -1080,7 +1268,8 @@ def make_config(config_cls, given, name, resume):
     if not resume:
         cfg = config_cls(**given)
     else:
-        saved = load_checkpoint(run_dir / "checkpoint.pt", name)["config"]
+        path = run_dir / "checkpoint.pt"
+        saved = dataclasses.asdict(saved_config(config_cls, load_checkpoint(path, name)["config"], path))
         changed = sorted(k for k, v in given.items() if k not in RESUMABLE_CHANGES and saved.get(k) != v)
         if changed:
             raise UsageError(f"--resume keeps the checkpoint's config; it differs in: {', '.join(changed)}")
@@ -1277,7 +1466,7 @@ def checkpoint_trainer(args):
     if args.n < 1:
         raise UsageError(f"--n {args.n}: must be at least 1")
     path = Path(args.checkpoint or f"runs/{args.model}/checkpoint.pt")
-    return trainer_from_checkpoint(load_checkpoint(path, args.model), resolve_device(args.device)), path
+    return trainer_from_checkpoint(load_checkpoint(path, args.model), resolve_device(args.device), path), path
 
 
 def eval_command(args):
@@ -1308,6 +1497,8 @@ def main(argv=None):
             return sample_command(args)
         if args.command == "eval":
             return eval_command(args)
+        if args.command == "bench":
+            return bench_command(args.models, args.steps)
         if args.command == "report":
             return report_command(args.user, args.out_dir, args.figures_dir, args.runs_dir)
         given = {k: v for k, v in vars(args).items() if k not in ("command", "resume", "kl_weights", "n")}

@@ -182,7 +182,7 @@ def test_vae_end_to_end_writes_figures_checkpoint_and_samples(tmp_path, capsys):
     assert state["epoch"] == 2 and state["config"]["n_train"] == 200
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert [m["epoch"] for m in metrics] == [1, 2] and metrics[1]["test"]["-elbo"] > 0
-    assert json.loads((tmp_path / "run" / "config.json").read_text())["latent_dim"] == 16
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["latent_dim"] == 4
 
     out_file = tmp_path / "samples.npy"
     status, _, _ = run(capsys, "sample", "vae", "--n", "1500", "--out", out_file,
@@ -279,3 +279,14 @@ def test_a_loss_turning_nan_keeps_the_last_good_checkpoint(tmp_path, small_npy, 
     status, _, err = run(capsys, "vae", "--data", small_npy, "--epochs", "3", *outputs(tmp_path))
     assert status == 2 and "NaN or infinite in epoch 2" in err and "checkpoint of epoch 1 is kept" in err
     assert hw.load_checkpoint(tmp_path / "run" / "checkpoint.pt")["epoch"] == 1
+
+
+def test_a_checkpoint_from_another_version_gets_a_clear_line(tmp_path, small_npy, capsys):
+    assert run(capsys, "vae", "--data", small_npy, "--epochs", "1", *outputs(tmp_path))[0] == 0
+    path = tmp_path / "run" / "checkpoint.pt"
+    state = torch.load(path, weights_only=True)
+    state["config"]["beta_schedule"] = "linear"  # a field this version does not know
+    torch.save(state, path)
+    for argv in (["sample", "vae", "--checkpoint", path], ["vae", "--data", small_npy, *outputs(tmp_path), "--resume"]):
+        status, _, err = run(capsys, *argv)
+        assert status == 2 and "another version of homework7.py" in err and "beta_schedule" in err
