@@ -1373,6 +1373,14 @@ def sweep_command(given, kl_weights, n):
     return 0
 
 
+def format_sweep(table):
+    """The sweep's table in Markdown, for the terminal and the README."""
+    lines = ["| KL weight | test −ELBO | FID* | coverage | confident | IS |", "|---:|---:|---:|---:|---:|---:|"]
+    lines += [f"| {s['kl_weight']:g} | {s['test_elbo']:.2f} | {s['fid']:.1f} | {s['coverage']}/10 | "
+              f"{s['confident']:.3f} | {s['inception_score']:.2f} |" for s in table]
+    return "\n".join(lines)
+
+
 REPORT_FIGURES = [  # (file, caption, required)
     ("vae.png", "VAE. Top: 16 MNIST test images. Middle: their reconstructions, the decoder's mean for the "
                 "encoder's mean. Bottom: 16 new images, z ~ N(0, I) through the decoder alone.", True),
@@ -1451,14 +1459,6 @@ def write_zip(file, paths):
     with zipfile.ZipFile(file, "w", zipfile.ZIP_DEFLATED) as archive:
         for path in paths:
             archive.write(path, arcname=path.name)
-
-
-def format_sweep(table):
-    """The sweep's table in Markdown, for the terminal and the README."""
-    lines = ["| KL weight | test −ELBO | FID* | coverage | confident | IS |", "|---:|---:|---:|---:|---:|---:|"]
-    lines += [f"| {s['kl_weight']:g} | {s['test_elbo']:.2f} | {s['fid']:.1f} | {s['coverage']}/10 | "
-              f"{s['confident']:.3f} | {s['inception_score']:.2f} |" for s in table]
-    return "\n".join(lines)
 
 
 def checkpoint_trainer(args):

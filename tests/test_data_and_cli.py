@@ -290,3 +290,13 @@ def test_a_checkpoint_from_another_version_gets_a_clear_line(tmp_path, small_npy
     for argv in (["sample", "vae", "--checkpoint", path], ["vae", "--data", small_npy, *outputs(tmp_path), "--resume"]):
         status, _, err = run(capsys, *argv)
         assert status == 2 and "another version of homework7.py" in err and "beta_schedule" in err
+
+
+def test_bench_counts_the_matrix_products_of_a_training_step():
+    vae = hw.step_products("vae", hw.VAEConfig(latent_dim=4))
+    assert len(vae) == 4 + 4 + 3  # forward, weight gradients, input gradients except into the first layer
+    assert (100, 784, 200) in vae and (200, 100, 784) in vae and (100, 784, 200) in vae  # first layer: x·Wᵀ, ∂W
+    assert vae.count((100, 200, 784)) == 1  # the last layer's forward; no gradient into the images
+    gan = hw.step_products("gan", hw.GANConfig())
+    # D step: G forward (4), D on real and fake (2 × 8); G step: G (4 + 4 + 3) and D with input gradients (9)
+    assert len(gan) == 4 + 16 + 11 + 9
