@@ -298,5 +298,5 @@ def test_bench_counts_the_matrix_products_of_a_training_step():
     assert (100, 784, 200) in vae and (200, 100, 784) in vae and (100, 784, 200) in vae  # first layer: x·Wᵀ, ∂W
     assert vae.count((100, 200, 784)) == 1  # the last layer's forward; no gradient into the images
     gan = hw.step_products("gan", hw.GANConfig())
-    # D step: G forward (4), D on real and fake (2 × 8); G step: G (4 + 4 + 3) and D with input gradients (9)
-    assert len(gan) == 4 + 16 + 11 + 9
+    # D step: G forward (4), D on real and fake (2 × 8); G step: G (4 + 4 + 3), D forward and input gradients (6)
+    assert len(gan) == 4 + 16 + 11 + 6

@@ -30,7 +30,7 @@ def test_discriminator_shapes_ranges_and_layers():
     assert p.shape == (6,)
     assert torch.all((p > 0) & (p < 1))
     assert torch.allclose(p, torch.sigmoid(D.logits(x)))
-    assert isinstance(D.net[0], torch.nn.Dropout)
+    assert isinstance(D.net[0], torch.nn.Dropout) and isinstance(D.net[0], hw.Dropout)
     linears = [m for m in D.modules() if isinstance(m, torch.nn.Linear)]
     assert [(m.in_features, m.out_features) for m in linears] == [(784, 256), (256, 256), (256, 1)]
     assert sum(isinstance(m, torch.nn.BatchNorm1d) for m in D.modules()) == 2

@@ -98,3 +98,15 @@ def test_evaluate_reports_test_elbo_with_kl_weight_one(images):
     result = trainer.evaluate(x)
     assert result["-elbo"] == pytest.approx(result["recon"] + result["kl"], rel=1e-5)
     assert result["kl"] > 0
+
+
+def test_dropout_zeroes_a_share_p_keeps_the_mean_and_is_off_in_eval_mode():
+    drop = hw.Dropout(0.3)
+    x = torch.ones(200, 1000, requires_grad=True)
+    y = drop(x)
+    zeroed = (y == 0).float().mean().item()
+    assert zeroed == pytest.approx(0.3, abs=0.01) and y.mean().item() == pytest.approx(1.0, abs=0.02)
+    assert torch.allclose(y[y != 0], torch.tensor(1 / 0.7))
+    y.sum().backward()
+    assert torch.equal(x.grad, (y != 0).float() / 0.7)  # gradients pass where the unit was kept
+    assert torch.equal(drop.eval()(x), x)
