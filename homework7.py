@@ -937,17 +937,17 @@ def evaluate_trainer(trainer, test_x, classifier_path, n=10000, iwae_k=1000, iwa
     if isinstance(trainer, VAETrainer):
         torch.manual_seed(seed)
         report["test_elbo"] = trainer.evaluate(test_x)["-elbo"]
-    if isinstance(trainer, VAETrainer) and iwae_k > 0:
-        subset = test_x[:iwae_n]
-        report["iwae"] = {"k": iwae_k, "n_images": len(subset), "elbo": iwae_nll(trainer.model, subset, 1),
-                          "nll": iwae_nll(trainer.model, subset, iwae_k)}
+        if iwae_k > 0:
+            subset = test_x[:iwae_n]
+            report["iwae"] = {"k": iwae_k, "n_images": len(subset), "elbo": iwae_nll(trainer.model, subset, 1),
+                              "nll": iwae_nll(trainer.model, subset, iwae_k)}
     return report
 
 
 def format_report(report):
     """The evaluation report as a small table for the terminal."""
     lines = [f"{'':24s}{'coverage':>9s}{'confident':>11s}{'IS':>7s}{'FID*':>8s}   class histogram"]
-    for label, key in ((f"real MNIST, 10000 train", "real"), (f"{report['model']}, {report['n_samples']} samples", "samples")):
+    for label, key in (("real MNIST, 10000 train", "real"), (f"{report['model']}, {report['n_samples']} samples", "samples")):
         s = report[key]
         lines.append(f"{label:24s}{s['coverage']:>6d}/10{s['confident']:>11.3f}{s['inception_score']:>7.2f}"
                      f"{s['fid']:>8.2f}   {' '.join(map(str, s['histogram']))}")
@@ -1107,13 +1107,16 @@ def time_loop(step, batches, steps, warmup=20):
     return time.perf_counter() - start
 
 
-def linear_products(layers, batch, input_grad_first):
+def linear_products(layers, batch, input_grad_first, weight_grads=True):
     """(m, k, n) of the matrix products of fully-connected layers, forward and backward, at this batch size:
-    forward x·Wᵀ, backward the weight gradient and (except into a first layer that needs none) the input's."""
+    forward x·Wᵀ, backward the weight gradient (where wanted) and (except into a first layer that needs
+    none) the input's."""
     products = []
     for i, layer in enumerate(layers):
         out_f, in_f = layer.out_features, layer.in_features
-        products += [(batch, in_f, out_f), (out_f, batch, in_f)]  # forward; weight gradient
+        products.append((batch, in_f, out_f))  # forward
+        if weight_grads:
+            products.append((out_f, batch, in_f))  # gradient of the weights
         if i > 0 or input_grad_first:
             products.append((batch, out_f, in_f))  # gradient of the layer's input
     return products
@@ -1128,8 +1131,8 @@ def step_products(name, cfg):
     G, D = linears(Generator(cfg.noise_dim, cfg.hidden)), linears(Discriminator(cfg.hidden, cfg.dropout))
     g_forward = [(b, m.in_features, m.out_features) for m in G]
     d_step = g_forward + 2 * linear_products(D, b, False)  # G(z) without gradients; D on real, then on fake
-    d_input_grads = [(b, m.out_features, m.in_features) for m in D]  # through D into G; D's own not needed
-    g_step = linear_products(G, b, False) + [(b, m.in_features, m.out_features) for m in D] + d_input_grads
+    # G's step: gradients flow through D into G, but D's own weight gradients are not needed
+    g_step = linear_products(G, b, False) + linear_products(D, b, True, weight_grads=False)
     return d_step + g_step
 
 
