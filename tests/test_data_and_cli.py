@@ -1,4 +1,5 @@
 """Data loading, the command line end to end, bad input, Ctrl-C and --resume."""
+import dataclasses
 import gzip
 import hashlib
 import json
@@ -290,6 +291,16 @@ def test_a_checkpoint_from_another_version_gets_a_clear_line(tmp_path, small_npy
     for argv in (["sample", "vae", "--checkpoint", path], ["vae", "--data", small_npy, *outputs(tmp_path), "--resume"]):
         status, _, err = run(capsys, *argv)
         assert status == 2 and "another version of homework7.py" in err and "beta_schedule" in err
+
+
+def test_a_checkpoint_whose_weights_do_not_fit_gets_a_clear_line(tmp_path, capsys):
+    trainer = hw.GANTrainer(hw.GANConfig(noise_dim=8, hidden=16), torch.device("cpu"))
+    state = {"model": "gan", "config": dataclasses.asdict(trainer.cfg), "trainer": trainer.state_dict()}
+    state["trainer"]["G_ema"] = {f"module.{k}": v for k, v in state["trainer"]["G_ema"].items()}  # another layout
+    path = tmp_path / "old.pt"
+    torch.save(state, path)
+    status, _, err = run(capsys, "sample", "gan", "--checkpoint", path, "--n", "4")
+    assert status == 2 and "another version of homework7.py" in err and "Traceback" not in err
 
 
 def test_bench_counts_the_matrix_products_of_a_training_step():
