@@ -90,6 +90,7 @@ class VAEConfig(RunConfig):
     """The VAE: encoder 784→hidden→2p (tanh, dropout), decoder p→hidden→784 sigmoids."""
 
     epochs: int = arg(60, "passes over the training set")
+    lr: float = arg(2e-3, "Adam learning rate")
     latent_dim: int = arg(4, "p, the dimension of the latent code z")
     hidden: int = arg(200, "hidden units of encoder and decoder")
     dropout: float = arg(0.1, "dropout rate on the encoder's hidden layer")
@@ -100,14 +101,14 @@ class VAEConfig(RunConfig):
 class GANConfig(RunConfig):
     """The GAN: G with 4 linear layers, D with input dropout and 3 linear layers."""
 
-    epochs: int = arg(60, "passes of D over the training set")
-    lr: float = arg(2e-4, "Adam learning rate of both G and D")
+    epochs: int = arg(75, "passes of D over the training set")
+    lr: float = arg(4e-4, "Adam learning rate of both G and D")
     beta1: float = arg(0.5, "Adam beta1 of both G and D")
     noise_dim: int = arg(100, "dimension of G's Gaussian noise z")
     hidden: int = arg(256, "hidden units of G and D")
     dropout: float = arg(0.5, "rate of D's input dropout layer")
     k: int = arg(1, "discriminator steps per generator step (Algorithm 1's k)")
-    ema: float = arg(0.999, "decay of a moving average of G's weights that draws the samples (0 = off)")
+    ema: float = arg(0.9999, "decay of a moving average of G's weights that draws the samples (0 = off)")
     generator_loss: str = arg(
         "non-saturating",
         "G's objective: minimax, log(1-D(G(z))), or non-saturating, -log D(G(z))",
