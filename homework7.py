@@ -94,7 +94,7 @@ class VAEConfig(RunConfig):
     latent_dim: int = arg(4, "p, the dimension of the latent code z")
     hidden: int = arg(200, "hidden units of encoder and decoder")
     dropout: float = arg(0.1, "dropout rate on the encoder's hidden layer")
-    kl_weight: float = arg(1.0, "weight of the KL term of Eq. 10 against reconstruction")
+    kl_weight: float = arg(2.0, "weight of the KL term of Eq. 10 against reconstruction")
 
 
 @dataclass
