@@ -477,8 +477,10 @@ class GANTrainer:
         self.opt_G = make_adam(self.G.parameters(), cfg.lr, device, betas=(cfg.beta1, 0.999))
         self.opt_D = make_adam(self.D.parameters(), cfg.lr, device, betas=(cfg.beta1, 0.999))
         self.G_ema = copy.deepcopy(self.G).requires_grad_(False) if cfg.ema > 0 else None
-        # the same tensors of G_ema and G, weights and BatchNorm statistics, for update_ema()
-        self.ema_pairs = list(zip(self.G_ema.state_dict().values(), self.G.state_dict().values())) if self.G_ema else []
+        # matching tensors of G_ema and G (weights and BatchNorm statistics), for update_ema()
+        self.ema_pairs = []
+        if self.G_ema:
+            self.ema_pairs = list(zip(self.G_ema.state_dict().values(), self.G.state_dict().values()))
         self.fixed_z = torch.randn(self.n_fixed, cfg.noise_dim, generator=torch.Generator().manual_seed(cfg.seed))
         self.d_steps = 0
         self.snapshots = {}  # epoch → G(fixed z[:16]), for figures/gan_progress.png
