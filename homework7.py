@@ -1275,8 +1275,8 @@ def build_parser():
     evaluate.add_argument("--iwae-k", type=int, default=1000, help="VAE: importance samples K per image (default: 1000)")
     evaluate.add_argument("--iwae-n", type=int, default=1000,
                           help="VAE: the IWAE bound uses the first N test images (default: 1000)")
-    evaluate.add_argument("--classifier", default="runs/classifier.pt",
-                          help="the cached MNIST classifier, trained if missing (default: runs/classifier.pt)")
+    evaluate.add_argument("--classifier", default=RunConfig.classifier,
+                          help=f"the cached MNIST classifier, trained if missing (default: {RunConfig.classifier})")
     sweep = commands.add_parser(
         "sweep", help="train one VAE per KL weight and compare them (figures/vae_sweep.png)",
         description="Trains one VAE per KL weight (each in RUN_DIR/kl_<w>, RUN_DIR defaulting to runs/sweep), "
@@ -1293,7 +1293,8 @@ def build_parser():
     report.add_argument("--user", action="append", required=True, metavar="NAME",
                         help="WPI user name; repeat it for each team member (up to 3)")
     report.add_argument("--out-dir", default=".", help="where the three files go (default: .)")
-    report.add_argument("--figures-dir", default="figures", help="where the figures are (default: figures)")
+    report.add_argument("--figures-dir", default=RunConfig.figures_dir,
+                        help=f"where the figures are (default: {RunConfig.figures_dir})")
     report.add_argument("--runs-dir", default="runs",
                         help="where the runs' config.json and eval.json are (default: runs)")
     bench = commands.add_parser(
@@ -1403,7 +1404,7 @@ def sweep_command(given, kl_weights, n):
     if n < 1:
         raise UsageError(f"--n {n}: must be at least 1")
     sweep_dir = Path(given.get("run_dir") or "runs/sweep")
-    figures_dir = Path(given.get("figures_dir") or "figures")
+    figures_dir = Path(given.get("figures_dir") or RunConfig.figures_dir)
     rows, table, references = [], [], None
     for w in kl_weights:
         run_dir = sweep_dir / f"kl_{w:g}"  # each run keeps its own checkpoint and figures here
