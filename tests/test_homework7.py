@@ -1,9 +1,12 @@
-"""Data loading, the command line end to end, bad input, Ctrl-C and --resume."""
+"""homework7.py, the submission: data loading, the VAE and the GAN with their losses against independent
+references, the command line end to end, bad input, Ctrl-C and --resume, and the script running on its own."""
 import dataclasses
 import gzip
 import hashlib
 import json
+import math
 import pickle
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,10 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
+from torch.distributions import Bernoulli, Normal, kl_divergence
 
 import homework7 as hw
 
 ROOT = Path(__file__).resolve().parent.parent
+CPU = torch.device("cpu")
 
 
 def run(capsys, *argv):
@@ -25,8 +31,8 @@ def run(capsys, *argv):
 
 
 def outputs(tmp_path):
-    """Figures and run directory under tmp_path; no classifier evaluation (tests/test_eval.py covers it)."""
-    return ["--figures-dir", tmp_path / "figures", "--run-dir", tmp_path / "run", "--no-evaluate"]
+    """Figures and run directory under tmp_path."""
+    return ["--figures-dir", tmp_path / "figures", "--run-dir", tmp_path / "run"]
 
 
 # ----------------------------------------------------------------------------- data
@@ -172,6 +178,248 @@ def test_a_diverging_run_stops_with_a_clear_line(tmp_path, small_npy, capsys):
     assert "loss became NaN or infinite in epoch 1" in err and "no checkpoint" in err
 
 
+# ----------------------------------------------------------------------------- the VAE
+def test_kl_term_matches_torch_distributions():
+    mu, logvar = torch.randn(5, 16), torch.randn(5, 16)
+    x, x_logits = torch.rand(5, hw.IMAGE_DIM), torch.randn(5, hw.IMAGE_DIM)
+    _, _, kl = hw.vae_loss(x, x_logits, mu, logvar)
+    q = Normal(mu, torch.exp(0.5 * logvar))
+    p = Normal(torch.zeros_like(mu), torch.ones_like(logvar))
+    expected = kl_divergence(q, p).sum(1).mean()
+    assert kl.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_reconstruction_term_is_a_sum_of_784_log_losses():
+    x, x_logits = torch.rand(3, hw.IMAGE_DIM), torch.randn(3, hw.IMAGE_DIM)
+    _, recon, _ = hw.vae_loss(x, x_logits, torch.zeros(3, 2), torch.zeros(3, 2))
+    y = torch.sigmoid(x_logits).double()
+    by_hand = [
+        -sum(x[n, i].item() * math.log(y[n, i]) + (1 - x[n, i].item()) * math.log(1 - y[n, i]) for i in range(784))
+        for n in range(3)
+    ]
+    assert recon.item() == pytest.approx(sum(by_hand) / 3, rel=1e-5)
+
+
+def test_binary_reconstruction_is_bernoulli_log_likelihood_and_weight_scales_kl():
+    x = (torch.rand(4, hw.IMAGE_DIM) > 0.5).float()
+    x_logits, mu, logvar = torch.randn(4, hw.IMAGE_DIM), torch.randn(4, 3), torch.randn(4, 3)
+    loss, recon, kl = hw.vae_loss(x, x_logits, mu, logvar, kl_weight=0.25)
+    log_px = Bernoulli(logits=x_logits).log_prob(x).sum(1).mean()
+    assert recon.item() == pytest.approx(-log_px.item(), rel=1e-5)
+    assert loss.item() == pytest.approx(recon.item() + 0.25 * kl.item(), rel=1e-6)
+
+
+def test_encoder_and_decoder_shapes_and_ranges():
+    model = hw.VAE(latent_dim=7, hidden=20, dropout=0.1)
+    x = torch.rand(11, hw.IMAGE_DIM)
+    mu, logvar = model.encode(x)
+    assert mu.shape == logvar.shape == (11, 7)
+    assert torch.all(torch.exp(logvar) > 0)
+    images = model.decode(torch.randn(11, 7) * 10)
+    assert images.shape == (11, hw.IMAGE_DIM)
+    assert torch.all((images >= 0) & (images <= 1))
+    x_logits, _, _ = model(x)
+    assert x_logits.shape == (11, hw.IMAGE_DIM)
+
+
+def test_architecture_is_the_assignments():
+    model = hw.VAE(latent_dim=16, hidden=200, dropout=0.1)
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(784, 200), (200, 32), (16, 200), (200, 784)]
+    assert any(isinstance(m, torch.nn.Dropout) for m in model.encoder)
+    assert not any(isinstance(m, torch.nn.Dropout) for m in model.decoder)
+
+
+def test_reparameterization_passes_gradients_and_uses_given_eps():
+    mu = torch.randn(4, 3, requires_grad=True)
+    logvar = torch.randn(4, 3, requires_grad=True)
+    eps = torch.randn(4, 3)
+    z = hw.reparameterize(mu, logvar, eps)
+    assert torch.allclose(z, mu + torch.exp(0.5 * logvar) * eps)
+    z.sum().backward()
+    assert torch.allclose(mu.grad, torch.ones(4, 3))
+    assert torch.allclose(logvar.grad, 0.5 * torch.exp(0.5 * logvar) * eps)
+
+
+def test_eps_makes_the_forward_pass_deterministic():
+    model = hw.VAE(latent_dim=4, hidden=10, dropout=0.0).eval()
+    x, eps = torch.rand(2, hw.IMAGE_DIM), torch.randn(2, 4)
+    assert torch.equal(model(x, eps)[0], model(x, eps)[0])
+
+
+def test_kl_weight_zero_reconstructs_100_images(images):
+    """The assignment's debugging check: with no KL term, 100 training images come back almost exactly."""
+    torch.manual_seed(0)
+    cfg = hw.VAEConfig(kl_weight=0.0)
+    trainer = hw.VAETrainer(cfg, torch.device("cpu"))
+    x = torch.from_numpy(images[:100])
+    before = F.binary_cross_entropy(trainer.reconstruct(x), x).item()
+    for _ in range(1000):
+        trainer.train_step(x)
+    error = (trainer.reconstruct(x) - x).abs().mean().item()
+    assert F.binary_cross_entropy(trainer.reconstruct(x), x).item() < before / 2
+    assert error < 0.025, f"mean absolute pixel error {error:.3f}"
+
+
+def test_evaluate_reports_test_elbo_with_kl_weight_one(images):
+    torch.manual_seed(0)
+    trainer = hw.VAETrainer(hw.VAEConfig(kl_weight=0.0), torch.device("cpu"))
+    x = torch.from_numpy(images[:50])
+    result = trainer.evaluate(x)
+    assert result["-elbo"] == pytest.approx(result["recon"] + result["kl"], rel=1e-5)
+    assert result["kl"] > 0
+
+
+def test_dropout_zeroes_a_share_p_keeps_the_mean_and_is_off_in_eval_mode():
+    drop = hw.Dropout(0.3)
+    x = torch.ones(200, 1000, requires_grad=True)
+    y = drop(x)
+    zeroed = (y == 0).float().mean().item()
+    assert zeroed == pytest.approx(0.3, abs=0.01) and y.mean().item() == pytest.approx(1.0, abs=0.02)
+    assert torch.allclose(y[y != 0], torch.tensor(1 / 0.7))
+    y.sum().backward()
+    assert torch.equal(x.grad, (y != 0).float() / 0.7)  # gradients pass where the unit was kept
+    assert torch.equal(drop.eval()(x), x)
+
+
+# ----------------------------------------------------------------------------- the GAN
+def small_gan(**overrides):
+    torch.manual_seed(0)
+    return hw.GANTrainer(hw.GANConfig(**{"noise_dim": 8, "hidden": 32, **overrides}), CPU)
+
+
+def test_generator_shapes_ranges_and_layers():
+    G = hw.Generator(noise_dim=10, hidden=256)
+    images = G(torch.randn(7, 10) * 5)
+    assert images.shape == (7, hw.IMAGE_DIM)
+    assert torch.all((images >= 0) & (images <= 1))
+    linears = [m for m in G.modules() if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(10, 256), (256, 256), (256, 256), (256, 784)]
+    assert sum(isinstance(m, torch.nn.BatchNorm1d) for m in G.modules()) == 3
+    assert sum(isinstance(m, torch.nn.ReLU) for m in G.modules()) == 3
+
+
+def test_discriminator_shapes_ranges_and_layers():
+    D = hw.Discriminator(hidden=256, dropout=0.2).eval()  # eval: dropout off, so two calls agree
+    x = torch.rand(6, hw.IMAGE_DIM)
+    p = D(x)
+    assert p.shape == (6,)
+    assert torch.all((p > 0) & (p < 1))
+    assert torch.allclose(p, torch.sigmoid(D.logits(x)))
+    assert isinstance(D.net[0], torch.nn.Dropout) and isinstance(D.net[0], hw.Dropout)
+    linears = [m for m in D.modules() if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(784, 256), (256, 256), (256, 1)]
+    assert sum(isinstance(m, torch.nn.BatchNorm1d) for m in D.modules()) == 2
+
+
+def test_batchnorm_uses_the_batch_in_train_mode_and_running_stats_in_eval_mode():
+    G = hw.Generator(noise_dim=4, hidden=16)
+    z = torch.randn(8, 4)
+    G.train()
+    alone, in_batch = G(z[:2]), G(z)[:2]
+    assert not torch.allclose(alone, in_batch)  # batch statistics depend on the batch
+    G.eval()
+    assert torch.allclose(G(z[:2]), G(z)[:2])  # running statistics do not
+    assert not torch.allclose(G(z[:2]), alone)
+
+
+def test_discriminator_loss_against_its_formula():
+    real_logits, fake_logits = torch.randn(9), torch.randn(9)
+    loss, loss_real, loss_fake = hw.discriminator_loss(real_logits, fake_logits)
+    d_x, d_g_z = torch.sigmoid(real_logits), torch.sigmoid(fake_logits)
+    assert loss_real.item() == pytest.approx(-torch.log(d_x).mean().item(), rel=1e-5)
+    assert loss_fake.item() == pytest.approx(-torch.log(1 - d_g_z).mean().item(), rel=1e-5)
+    assert loss.item() == pytest.approx(loss_real.item() + loss_fake.item(), rel=1e-6)
+
+
+def test_generator_losses_against_their_formulas():
+    fake_logits = torch.randn(9)
+    d_g_z = torch.sigmoid(fake_logits)
+    minimax = hw.generator_loss(fake_logits, "minimax")
+    non_saturating = hw.generator_loss(fake_logits, "non-saturating")
+    assert minimax.item() == pytest.approx(torch.log(1 - d_g_z).mean().item(), rel=1e-5)
+    assert non_saturating.item() == pytest.approx(-torch.log(d_g_z).mean().item(), rel=1e-5)
+
+
+def test_losses_stay_finite_where_probabilities_saturate():
+    big = torch.tensor([200.0, -200.0])
+    assert torch.isfinite(hw.discriminator_loss(big, big)[0])
+    assert torch.isfinite(hw.generator_loss(big, "minimax"))
+    assert torch.isfinite(hw.generator_loss(big, "non-saturating"))
+
+
+def snapshot(module):
+    return [p.detach().clone() for p in module.parameters()]
+
+
+def changed(before, module):
+    return [not torch.equal(b, p) for b, p in zip(before, module.parameters())]
+
+
+def test_d_step_moves_only_d_and_g_step_only_g():
+    gan = small_gan()
+    x = torch.rand(16, hw.IMAGE_DIM)
+    g0, d0 = snapshot(gan.G), snapshot(gan.D)
+    gan.d_step(x)
+    assert all(changed(d0, gan.D)) and not any(changed(g0, gan.G))
+    g1, d1 = snapshot(gan.G), snapshot(gan.D)
+    gan.g_step(16)
+    assert all(changed(g1, gan.G)) and not any(changed(d1, gan.D))
+
+
+def adam_steps(optimizer):
+    return int(next(iter(optimizer.state.values()))["step"]) if optimizer.state else 0
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_k_discriminator_updates_per_generator_update(k):
+    gan = small_gan(k=k)
+    x = torch.rand(16, hw.IMAGE_DIM)
+    for _ in range(6):
+        stats = gan.train_step(x)
+    assert adam_steps(gan.opt_D) == 6
+    assert adam_steps(gan.opt_G) == 6 // k
+    assert ("g_loss" in stats) == (6 % k == 0)
+
+
+def test_collapse_watch_flags_d_of_g_z_pinned_at_zero():
+    gan = small_gan()
+    assert gan.check({"d_g_z_max": 1e-5}) is not None
+    assert gan.check({"d_g_z_max": 0.3}) is None
+
+
+def test_samples_are_images_and_seeded():
+    gan = small_gan()
+    a = gan.sample(5, torch.Generator().manual_seed(1))
+    b = gan.sample(5, torch.Generator().manual_seed(1))
+    assert a.shape == (5, hw.IMAGE_DIM) and torch.equal(a, b)
+    assert torch.all((a >= 0) & (a <= 1))
+
+
+def test_moving_average_of_g_is_what_draws_the_samples():
+    gan = small_gan(ema=0.9)
+    x = torch.rand(16, hw.IMAGE_DIM)
+    snapshot = lambda: {k: v.clone() for k, v in gan.G.state_dict().items()}
+    before = snapshot()
+    gan.train_step(x)
+    after_1 = snapshot()
+    gan.train_step(x)
+    after_2 = snapshot()
+    for key, ema in gan.G_ema.state_dict().items():
+        if ema.is_floating_point():  # weights and BatchNorm statistics: 0.9² θ₀ + 0.9 · 0.1 θ₁ + 0.1 θ₂
+            assert torch.allclose(ema, 0.81 * before[key] + 0.09 * after_1[key] + 0.1 * after_2[key]), key
+        else:  # BatchNorm's batch count
+            assert torch.equal(ema, after_2[key])
+    z = torch.randn(5, 8)
+    assert gan.sampler is gan.G_ema and not gan.sampler.training
+    assert not torch.allclose(gan.sampler(z), gan.G.eval()(z))
+    restored = small_gan(ema=0.9)
+    restored.load_state_dict(gan.state_dict())
+    assert torch.equal(restored.sample(3, torch.Generator().manual_seed(2)), gan.sample(3, torch.Generator().manual_seed(2)))
+    plain = small_gan(ema=0)
+    assert plain.G_ema is None and plain.sampler is plain.G
+
+
 # ----------------------------------------------------------------------------- end to end
 def test_vae_end_to_end_writes_figures_checkpoint_and_samples(tmp_path, capsys):
     status, out, _ = run(capsys, "vae", "--n-train", "200", "--epochs", "2", *outputs(tmp_path))
@@ -243,7 +491,7 @@ def final_weights(run_dir):
 @pytest.mark.parametrize("model, trainer_cls", [("vae", hw.VAETrainer), ("gan", hw.GANTrainer)])
 def test_ctrl_c_keeps_the_last_epoch_and_resume_ends_where_an_uninterrupted_run_does(
         model, trainer_cls, tmp_path, small_npy, capsys, monkeypatch):
-    common = [model, "--data", small_npy, "--batch-size", "50", "--figures-dir", tmp_path / "figures", "--no-evaluate"]
+    common = [model, "--data", small_npy, "--batch-size", "50", "--figures-dir", tmp_path / "figures"]
     assert run(capsys, *common, "--epochs", "3", "--run-dir", tmp_path / "straight")[0] == 0
 
     with monkeypatch.context() as patch:
@@ -303,11 +551,41 @@ def test_a_checkpoint_whose_weights_do_not_fit_gets_a_clear_line(tmp_path, capsy
     assert status == 2 and "another version of homework7.py" in err and "Traceback" not in err
 
 
-def test_bench_counts_the_matrix_products_of_a_training_step():
-    vae = hw.step_products("vae", hw.VAEConfig(latent_dim=4))
-    assert len(vae) == 4 + 4 + 3  # forward, weight gradients, input gradients except into the first layer
-    assert (100, 784, 200) in vae and (200, 100, 784) in vae and (100, 784, 200) in vae  # first layer: x·Wᵀ, ∂W
-    assert vae.count((100, 200, 784)) == 1  # the last layer's forward; no gradient into the images
-    gan = hw.step_products("gan", hw.GANConfig())
-    # D step: G forward (4), D on real and fake (2 × 8); G step: G (4 + 4 + 3), D forward and input gradients (6)
-    assert len(gan) == 4 + 16 + 11 + 6
+# ----------------------------------------------------------------------------- the script on its own
+def test_the_script_alone_in_an_empty_directory_trains_both_models(tmp_path):
+    """The submission is one file: copied alone into an empty directory, it trains each model and writes
+    its figures there, importing nothing of this project."""
+    shutil.copy(ROOT / "homework7.py", tmp_path / "homework7.py")
+    env = {k: v for k, v in __import__("os").environ.items() if k != "PYTHONPATH"}
+    for model in ("vae", "gan"):
+        done = subprocess.run([sys.executable, "homework7.py", model, "--epochs", "1", "--n-train", "200"],
+                              capture_output=True, text=True, cwd=tmp_path, env=env)
+        assert done.returncode == 0, done.stderr
+        assert f"{model} epoch   1/1" in done.stdout
+        assert (tmp_path / "figures" / f"{model}.png").stat().st_size > 10_000
+        assert hw.load_checkpoint(tmp_path / "runs" / model / "checkpoint.pt", model)["epoch"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["figures", "homework7.py", "runs"]
+
+
+def test_the_script_imports_only_what_the_design_card_allows():
+    source = (ROOT / "homework7.py").read_text()
+    imported = {line.split()[1].split(".")[0] for line in source.splitlines()
+                if line.startswith(("import ", "from "))}
+    assert imported - set(sys.stdlib_module_names) == {"numpy", "torch", "matplotlib", "tqdm"}
+
+
+def test_interpolation_runs_from_one_encoding_to_the_other_and_manifold_covers_the_quantiles():
+    torch.manual_seed(0)
+    trainer = hw.VAETrainer(hw.VAEConfig(latent_dim=2, hidden=20), CPU)
+    x_a, x_b = torch.rand(3, hw.IMAGE_DIM), torch.rand(3, hw.IMAGE_DIM)
+    lines = trainer.interpolate(x_a, x_b, steps=5)
+    assert lines.shape == (3, 5, hw.IMAGE_DIM)
+    with torch.no_grad():
+        assert torch.allclose(lines[:, 0], trainer.model.decode(trainer.model.encode(x_a)[0]))
+        assert torch.allclose(lines[:, -1], trainer.model.decode(trainer.model.encode(x_b)[0]))
+    decoded = []
+    trainer.model.decode = lambda z: decoded.append(z) or torch.zeros(len(z), hw.IMAGE_DIM)
+    assert trainer.manifold(n=3).shape == (9, hw.IMAGE_DIM)
+    q = torch.distributions.Normal(0.0, 1.0).icdf(torch.tensor([0.05, 0.5, 0.95]))
+    z = decoded[0].reshape(3, 3, 2)  # rows of the grid
+    assert torch.allclose(z[0, :, 0], q) and torch.allclose(z[:, 0, 1], q.flip(0))  # z₁ across, z₂ down

@@ -1,0 +1,21 @@
+"""tools/bench.py: what it counts (its times are measurements, not behaviour, and are not asserted)."""
+import homework7 as hw
+import tools.bench as bench
+
+
+def test_bench_counts_the_matrix_products_of_a_training_step():
+    vae = bench.step_products("vae", hw.VAEConfig(latent_dim=4))
+    assert len(vae) == 4 + 4 + 3  # forward, weight gradients, input gradients except into the first layer
+    assert (100, 784, 200) in vae and (200, 100, 784) in vae  # first layer: x·Wᵀ and ∂W
+    assert vae.count((100, 200, 784)) == 1  # the last layer's forward; no gradient into the images
+    gan = bench.step_products("gan", hw.GANConfig())
+    # D step: G forward (4), D on real and fake (2 × 8); G step: G (4 + 4 + 3), D forward and input gradients (6)
+    assert len(gan) == 4 + 16 + 11 + 6
+
+
+def test_both_loops_run_a_few_steps_on_the_same_models(images):
+    import torch
+    x = torch.from_numpy(images[:300])
+    for name, plain in (("vae", bench.plain_vae_steps), ("gan", bench.plain_gan_steps)):
+        cfg = hw.TRAINERS[name][0]()
+        assert plain(x, 3, cfg) > 0 and bench.project_steps(name, x, 3, cfg) > 0

@@ -1,0 +1,223 @@
+"""Training speed: this project's VAE and GAN steps against the loop a newcomer writes, and against the
+limit of torch.mm alone on the same matrix products; peak memory of a one-epoch default run.
+
+Usage:
+  python -m tools.bench [--models vae gan] [--steps 300]      prints a Markdown table
+"""
+import argparse
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import homework7 as hw
+from homework7 import (TRAINERS, VAE, Discriminator, Dropout, Generator, Meter, RunConfig, UsageError, load_images,
+                       minibatches, reparameterize, run_cli)
+
+
+def with_stock_dropout(model):
+    """The model with torch's own nn.Dropout in place of this project's Dropout, as a newcomer's code has it."""
+    for module in list(model.modules()):
+        for name, child in module.named_children():
+            if isinstance(child, Dropout):
+                setattr(module, name, nn.Dropout(child.p))
+    return model
+
+
+def plain_vae_steps(train_x, steps, cfg):
+    """The loop a newcomer writes (pytorch/examples style): the same model with nn.Dropout, DataLoader,
+    default Adam, sigmoid + BCE, loss.item() every step. Returns seconds for `steps` steps after a short warm-up."""
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(train_x), batch_size=cfg.batch_size,
+                                         shuffle=True)
+    model = with_stock_dropout(VAE(cfg.latent_dim, cfg.hidden, cfg.dropout))
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+
+    def step(x):
+        mu, logvar = model.encode(x)
+        y = model.decode(reparameterize(mu, logvar))
+        recon = F.binary_cross_entropy(y, x, reduction="sum")
+        kl = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
+        loss = (recon + kl) / len(x)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        return loss.item()
+
+    return time_loop(step, (x for (x,) in cycle(loader)), steps)
+
+
+def plain_gan_steps(train_x, steps, cfg):
+    """The newcomer's GAN loop (pytorch/examples DCGAN style): the same models with nn.Dropout, DataLoader,
+    nn.BCELoss on D's probabilities with label tensors, default Adam, .item() of both losses every step;
+    like this project (and Algorithm 1) it draws fresh noise for G's step."""
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(train_x), batch_size=cfg.batch_size,
+                                         shuffle=True)
+    G, D = Generator(cfg.noise_dim, cfg.hidden), with_stock_dropout(Discriminator(cfg.hidden, cfg.dropout))
+    opt_G = torch.optim.Adam(G.parameters(), lr=cfg.lr, betas=(cfg.beta1, 0.999))
+    opt_D = torch.optim.Adam(D.parameters(), lr=cfg.lr, betas=(cfg.beta1, 0.999))
+    bce = nn.BCELoss()
+
+    def step(x):
+        ones, zeros = torch.ones(len(x)), torch.zeros(len(x))
+        D.zero_grad()
+        loss_real = bce(D(x), ones)
+        loss_real.backward()
+        fake = G(torch.randn(len(x), cfg.noise_dim))
+        loss_fake = bce(D(fake.detach()), zeros)
+        loss_fake.backward()
+        opt_D.step()
+        G.zero_grad()
+        loss_G = bce(D(G(torch.randn(len(x), cfg.noise_dim))), ones)  # a fresh minibatch, as Algorithm 1
+        loss_G.backward()
+        opt_G.step()
+        return (loss_real + loss_fake).item(), loss_G.item()
+
+    return time_loop(step, (x for (x,) in cycle(loader)), steps)
+
+
+def project_steps(name, train_x, steps, cfg):
+    """This project's training step, as fit() runs it: sliced minibatches, running sums on tensors."""
+    torch.manual_seed(cfg.seed)
+    trainer = TRAINERS[name][1](cfg, torch.device("cpu"))
+    meter = Meter()
+
+    def batches():
+        while True:
+            yield from minibatches(train_x, cfg.batch_size)
+
+    seconds = time_loop(lambda x: meter.add(trainer.train_step(x)), batches(), steps)
+    meter.means()  # the one read-back a progress update does
+    return seconds
+
+
+def cycle(loader):
+    while True:
+        yield from loader
+
+
+def time_loop(step, batches, steps, warmup=20):
+    """Seconds that `steps` calls of step(batch) take, after `warmup` untimed calls."""
+    for _ in range(warmup):
+        step(next(batches))
+    start = time.perf_counter()
+    for _ in range(steps):
+        step(next(batches))
+    return time.perf_counter() - start
+
+
+def linear_products(layers, batch, input_grad_first, weight_grads=True):
+    """(m, k, n) of the matrix products of fully-connected layers, forward and backward, at this batch size:
+    forward x·Wᵀ, backward the weight gradient (where wanted) and (except into a first layer that needs
+    none) the input's."""
+    products = []
+    for i, layer in enumerate(layers):
+        out_f, in_f = layer.out_features, layer.in_features
+        products.append((batch, in_f, out_f))  # forward
+        if weight_grads:
+            products.append((out_f, batch, in_f))  # gradient of the weights
+        if i > 0 or input_grad_first:
+            products.append((batch, out_f, in_f))  # gradient of the layer's input
+    return products
+
+
+def step_products(name, cfg):
+    """Every matrix product of one training step of the model (batch cfg.batch_size)."""
+    linears = lambda module: [m for m in module.modules() if isinstance(m, nn.Linear)]
+    b = cfg.batch_size
+    if name == "vae":
+        return linear_products(linears(VAE(cfg.latent_dim, cfg.hidden, cfg.dropout)), b, False)
+    G, D = linears(Generator(cfg.noise_dim, cfg.hidden)), linears(Discriminator(cfg.hidden, cfg.dropout))
+    g_forward = [(b, m.in_features, m.out_features) for m in G]
+    d_step = g_forward + 2 * linear_products(D, b, False)  # G(z) without gradients; D on real, then on fake
+    # G's step: gradients flow through D into G, but D's own weight gradients are not needed
+    g_step = linear_products(G, b, False) + linear_products(D, b, True, weight_grads=False)
+    return d_step + g_step
+
+
+def matmul_seconds(products, repeats=200):
+    """Seconds torch.mm needs for one pass over the products: the hardware limit of a step."""
+    operands = [(torch.randn(m, k), torch.randn(k, n)) for m, k, n in products]
+    outputs = [torch.empty(m, n) for m, _, n in products]
+
+    def one_pass():
+        for (a, b), out in zip(operands, outputs):
+            torch.mm(a, b, out=out)
+
+    for _ in range(20):
+        one_pass()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        one_pass()
+    return (time.perf_counter() - start) / repeats
+
+
+def peak_memory_mb(name, tmp_dir):
+    """Peak resident memory of a one-epoch run of the model with default flags, in a child process."""
+    report_peak = ("import resource, sys, homework7; status = homework7.main(sys.argv[1:]); "
+                   "print('peak KiB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); sys.exit(status)")
+    done = subprocess.run(
+        [sys.executable, "-c", report_peak, name, "--epochs", "1",
+         "--run-dir", str(tmp_dir / name), "--figures-dir", str(tmp_dir / name)],
+        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(Path(hw.__file__).resolve().parent)})
+    if done.returncode:
+        raise UsageError(f"the {name} memory run failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
+    return int(done.stdout.rsplit("peak KiB", 1)[1]) / 1024
+
+
+def bench(models, steps):
+    """Images per second of this project's steps, of the plain loop, and of the torch.mm limit."""
+    if steps < 1:
+        raise UsageError(f"--steps {steps}: must be at least 1")
+    train_x, _ = load_images(RunConfig())
+    print(f"bench: {torch.get_num_threads()} threads, PyTorch {torch.__version__}, batch size 100, "
+          f"{steps} timed steps each, fastest of 3")
+    rows, lines = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in models:
+            cfg = TRAINERS[name][0]()
+            plain_steps = {"vae": plain_vae_steps, "gan": plain_gan_steps}[name]
+            products, plain, ours, limit = step_products(name, cfg), math.inf, math.inf, math.inf
+            for _ in range(3):  # alternate and keep the fastest, so a slow moment of the machine hits all three
+                plain = min(plain, plain_steps(train_x, steps, cfg))
+                ours = min(ours, project_steps(name, train_x, steps, cfg))
+                limit = min(limit, matmul_seconds(products) * steps)
+            memory = peak_memory_mb(name, Path(tmp))
+            per_s = {k: steps * cfg.batch_size / v for k, v in (("ours", ours), ("plain", plain), ("mm", limit))}
+            rows += [(name, "homework7 train_step", per_s["ours"], f"{per_s['ours'] / per_s['plain']:.2f}×",
+                      f"{limit / ours:.0%}"),
+                     (name, "plain DataLoader loop", per_s["plain"], "1.00×", f"{limit / plain:.0%}"),
+                     (name, "torch.mm limit", per_s["mm"], "", "100%")]
+            lines.append(f"{name}: {per_s['ours']:,.0f} images/s ({60000 / per_s['ours']:.1f} s per epoch of 60,000), "
+                         f"{per_s['ours'] / per_s['plain']:.2f}× the plain loop, {limit / ours:.0%} of the torch.mm "
+                         f"limit; peak memory of a default run {memory:,.0f} MiB")
+    print("| model | loop | images/s | s/epoch | vs plain | of mm limit |\n|---|---|---:|---:|---:|---:|")
+    for name, loop, rate, ratio, share in rows:
+        print(f"| {name} | {loop} | {rate:,.0f} | {60000 / rate:.1f} | {ratio} | {share} |")
+    print("\n".join(lines))
+    return 0
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="python -m tools.bench", description=__doc__.split("\n\n")[0],
+        epilog="Images per second at batch 100, the fastest of three alternating rounds of each loop.")
+    parser.add_argument("--models", nargs="+", choices=TRAINERS, default=list(TRAINERS),
+                        help="which models (default: vae gan)")
+    parser.add_argument("--steps", type=int, default=300, help="timed training steps per loop (default: 300)")
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    return run_cli("tools.bench", lambda: bench(args.models, args.steps))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

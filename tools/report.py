@@ -1,0 +1,208 @@
+"""The submission of the assignment's Rules: homework7.NAME.pdf, homework7.NAME.py and a zip of both.
+
+Usage:
+  python -m tools.report --user NAME [--user NAME2]
+
+The PDF opens with the assignment's two figures, each under its problem's heading, then the scores of
+tools.evaluate as tables (where it has been run), then an appendix with the training curves and the other
+figures. The .py is a copy of homework7.py, which runs on its own.
+"""
+import argparse
+import json
+import sys
+import textwrap
+import zipfile
+from pathlib import Path
+
+import matplotlib.image
+from matplotlib.backends.backend_pdf import PdfPages
+from matplotlib.figure import Figure
+
+import homework7 as hw
+from homework7 import RunConfig, UsageError, atomic_write, run_cli
+from tools.evaluate import score_notes, score_rows
+
+PAGE_W, PAGE_H = 8.27, 11.69  # A4, inches
+MARGIN = 0.75  # inches on every side
+TEXT_W = PAGE_W - 2 * MARGIN
+
+# (problem heading, model, its figure, caption): the figures the assignment asks for
+PROBLEMS = [
+    ("1 Variational Auto-Encoders", "vae", "vae.png",
+     "Figure 1. Top row: 16 existing MNIST images x (the test set). Second row: their reconstructions "
+     "P_θ(Q_φ(x)), the decoder's mean for the encoder's mean. Third row: 16 new images, a Gaussian noise "
+     "vector z ~ N(0, I) passed through the decoder alone."),
+    ("2 Generative Adversarial Networks", "gan", "gan.png",
+     "Figure 2. 64 new images G(z) from the trained generator, one for each of a fixed set of Gaussian noise "
+     "vectors z, G in eval mode."),
+]
+APPENDIX = [  # (figure, caption), each shown where it exists
+    ("vae_curves.png", "VAE: −ELBO, reconstruction and KL terms per epoch, train and test, nats per image."),
+    ("vae_interpolation.png", "VAE: decoded points on straight lines between the encodings μ of two test digits."),
+    ("vae_manifold.png", "VAE with p = 2: the decoder over a grid of Gaussian quantiles of z (Kingma & Welling, Fig. 4)."),
+    ("vae_sweep.png", "VAE trained with different weights of the KL term: reconstructions and new images."),
+    ("gan_curves.png", "GAN: D and G losses and mean D(x), D(G(z)) per epoch."),
+    ("gan_progress.png", "GAN: G(z) for the same z at several epochs of training."),
+]
+
+
+class Page:
+    """One A4 page, filled from the top: headings, wrapped text, images at the full text width, tables."""
+
+    def __init__(self):
+        self.fig = Figure(figsize=(PAGE_W, PAGE_H), dpi=100)
+        self.top = PAGE_H - MARGIN  # inches from the bottom edge where the next block starts
+
+    def room(self):
+        return self.top - MARGIN
+
+    def axes(self, height, width=TEXT_W):
+        ax = self.fig.add_axes((MARGIN / PAGE_W, (self.top - height) / PAGE_H, width / PAGE_W, height / PAGE_H))
+        ax.set_axis_off()
+        return ax
+
+    def text(self, text, size=10, weight="normal", gap=0.1, width=100, family="sans-serif"):
+        lines = "\n".join(textwrap.fill(paragraph, width) for paragraph in text.split("\n"))
+        self.fig.text(MARGIN / PAGE_W, self.top / PAGE_H, lines, fontsize=size, weight=weight, va="top",
+                      family=family)
+        self.top -= (lines.count("\n") + 1) * size * 1.3 / 72 + gap
+
+    def image_height(self, path):
+        height, width = matplotlib.image.imread(path).shape[:2]
+        return TEXT_W * height / width
+
+    def image(self, path, gap=0.12):
+        """The PNG at the full text width (narrower only where the page has no room for its height)."""
+        image = matplotlib.image.imread(path)
+        height = min(self.image_height(path), self.room())
+        self.axes(height, width=height * image.shape[1] / image.shape[0]).imshow(image)
+        self.top -= height + gap
+
+    def table(self, header, rows, gap=0.15):
+        height = 0.24 * (len(rows) + 1)
+        table = self.axes(height).table(cellText=rows, colLabels=header, bbox=(0, 0, 1, 1), cellLoc="right",
+                                        colLoc="right")
+        table.auto_set_font_size(False)
+        table.set_fontsize(9)
+        for (row, col), cell in table.get_celld().items():
+            cell.set_linewidth(0.5)
+            if col == 0:
+                cell.set_text_props(ha="left")
+                cell._loc = "left"
+            if row == 0:
+                cell.set_text_props(weight="bold")
+        self.top -= height + gap
+
+
+def read_json(path):
+    """A run's config.json or eval.json, or None (with one line saying why) where it is missing or unreadable."""
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        print(f"tools.report: {path} is unreadable ({e}); left out of the PDF", file=sys.stderr)
+        return None
+
+
+def scores_table(page, model, report, path):
+    """The evaluation's table and notes, or a line saying it has not been run (or cannot be read)."""
+    try:
+        rows = [[label, f"{s['coverage']}/10", f"{s['confident']:.3f}", f"{s['inception_score']:.2f}",
+                 f"{s['fid']:.1f}"] for label, s in score_rows(report)]
+        notes = score_notes(report)
+    except (KeyError, TypeError, ValueError, AttributeError):
+        if report is not None:
+            print(f"tools.report: {path} is not an evaluation report; left out of the PDF", file=sys.stderr)
+        page.text(f"Scores: not evaluated (python -m tools.evaluate {model} writes {path}).", size=9)
+        return
+    page.text("Scores of the samples", size=11, weight="bold")
+    page.table(["", "classes covered", "confident share", "Inception score", "FID*"], rows)
+    page.text("\n".join(notes), size=8, width=120)
+
+
+def config_line(config):
+    return ", ".join(f"{k} = {v}" for k, v in config.items() if k not in ("model", "figures_dir", "run_dir"))
+
+
+def build_pages(users, figures_dir, runs_dir):
+    """The PDF's pages: the two problems with their figures and scores, then the appendix."""
+    pages = []
+    for i, (heading, model, name, caption) in enumerate(PROBLEMS):
+        page = Page()
+        if i == 0:
+            page.text(f"Homework 7 — {', '.join(users)}", size=16, weight="bold", gap=0.05)
+            page.text("CS/DS 541 Deep Neural Networks. A VAE and a GAN on MNIST, both fully connected, "
+                      "trained by homework7.py.", size=10, gap=0.3)
+        page.text(heading, size=14, weight="bold", gap=0.15)
+        page.image(figures_dir / name)
+        config = read_json(runs_dir / model / "config.json")
+        page.text(caption + (f"\nTrained with: {config_line(config)}." if config else ""), size=9, gap=0.3)
+        eval_path = runs_dir / model / "eval.json"
+        scores_table(page, model, read_json(eval_path), eval_path)
+        pages.append(page)
+    page = Page()
+    page.text("Appendix: training curves and other figures", size=14, weight="bold", gap=0.2)
+    for name, caption in APPENDIX:
+        path = figures_dir / name
+        if not path.exists():
+            continue
+        if page.image_height(path) + 0.6 > page.room() and page.top < PAGE_H - MARGIN - 0.6:
+            pages.append(page)
+            page = Page()
+        page.image(path)
+        page.text(f"{name}: {caption}", size=9, gap=0.35)
+    pages.append(page)
+    return [page.fig for page in pages]
+
+
+def report(users, out_dir, figures_dir, runs_dir):
+    """The PDF, the script copy and the zip holding both, as the assignment's Rules name them."""
+    if not 1 <= len(users) <= 3 or not all(u and u.replace("-", "").replace("_", "").isalnum() for u in users):
+        raise UsageError("--user: give 1 to 3 user names of letters, digits, '-' or '_'")
+    figures_dir, out_dir, runs_dir = Path(figures_dir), Path(out_dir), Path(runs_dir)
+    missing = [str(figures_dir / name) for _, _, name, _ in PROBLEMS if not (figures_dir / name).exists()]
+    if missing:
+        raise UsageError(f"{', '.join(missing)} missing: run python homework7.py vae and "
+                         f"python homework7.py gan first")
+    stem = "homework7." + ".".join(users)
+    pages = build_pages(users, figures_dir, runs_dir)
+    pdf, script = out_dir / f"{stem}.pdf", out_dir / f"{stem}.py"
+    atomic_write(pdf, lambda f: write_pdf(f, pages))
+    atomic_write(script, lambda f: f.write(Path(hw.__file__).read_bytes()))
+    atomic_write(out_dir / f"{stem}.zip", lambda f: write_zip(f, [pdf, script]))
+    print(f"wrote {pdf} ({len(pages)} pages), {script} and {out_dir / f'{stem}.zip'}")
+    return 0
+
+
+def write_pdf(file, pages):
+    with PdfPages(file) as pdf:
+        for page in pages:
+            pdf.savefig(page)
+
+
+def write_zip(file, paths):
+    with zipfile.ZipFile(file, "w", zipfile.ZIP_DEFLATED) as archive:
+        for path in paths:
+            archive.write(path, arcname=path.name)
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="python -m tools.report", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--user", action="append", required=True, metavar="NAME",
+                        help="WPI user name; repeat it for each team member (up to 3)")
+    parser.add_argument("--out-dir", default=".", help="where the three files go (default: .)")
+    parser.add_argument("--figures-dir", default=RunConfig.figures_dir,
+                        help=f"where the figures are (default: {RunConfig.figures_dir})")
+    parser.add_argument("--runs-dir", default="runs",
+                        help="where the runs' config.json and eval.json are (default: runs)")
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    return run_cli("tools.report", lambda: report(args.user, args.out_dir, args.figures_dir, args.runs_dir))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
