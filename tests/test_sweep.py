@@ -1,5 +1,7 @@
-"""tools/sweep.py: one VAE per KL weight, its figure and its table."""
+"""tools/sweep.py: one VAE per latent dimension and KL weight, both priors scored, its figure and its table."""
 import json
+
+import pytest
 
 import homework7 as hw
 import tools.sweep
@@ -11,16 +13,31 @@ def run(capsys, *argv):
     return status, out, err
 
 
-def test_sweep_trains_one_vae_per_weight_and_writes_its_figure_and_table(tmp_path, stub_classifier, capsys):
-    status, out, _ = run(capsys, "--kl-weights", "0", "2", "--epochs", "1", "--n-train", "200",
-                         "--n", "200", "--classifier", stub_classifier, "--figures-dir", tmp_path / "figures", "--run-dir", tmp_path / "run")
-    assert status == 0 and "| KL weight | test −ELBO |" in out
+def test_sweep_scores_both_priors_for_each_weight_and_epoch_count(tmp_path, stub_classifier, capsys):
+    status, out, _ = run(capsys, "--kl-weights", "0", "2", "--epochs-list", "1", "2", "--components", "3", "5",
+                         "--n-train", "200", "--n", "200", "--classifier", stub_classifier,
+                         "--figures-dir", tmp_path / "figures", "--run-dir", tmp_path / "run")
+    assert status == 0 and "| p | KL weight | epochs | test −ELBO | prior |" in out and "| mixture of 5 |" in out
     table = json.loads((tmp_path / "run" / "sweep.json").read_text())
-    assert [row["kl_weight"] for row in table] == [0, 2] and all(row["test_elbo"] > 0 for row in table)
+    keys = [(row["kl_weight"], row["epochs"], row["prior"], row["components"]) for row in table]
+    assert keys == [(w, e, prior, k) for w in (0, 2) for e in (1, 2)
+                    for prior, k in (("standard", None), ("mixture", 3), ("mixture", 5))]
+    assert all(row["test_elbo"] > 0 and sum(row["histogram"]) == 200 for row in table)
+    assert all((row["fit_seconds"] is None) == (row["prior"] == "standard") for row in table)
     assert (tmp_path / "figures" / "vae_sweep.png").stat().st_size > 10_000
-    assert hw.load_checkpoint(tmp_path / "run" / "kl_2" / "checkpoint.pt")["config"]["kl_weight"] == 2
+    state = hw.load_checkpoint(tmp_path / "run" / "p4_kl2" / "checkpoint.pt")
+    assert state["config"]["kl_weight"] == 2 and state["epoch"] == 2  # the second epoch count resumed the first
     assert not (tmp_path / "figures" / "vae.png").exists()  # each run's own figures stay in its run directory
-    status, _, err = run(capsys, "--kl-weights", "-1")
-    assert status == 2 and "--kl-weights" in err
 
 
+@pytest.mark.parametrize("argv, words", [
+    (["--kl-weights", "-1"], "--kl-weights"),
+    (["--epochs-list", "2", "1"], "--epochs-list"),
+    (["--components", "0"], "--components"),
+    (["--latent-dims", "0"], "--latent-dims"),
+    (["--n-train", "10", "--components", "11"], "more components than the 10"),
+])
+def test_bad_sweeps_get_one_clear_line(argv, words, tmp_path, capsys):
+    status, _, err = run(capsys, *argv, "--run-dir", tmp_path / "run", "--figures-dir", tmp_path)
+    assert status == 2 and words in err and err.count("\n") == 1
+    assert not (tmp_path / "run").exists()

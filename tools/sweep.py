@@ -1,71 +1,123 @@
-"""The KL weight of Eq. 10, swept: one VAE per weight, each scored by the evaluation's classifier.
+"""The VAE's choices, swept: one VAE per latent dimension p and KL weight of Eq. 10, scored by the evaluation's
+classifier with both priors (z ~ N(0, I), and z ~ Gaussian mixtures of each size fitted to the encodings μ(x)).
 
 Usage:
   python -m tools.sweep --kl-weights 0 0.25 0.5 1 2 4 [any vae flag]
+  python -m tools.sweep --latent-dims 4 16 32 --kl-weights 0.5 1 --epochs-list 20 40 --components 10 50 100
 
-Each run keeps its checkpoint and figures in RUN_DIR/kl_<w> (RUN_DIR: runs/sweep); the table goes to
-RUN_DIR/sweep.json and the terminal, the figure to FIGURES_DIR/vae_sweep.png.
+Each (p, w) run keeps its checkpoint and figures in RUN_DIR/p<p>_kl<w> (RUN_DIR: runs/sweep); the runs of
+--epochs-list continue one another with --resume. The table goes to RUN_DIR/sweep.json and the terminal, the
+figure to FIGURES_DIR/vae_sweep.png.
 """
-import argparse
+import json
 import math
 import sys
+import time
 from pathlib import Path
 
 import torch
 
-from homework7 import RunConfig, UsageError, VAEConfig, add_config_flags, make_config, plot_rows, run_cli, save_json, train
+from homework7 import (Parser, RunConfig, UsageError, VAEConfig, add_config_flags, load_images, make_config, plot_rows,
+                       run_cli, save_json, train)
 from tools.evaluate import CLASSIFIER_PATH, evaluate_trainer, load_classifier, real_references, sampler_label
 
 
-def sweep(given, kl_weights, n, classifier_path):
-    """One VAE per KL weight; the figure of reconstructions and new images, and the table of scores."""
-    if not kl_weights or any(not (w >= 0 and math.isfinite(w)) for w in kl_weights):
-        raise UsageError("--kl-weights: give one or more weights, each 0 or more")
-    if n < 1:
-        raise UsageError(f"--n {n}: must be at least 1")
+def sweep(given, latent_dims, kl_weights, epochs_list, components, n, classifier_path):
+    """One VAE per (p, w), trained to each epoch count in turn; at each, the N(0, I) samples and those of a
+    mixture of each size are scored: one row of the table (sweep.json) per prior and mixture size."""
+    check_lists(latent_dims, kl_weights, epochs_list, components, n)
     sweep_dir = Path(given.get("run_dir") or "runs/sweep")
     figures_dir = Path(given.get("figures_dir") or RunConfig.figures_dir)
     rows, table, references = [], [], None
-    for w in kl_weights:
-        run_dir = sweep_dir / f"kl_{w:g}"  # each run keeps its own checkpoint and figures here
-        cfg = make_config(VAEConfig, {**given, "kl_weight": w, "run_dir": str(run_dir),
-                                      "figures_dir": str(run_dir)}, "vae")
-        trainer, test_x = train("vae", cfg)
-        if references is None:  # the same real images for every weight: classified once
-            references = real_references(load_classifier(classifier_path, trainer.device)[0], trainer.device)
-        report = evaluate_trainer(trainer, test_x, classifier_path, n=n, iwae_k=0, seed=cfg.seed,
-                                  references=references)
-        samples = report["samples"][sampler_label(trainer)]
-        scores = {"kl_weight": w, "test_elbo": report["test_elbo"], "fid": samples["fid"],
-                  "coverage": samples["coverage"], "confident": samples["confident"],
-                  "inception_score": samples["inception_score"]}
-        table.append(scores)
-        save_json(sweep_dir / "sweep.json", table)
-        new = trainer.sample(16, torch.Generator().manual_seed(cfg.seed))
-        rows += [(f"w = {w:g}: reconstruction", trainer.reconstruct(test_x[:16])),
-                 (f"new; −ELBO {scores['test_elbo']:.1f},\nFID* {scores['fid']:.1f}, "
-                  f"{scores['coverage']}/10 classes", new)]
+    for p in latent_dims:
+        for w in kl_weights:
+            run_dir = sweep_dir / f"p{p}_kl{w:g}"  # each run keeps its own checkpoint and figures here
+            for i, epochs in enumerate(epochs_list):
+                flags = {**given, "latent_dim": p, "kl_weight": w, "epochs": epochs, "run_dir": str(run_dir),
+                         "figures_dir": str(run_dir), "mixture_components": components[0]}
+                cfg = make_config(VAEConfig, flags, "vae", resume=i > 0)
+                train_x = load_images(cfg)[0]
+                if max(components) > min(len(train_x), cfg.mixture_fit_n):
+                    raise UsageError(f"--components {max(components)}: more components than the "
+                                     f"{min(len(train_x), cfg.mixture_fit_n)} training encodings")
+                trainer, test_x = train("vae", cfg, resume=i > 0)
+                if references is None:  # the same real images for every run: classified once
+                    references = real_references(load_classifier(classifier_path, trainer.device)[0],
+                                                 trainer.device)
+                metrics = json.loads((run_dir / "metrics.json").read_text())
+                run = {"latent_dim": p, "kl_weight": w, "epochs": epochs,
+                       "train_seconds": round(sum(m["seconds"] for m in metrics), 1)}
+                table += score_priors(trainer, train_x, test_x, components, n, classifier_path, references, run)
+                save_json(sweep_dir / "sweep.json", table)
+            trainer.cfg.mixture_components = components[0]  # the figure shows the first size
+            trainer.finish(train_x)
+            generator = torch.Generator().manual_seed(cfg.seed)
+            rows += [(f"p = {p}, w = {w:g}:\nreconstruction", trainer.reconstruct(test_x[:16])),
+                     ("new: z ~ N(0, I)", trainer.sample(16, generator)),
+                     (f"new: mixture of {components[0]}", trainer.sample(16, generator, prior="mixture"))]
     plot_rows(rows, figures_dir / "vae_sweep.png",
-              f"VAE with KL weight w (p = {cfg.latent_dim}, {cfg.epochs} epochs); −ELBO in nats with w = 1")
+              f"VAE with latent dimension p and KL weight w ({epochs_list[-1]} epochs)")
     print(format_sweep(table))
     return 0
 
 
+def check_lists(latent_dims, kl_weights, epochs_list, components, n):
+    if any(p < 1 for p in latent_dims):
+        raise UsageError("--latent-dims: each must be at least 1")
+    if any(not (w >= 0 and math.isfinite(w)) for w in kl_weights):
+        raise UsageError("--kl-weights: each weight must be 0 or more")
+    if any(e < 1 for e in epochs_list) or epochs_list != sorted(set(epochs_list)):
+        raise UsageError("--epochs-list: increasing epoch counts, each at least 1")
+    if any(k < 1 for k in components):
+        raise UsageError("--components: each must be at least 1")
+    if n < 1:
+        raise UsageError(f"--n {n}: must be at least 1")
+
+
+def score_priors(trainer, train_x, test_x, components, n, classifier_path, references, run):
+    """Rows of the table for one trained VAE: its N(0, I) samples, then a mixture of each size, refitted."""
+    cfg = trainer.cfg
+    report = evaluate_trainer(trainer, test_x, classifier_path, n=n, iwae_k=0, seed=cfg.seed,
+                              references=references, priors=("standard",))
+    run = {**run, "test_elbo": report["test_elbo"]}
+    rows = [{**run, "prior": "standard", "components": None, "fit_seconds": None,
+             **report["samples"][sampler_label(trainer, "standard")]}]
+    for k in components:
+        trainer.cfg.mixture_components = k
+        start = time.perf_counter()
+        trainer.finish(train_x)
+        fit_seconds = round(time.perf_counter() - start, 2)
+        report = evaluate_trainer(trainer, test_x, classifier_path, n=n, iwae_k=0, seed=cfg.seed,
+                                  references=references, priors=("mixture",))
+        rows.append({**run, "prior": "mixture", "components": k, "fit_seconds": fit_seconds,
+                     **report["samples"][sampler_label(trainer, "mixture")]})
+    return rows
+
+
 def format_sweep(table):
     """The sweep's table in Markdown, for the terminal and the README."""
-    lines = ["| KL weight | test −ELBO | FID* | coverage | confident | IS |", "|---:|---:|---:|---:|---:|---:|"]
-    lines += [f"| {s['kl_weight']:g} | {s['test_elbo']:.2f} | {s['fid']:.1f} | {s['coverage']}/10 | "
-              f"{s['confident']:.3f} | {s['inception_score']:.2f} |" for s in table]
+    lines = ["| p | KL weight | epochs | test −ELBO | prior | FID* | coverage | confident | IS |",
+             "|---:|---:|---:|---:|---|---:|---:|---:|---:|"]
+    for s in table:
+        prior = "N(0, I)" if s["prior"] == "standard" else f"mixture of {s['components']}"
+        lines.append(f"| {s['latent_dim']} | {s['kl_weight']:g} | {s['epochs']} | {s['test_elbo']:.2f} | {prior} | "
+                     f"{s['fid']:.1f} | {s['coverage']}/10 | {s['confident']:.3f} | {s['inception_score']:.2f} |")
     return "\n".join(lines)
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(prog="python -m tools.sweep", description=__doc__.split("\n\n")[0],
+    parser = Parser(prog="python -m tools.sweep", description=__doc__.split("\n\n")[0],
                                      epilog="Every other flag is the vae command's, passed to each run.")
-    add_config_flags(parser, VAEConfig, skip={"kl_weight"})
+    add_config_flags(parser, VAEConfig, skip={"kl_weight", "latent_dim", "epochs", "mixture_components"})
     parser.add_argument("--kl-weights", type=float, nargs="+", default=[0, 0.25, 0.5, 1, 2, 4], metavar="W",
                         help="the KL weights to train (default: 0 0.25 0.5 1 2 4)")
-    parser.add_argument("--n", type=int, default=10000, help="samples scored per weight (default: 10000)")
+    parser.add_argument("--latent-dims", type=int, nargs="+", default=[VAEConfig.latent_dim], metavar="P",
+                        help=f"the latent dimensions p to train (default: {VAEConfig.latent_dim})")
+    parser.add_argument("--epochs-list", type=int, nargs="+", default=[VAEConfig.epochs], metavar="E",
+                        help=f"score each run after each of these epoch counts (default: {VAEConfig.epochs})")
+    parser.add_argument("--components", type=int, nargs="+", default=[VAEConfig.mixture_components], metavar="K",
+                        help=f"mixture sizes fitted and scored at each point (default: {VAEConfig.mixture_components})")
+    parser.add_argument("--n", type=int, default=10000, help="samples scored per prior (default: 10000)")
     parser.add_argument("--classifier", default=CLASSIFIER_PATH,
                         help=f"the cached MNIST classifier, trained if missing (default: {CLASSIFIER_PATH})")
     return parser
@@ -73,8 +125,10 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    given = {k: v for k, v in vars(args).items() if k not in ("kl_weights", "n", "classifier")}
-    return run_cli("tools.sweep", lambda: sweep(given, args.kl_weights, args.n, args.classifier))
+    lists = ("kl_weights", "latent_dims", "epochs_list", "components", "n", "classifier")
+    given = {k: v for k, v in vars(args).items() if k not in lists}
+    return run_cli("tools.sweep", lambda: sweep(given, args.latent_dims, args.kl_weights, args.epochs_list,
+                                                args.components, args.n, args.classifier))
 
 
 if __name__ == "__main__":
