@@ -15,13 +15,14 @@ def run(capsys, *argv):
 
 def test_sweep_scores_both_priors_for_each_weight_and_epoch_count(tmp_path, stub_classifier, capsys):
     status, out, _ = run(capsys, "--kl-weights", "0", "2", "--epochs-list", "1", "2", "--components", "3", "5",
-                         "--n-train", "200", "--n", "200", "--classifier", stub_classifier,
+                         "--fit-sizes", "100", "500", "--n-train", "200", "--n", "200", "--classifier", stub_classifier,
                          "--figures-dir", tmp_path / "figures", "--run-dir", tmp_path / "run")
-    assert status == 0 and "| p | KL weight | epochs | test −ELBO | prior |" in out and "| mixture of 5 |" in out
+    assert status == 0 and "| p | KL weight | epochs | test −ELBO | prior |" in out and "| mixture of 5 (200 μ, " in out
     table = json.loads((tmp_path / "run" / "sweep.json").read_text())
-    keys = [(row["kl_weight"], row["epochs"], row["prior"], row["components"]) for row in table]
-    assert keys == [(w, e, prior, k) for w in (0, 2) for e in (1, 2)
-                    for prior, k in (("standard", None), ("mixture", 3), ("mixture", 5))]
+    keys = [(row["kl_weight"], row["epochs"], row["prior"], row["components"], row["fit_n"]) for row in table]
+    assert keys == [(w, e, prior, k, n) for w in (0, 2) for e in (1, 2)  # a fit size past the data fits them all
+                    for prior, k, n in (("standard", None, None), ("mixture", 3, 100), ("mixture", 3, 200),
+                                        ("mixture", 5, 100), ("mixture", 5, 200))]
     assert all(row["test_elbo"] > 0 and sum(row["histogram"]) == 200 for row in table)
     assert all((row["fit_seconds"] is None) == (row["prior"] == "standard") for row in table)
     assert (tmp_path / "figures" / "vae_sweep.png").stat().st_size > 10_000
@@ -34,6 +35,7 @@ def test_sweep_scores_both_priors_for_each_weight_and_epoch_count(tmp_path, stub
     (["--kl-weights", "-1"], "--kl-weights"),
     (["--epochs-list", "2", "1"], "--epochs-list"),
     (["--components", "0"], "--components"),
+    (["--fit-sizes", "0"], "--fit-sizes"),
     (["--latent-dims", "0"], "--latent-dims"),
     (["--n-train", "10", "--components", "11"], "more components than the 10"),
 ])

@@ -4,6 +4,7 @@ classifier with both priors (z ~ N(0, I), and z ~ Gaussian mixtures of each size
 Usage:
   python -m tools.sweep --kl-weights 0 0.25 0.5 1 2 4 [any vae flag]
   python -m tools.sweep --latent-dims 4 16 32 --kl-weights 0.5 1 --epochs-list 20 40 --components 10 50 100
+  python -m tools.sweep --latent-dims 16 --kl-weights 0.5 --components 50 100 --fit-sizes 10000 60000
 
 Each (p, w) run keeps its checkpoint and figures in RUN_DIR/p<p>_kl<w> (RUN_DIR: runs/sweep); the runs of
 --epochs-list continue one another with --resume. The table goes to RUN_DIR/sweep.json and the terminal, the
@@ -22,10 +23,12 @@ from homework7 import (Parser, RunConfig, UsageError, VAEConfig, add_config_flag
 from tools.evaluate import CLASSIFIER_PATH, evaluate_trainer, load_classifier, real_references, sampler_label
 
 
-def sweep(given, latent_dims, kl_weights, epochs_list, components, n, classifier_path):
+def sweep(given, latent_dims, kl_weights, epochs_list, components, n, classifier_path, fit_sizes=None):
     """One VAE per (p, w), trained to each epoch count in turn; at each, the N(0, I) samples and those of a
-    mixture of each size are scored: one row of the table (sweep.json) per prior and mixture size."""
-    check_lists(latent_dims, kl_weights, epochs_list, components, n)
+    mixture of each size, fitted to each number of encodings, are scored: one row of the table (sweep.json)
+    per prior, mixture size and fit size."""
+    fit_sizes = fit_sizes or [given.get("mixture_fit_n", VAEConfig.mixture_fit_n)]
+    check_lists(latent_dims, kl_weights, epochs_list, components, n, fit_sizes)
     sweep_dir = Path(given.get("run_dir") or "runs/sweep")
     figures_dir = Path(given.get("figures_dir") or RunConfig.figures_dir)
     rows, table, references = [], [], None
@@ -34,12 +37,13 @@ def sweep(given, latent_dims, kl_weights, epochs_list, components, n, classifier
             run_dir = sweep_dir / f"p{p}_kl{w:g}"  # each run keeps its own checkpoint and figures here
             for i, epochs in enumerate(epochs_list):
                 flags = {**given, "latent_dim": p, "kl_weight": w, "epochs": epochs, "run_dir": str(run_dir),
-                         "figures_dir": str(run_dir), "mixture_components": components[0]}
+                         "figures_dir": str(run_dir), "mixture_components": components[0],
+                         "mixture_fit_n": fit_sizes[0]}
                 cfg = make_config(VAEConfig, flags, "vae", resume=i > 0)
                 train_x = load_images(cfg)[0]
-                if max(components) > min(len(train_x), cfg.mixture_fit_n):
+                if max(components) > min(len(train_x), *fit_sizes):
                     raise UsageError(f"--components {max(components)}: more components than the "
-                                     f"{min(len(train_x), cfg.mixture_fit_n)} training encodings")
+                                     f"{min(len(train_x), *fit_sizes)} training encodings")
                 trainer, test_x = train("vae", cfg, resume=i > 0)
                 if references is None:  # the same real images for every run: classified once
                     references = real_references(load_classifier(classifier_path, trainer.device)[0],
@@ -47,9 +51,10 @@ def sweep(given, latent_dims, kl_weights, epochs_list, components, n, classifier
                 metrics = json.loads((run_dir / "metrics.json").read_text())
                 run = {"latent_dim": p, "kl_weight": w, "epochs": epochs,
                        "train_seconds": round(sum(m["seconds"] for m in metrics), 1)}
-                table += score_priors(trainer, train_x, test_x, components, n, classifier_path, references, run)
+                table += score_priors(trainer, train_x, test_x, components, fit_sizes, n, classifier_path,
+                                      references, run)
                 save_json(sweep_dir / "sweep.json", table)
-            trainer.cfg.mixture_components = components[0]  # the figure shows the first size
+            trainer.cfg.mixture_components, trainer.cfg.mixture_fit_n = components[0], fit_sizes[0]  # the figure's
             trainer.finish(train_x)
             generator = torch.Generator().manual_seed(cfg.seed)
             rows += [(f"p = {p}, w = {w:g}:\nreconstruction", trainer.reconstruct(test_x[:16])),
@@ -61,7 +66,7 @@ def sweep(given, latent_dims, kl_weights, epochs_list, components, n, classifier
     return 0
 
 
-def check_lists(latent_dims, kl_weights, epochs_list, components, n):
+def check_lists(latent_dims, kl_weights, epochs_list, components, n, fit_sizes):
     if any(p < 1 for p in latent_dims):
         raise UsageError("--latent-dims: each must be at least 1")
     if any(not (w >= 0 and math.isfinite(w)) for w in kl_weights):
@@ -70,27 +75,31 @@ def check_lists(latent_dims, kl_weights, epochs_list, components, n):
         raise UsageError("--epochs-list: increasing epoch counts, each at least 1")
     if any(k < 1 for k in components):
         raise UsageError("--components: each must be at least 1")
+    if any(size < 1 for size in fit_sizes):
+        raise UsageError("--fit-sizes: each must be at least 1")
     if n < 1:
         raise UsageError(f"--n {n}: must be at least 1")
 
 
-def score_priors(trainer, train_x, test_x, components, n, classifier_path, references, run):
-    """Rows of the table for one trained VAE: its N(0, I) samples, then a mixture of each size, refitted."""
+def score_priors(trainer, train_x, test_x, components, fit_sizes, n, classifier_path, references, run):
+    """Rows of the table for one trained VAE: its N(0, I) samples, then a mixture of each size fitted to each
+    number of encodings."""
     cfg = trainer.cfg
     report = evaluate_trainer(trainer, test_x, classifier_path, n=n, iwae_k=0, seed=cfg.seed,
                               references=references, priors=("standard",))
     run = {**run, "test_elbo": report["test_elbo"]}
-    rows = [{**run, "prior": "standard", "components": None, "fit_seconds": None,
+    rows = [{**run, "prior": "standard", "components": None, "fit_n": None, "fit_seconds": None,
              **report["samples"][sampler_label(trainer, "standard")]}]
     for k in components:
-        trainer.cfg.mixture_components = k
-        start = time.perf_counter()
-        trainer.finish(train_x)
-        fit_seconds = round(time.perf_counter() - start, 2)
-        report = evaluate_trainer(trainer, test_x, classifier_path, n=n, iwae_k=0, seed=cfg.seed,
-                                  references=references, priors=("mixture",))
-        rows.append({**run, "prior": "mixture", "components": k, "fit_seconds": fit_seconds,
-                     **report["samples"][sampler_label(trainer, "mixture")]})
+        for fit_n in fit_sizes:
+            cfg.mixture_components, cfg.mixture_fit_n = k, fit_n
+            start = time.perf_counter()
+            trainer.finish(train_x)
+            fit_seconds = round(time.perf_counter() - start, 2)
+            report = evaluate_trainer(trainer, test_x, classifier_path, n=n, iwae_k=0, seed=cfg.seed,
+                                      references=references, priors=("mixture",))
+            rows.append({**run, "prior": "mixture", "components": k, "fit_n": min(fit_n, len(train_x)),
+                         "fit_seconds": fit_seconds, **report["samples"][sampler_label(trainer, "mixture")]})
     return rows
 
 
@@ -99,7 +108,8 @@ def format_sweep(table):
     lines = ["| p | KL weight | epochs | test −ELBO | prior | FID* | coverage | confident | IS |",
              "|---:|---:|---:|---:|---|---:|---:|---:|---:|"]
     for s in table:
-        prior = "N(0, I)" if s["prior"] == "standard" else f"mixture of {s['components']}"
+        prior = ("N(0, I)" if s["prior"] == "standard" else
+                 f"mixture of {s['components']} ({s['fit_n']} μ, {s['fit_seconds']:.0f} s)")
         lines.append(f"| {s['latent_dim']} | {s['kl_weight']:g} | {s['epochs']} | {s['test_elbo']:.2f} | {prior} | "
                      f"{s['fid']:.1f} | {s['coverage']}/10 | {s['confident']:.3f} | {s['inception_score']:.2f} |")
     return "\n".join(lines)
@@ -108,7 +118,8 @@ def format_sweep(table):
 def build_parser():
     parser = Parser(prog="python -m tools.sweep", description=__doc__.split("\n\n")[0],
                                      epilog="Every other flag is the vae command's, passed to each run.")
-    add_config_flags(parser, VAEConfig, skip={"kl_weight", "latent_dim", "epochs", "mixture_components"})
+    add_config_flags(parser, VAEConfig, skip={"kl_weight", "latent_dim", "epochs", "mixture_components",
+                                              "mixture_fit_n"})
     parser.add_argument("--kl-weights", type=float, nargs="+", default=[0, 0.25, 0.5, 1, 2, 4], metavar="W",
                         help="the KL weights to train (default: 0 0.25 0.5 1 2 4)")
     parser.add_argument("--latent-dims", type=int, nargs="+", default=[VAEConfig.latent_dim], metavar="P",
@@ -117,6 +128,9 @@ def build_parser():
                         help=f"score each run after each of these epoch counts (default: {VAEConfig.epochs})")
     parser.add_argument("--components", type=int, nargs="+", default=[VAEConfig.mixture_components], metavar="K",
                         help=f"mixture sizes fitted and scored at each point (default: {VAEConfig.mixture_components})")
+    parser.add_argument("--fit-sizes", type=int, nargs="+", default=[VAEConfig.mixture_fit_n], metavar="N",
+                        help=f"numbers of training encodings each mixture is fitted to "
+                             f"(default: {VAEConfig.mixture_fit_n})")
     parser.add_argument("--n", type=int, default=10000, help="samples scored per prior (default: 10000)")
     parser.add_argument("--classifier", default=CLASSIFIER_PATH,
                         help=f"the cached MNIST classifier, trained if missing (default: {CLASSIFIER_PATH})")
@@ -125,10 +139,10 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    lists = ("kl_weights", "latent_dims", "epochs_list", "components", "n", "classifier")
+    lists = ("kl_weights", "latent_dims", "epochs_list", "components", "fit_sizes", "n", "classifier")
     given = {k: v for k, v in vars(args).items() if k not in lists}
     return run_cli("tools.sweep", lambda: sweep(given, args.latent_dims, args.kl_weights, args.epochs_list,
-                                                args.components, args.n, args.classifier))
+                                                args.components, args.n, args.classifier, args.fit_sizes))
 
 
 if __name__ == "__main__":
