@@ -83,11 +83,11 @@ class VAEConfig(RunConfig):
 
     epochs: int = arg(60, "passes over the training set")
     lr: float = arg(2e-3, "Adam learning rate")
-    latent_dim: int = arg(4, "p, the dimension of the latent code z")
+    latent_dim: int = arg(32, "p, the dimension of the latent code z")
     hidden: int = arg(200, "hidden units of encoder and decoder")
     dropout: float = arg(0.1, "dropout rate on the encoder's hidden layer")
-    kl_weight: float = arg(2.0, "weight of the KL term of Eq. 10 against reconstruction")
-    mixture_components: int = arg(50, "components of the Gaussian mixture fitted to the encodings μ(x) after "
+    kl_weight: float = arg(0.5, "weight of the KL term of Eq. 10 against reconstruction")
+    mixture_components: int = arg(200, "components of the Gaussian mixture fitted to the encodings μ(x) after "
                                       "training, a second prior to sample from (0 = none)")
     mixture_fit_n: int = arg(20000, "fit the mixture to the encodings of at most this many training images")
 
@@ -382,16 +382,18 @@ def fit_mixture(z, k, iterations=100, tol=1e-3, seed=0, reg=1e-6):
     steps; stops when the mean log-likelihood gains less than tol. Returns float64 tensors
     {"weights": k, "means": k×p, "covariances": k×p×p}."""
     z = z.detach().double().cpu()
+    n, p = z.shape
+    zz = outer_products(z)  # N×p²
     centres = kmeans(z, k, torch.Generator().manual_seed(seed))
     resp = F.one_hot(torch.cdist(z, centres).argmin(1), k).double()  # N×k responsibilities r_ik
     log_likelihood = -math.inf
     for _ in range(iterations):
-        # M step: π_k = N_k / N,  m_k = Σ_i r_ik z_i / N_k,  S_k = Σ_i r_ik (z_i − m_k)(z_i − m_k)ᵀ / N_k + reg·I
+        # M step: π_k = N_k / N,  m_k = Σ_i r_ik z_i / N_k,  S_k = Σ_i r_ik z_i z_iᵀ / N_k − m_k m_kᵀ + reg·I
         n_k = resp.sum(0) + 1e-10
         means = resp.T @ z / n_k[:, None]
-        covariances = torch.stack([(resp[:, j, None] * (z - means[j])).T @ (z - means[j]) / n_k[j]
-                                   for j in range(k)]) + reg * torch.eye(z.shape[1], dtype=z.dtype)
-        prior = {"weights": n_k / n_k.sum(), "means": means, "covariances": covariances}
+        second_moments = (resp.T @ zz).reshape(k, p, p) / n_k[:, None, None]
+        covariances = second_moments - means[:, :, None] * means[:, None, :] + reg * torch.eye(p, dtype=z.dtype)
+        prior = {"weights": n_k / n, "means": means, "covariances": covariances}
         # E step: r_ik = π_k N(z_i | m_k, S_k) / Σ_j π_j N(z_i | m_j, S_j)
         log_joint = component_log_probs(prior, z)  # N×k
         resp = torch.softmax(log_joint, 1)
@@ -410,17 +412,27 @@ def kmeans(z, k, generator, steps=10):
         centres = torch.cat([centres, new])
         d2 = torch.minimum(d2, torch.cdist(z, new).squeeze(1).pow(2))
     for _ in range(steps):
-        nearest = torch.cdist(z, centres).argmin(1)
-        for j in range(k):
-            if (nearest == j).any():
-                centres[j] = z[nearest == j].mean(0)
+        nearest = F.one_hot(torch.cdist(z, centres).argmin(1), k).double()  # N×k
+        count = nearest.sum(0)
+        centres = torch.where(count[:, None] > 0, nearest.T @ z / count.clamp_min(1)[:, None], centres)
     return centres
 
 
+def outer_products(z):
+    """z_i z_iᵀ for each row of z (N×p), flattened: N×p²."""
+    return (z[:, :, None] * z[:, None, :]).reshape(len(z), -1)
+
+
 def component_log_probs(prior, z):
-    """log π_k + log N(z_i | m_k, S_k) for each row z_i of z and each component k: N×k."""
-    return torch.stack([torch.distributions.MultivariateNormal(m, covariance_matrix=S).log_prob(z)
-                        for m, S in zip(prior["means"], prior["covariances"])], 1) + prior["weights"].log()
+    """log π_k + log N(z_i | m_k, S_k) for each row z_i of z and each component k: N×k. With P_k = S_k⁻¹,
+    (z − m)ᵀ P (z − m) = zᵀPz − 2 zᵀPm + mᵀPm: three matrix products over all components at once."""
+    means, p = prior["means"], z.shape[1]
+    L = torch.linalg.cholesky(prior["covariances"])  # S_k = L_k L_kᵀ
+    P = torch.cholesky_inverse(L)  # k×p×p
+    Pm = (P @ means[:, :, None]).squeeze(2)  # k×p
+    quadratic = outer_products(z) @ P.reshape(len(means), p * p).T - 2 * z @ Pm.T + (means * Pm).sum(1)  # N×k
+    log_det = 2 * L.diagonal(dim1=1, dim2=2).log().sum(1)  # log |S_k|
+    return prior["weights"].log() - 0.5 * (quadratic + log_det + p * math.log(2 * math.pi))
 
 
 def mixture(prior):

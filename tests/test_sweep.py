@@ -26,7 +26,7 @@ def test_sweep_scores_both_priors_for_each_weight_and_epoch_count(tmp_path, stub
     assert all(row["test_elbo"] > 0 and sum(row["histogram"]) == 200 for row in table)
     assert all((row["fit_seconds"] is None) == (row["prior"] == "standard") for row in table)
     assert (tmp_path / "figures" / "vae_sweep.png").stat().st_size > 10_000
-    state = hw.load_checkpoint(tmp_path / "run" / "p4_kl2" / "checkpoint.pt")
+    state = hw.load_checkpoint(tmp_path / "run" / "p32_kl2" / "checkpoint.pt")
     assert state["config"]["kl_weight"] == 2 and state["epoch"] == 2  # the second epoch count resumed the first
     assert not (tmp_path / "figures" / "vae.png").exists()  # each run's own figures stay in its run directory
 
