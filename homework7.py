@@ -1106,7 +1106,11 @@ def train(name, cfg, resume=False):
     trainer = TRAINERS[name][1](cfg, device)
     start = time.perf_counter()
     metrics = fit(trainer, cfg, train_x, test_x, cfg.run_dir, resume=resume)
+    fit_start = time.perf_counter()
     trainer.finish(train_x)
+    if getattr(trainer, "prior", None):
+        print(f"{name}: fitted a mixture of {cfg.mixture_components} Gaussians to {n_fit} "
+              f"encodings μ(x) in {time.perf_counter() - fit_start:.1f} s")
     save_checkpoint(cfg.run_dir, trainer, cfg, metrics[-1]["epoch"], metrics)
     test_x = test_x.to(device)
     trainer.write_figures(cfg.figures_dir, test_x, metrics)

@@ -81,8 +81,9 @@ class Page:
 
     def table(self, header, rows, gap=0.15):
         height = 0.24 * (len(rows) + 1)
+        widths = [0.28] + [0.72 / (len(header) - 1)] * (len(header) - 1)  # the labels get a wide first column
         table = self.axes(height).table(cellText=rows, colLabels=header, bbox=(0, 0, 1, 1), cellLoc="right",
-                                        colLoc="right")
+                                        colLoc="right", colWidths=widths)
         table.auto_set_font_size(False)
         table.set_fontsize(9)
         for (row, col), cell in table.get_celld().items():
