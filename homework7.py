@@ -1096,7 +1096,8 @@ def train(name, cfg, resume=False):
     n_fit = min(len(train_x), getattr(cfg, "mixture_fit_n", 0))
     if getattr(cfg, "mixture_components", 0) > n_fit:
         raise UsageError(f"--mixture-components {cfg.mixture_components}: more components than the {n_fit} "
-                         "training encodings the mixture is fitted to")
+                         f"training encodings the mixture is fitted to; pass --mixture-components {n_fit // 10} "
+                         "(or 0 for no mixture)")
     if name == "gan" and len(train_x) < 2:
         raise UsageError("the GAN needs at least 2 training images (BatchNorm normalises over a minibatch)")
     check_dir(cfg.run_dir, "--run-dir")

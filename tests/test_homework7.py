@@ -793,6 +793,7 @@ def test_a_vae_without_a_mixture_refuses_prior_mixture(tmp_path, capsys):
 def test_more_components_than_training_images_are_refused(tmp_path, capsys):
     status, _, err = run(capsys, "vae", "--n-train", "20", "--mixture-components", "21", *outputs(tmp_path))
     assert status == 2 and "more components than the 20 training encodings" in err and err.count("\n") == 1
+    assert "pass --mixture-components 2" in err
     assert not (tmp_path / "run").exists()
 
 
