@@ -873,3 +873,23 @@ def test_ctrl_c_on_a_real_training_process(tmp_path, small_npy, interrupt_child)
     state = hw.load_checkpoint(tmp_path / "run" / "checkpoint.pt", "vae")  # complete, not half written
     assert state["epoch"] >= 3 and len(json.loads((tmp_path / "run" / "metrics.json").read_text())) >= 3
     assert not list(tmp_path.rglob(".*.tmp"))
+
+
+# ----------------------------------------------------------------------------- the README says what the code does
+def test_the_readme_flag_tables_give_every_flag_with_its_default():
+    readme = (ROOT / "README.md").read_text()
+
+    def shown(value):  # how the README's tables write a default
+        return "all" if value is None else "''" if value == "" else f"{value:g}" if isinstance(value, float) else str(value)
+
+    for config_cls in (hw.VAEConfig, hw.GANConfig):
+        for f in dataclasses.fields(config_cls):
+            row = f"| `--{f.name.replace('_', '-')}` | {shown(f.default)} |"
+            assert row in readme, row
+    assert f"| `--prior` | {hw.DEFAULT_PRIOR} |" in readme
+
+
+def test_the_readme_errors_table_lists_every_bad_input_the_test_tries():
+    readme = (ROOT / "README.md").read_text()
+    for name, argv, words in BAD_INPUTS:
+        assert f"| {name} | `python homework7.py {argv.replace('{d}/', '')}` |" in readme, name
