@@ -443,7 +443,8 @@ def mixture(prior):
 
 
 def sample_mixture(prior, n, generator=None):
-    """n draws z ~ q(z) (n×p float64): a component k ~ π, then z = m_k + L_k ε with L_k L_kᵀ = S_k, ε ~ N(0, I)."""
+    """n draws z ~ q(z) (n×p float64): a component k ~ π, then z = m_k + L_k ε with L_k L_kᵀ = S_k and
+    ε ~ N(0, I)."""
     k = torch.multinomial(prior["weights"], n, replacement=True, generator=generator)
     eps = torch.randn(n, prior["means"].shape[1], 1, generator=generator, dtype=torch.float64)
     return prior["means"][k] + (torch.linalg.cholesky(prior["covariances"])[k] @ eps).squeeze(2)
@@ -472,14 +473,16 @@ class VAETrainer:
 
     @torch.no_grad()
     def finish(self, train_x):
-        """After the last epoch: fit the mixture prior to the encodings μ(x) of (up to mixture_fit_n) training images."""
+        """After the last epoch: fit the mixture prior to the encodings μ(x) of (up to mixture_fit_n) training
+        images. Returns whether it did, i.e. whether the checkpoint is to be written again."""
         if not self.cfg.mixture_components:
-            return
+            return False
         self.model.eval()
         pick = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(self.cfg.seed))
         x = train_x[pick[: self.cfg.mixture_fit_n]].to(self.device)
         mu = torch.cat([self.model.encode(x[i : i + 1000])[0] for i in range(0, len(x), 1000)])
         self.prior = fit_mixture(mu, self.cfg.mixture_components, seed=self.cfg.seed)
+        return True
 
     def train_step(self, x):
         self.model.train()
@@ -675,7 +678,8 @@ class GANTrainer:
         return {}
 
     def finish(self, train_x):
-        """Nothing to do after the last epoch."""
+        """Nothing to do after the last epoch: the checkpoint fit() wrote stands."""
+        return False
 
     def check(self, train_stats):
         if train_stats["d_g_z_max"] < GAN_COLLAPSE_D_FAKE:
@@ -1012,13 +1016,16 @@ def add_config_flags(parser, config_cls, skip=()):
         parser.add_argument("--" + f.name.replace("_", "-"), default=argparse.SUPPRESS, **kwargs)
 
 
-def add_checkpoint_flags(parser, n_help):
+def add_checkpoint_flags(parser, n_help, prior_default):
     """The flags of the commands that load a trained model (sample here, and the tools' evaluation)."""
     parser.add_argument("model", choices=TRAINERS, help="which model")
     parser.add_argument("--n", type=int, default=10000, help=f"{n_help} (default: 10000)")
     parser.add_argument("--checkpoint", default="", help="checkpoint to load (default: runs/<model>/checkpoint.pt)")
     parser.add_argument("--seed", type=int, default=0, help="random seed of the noise (default: 0)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto (default: auto)")
+    parser.add_argument("--prior", choices=PRIORS, default=None,
+                        help=f"VAE: z ~ N(0, I) (standard) or z ~ the mixture fitted after training "
+                             f"(default: {prior_default})")
 
 
 def build_parser():
@@ -1032,10 +1039,7 @@ def build_parser():
                          help="continue from the checkpoint in the run directory (its config is kept)")
     sample = commands.add_parser("sample", help="write new images from a trained model to a .npy file",
                                  description="N new images (float32, N×784, values in [0,1]) from a checkpoint.")
-    add_checkpoint_flags(sample, "how many images")
-    sample.add_argument("--prior", choices=PRIORS, default=None,
-                        help=f"VAE: z ~ N(0, I) (standard) or z ~ the mixture fitted after training "
-                             f"(default: {DEFAULT_PRIOR})")
+    add_checkpoint_flags(sample, "how many images", prior_default=DEFAULT_PRIOR)
     sample.add_argument("--out", default="samples.npy", help="output .npy file (default: samples.npy)")
     return parser
 
@@ -1108,11 +1112,10 @@ def train(name, cfg, resume=False):
     start = time.perf_counter()
     metrics = fit(trainer, cfg, train_x, test_x, cfg.run_dir, resume=resume)
     fit_start = time.perf_counter()
-    trainer.finish(train_x)
-    if getattr(trainer, "prior", None):
+    if trainer.finish(train_x):  # the VAE's mixture goes into the checkpoint beside its weights
         print(f"{name}: fitted a mixture of {cfg.mixture_components} Gaussians to {n_fit} "
               f"encodings μ(x) in {time.perf_counter() - fit_start:.1f} s")
-    save_checkpoint(cfg.run_dir, trainer, cfg, metrics[-1]["epoch"], metrics)
+        save_checkpoint(cfg.run_dir, trainer, cfg, metrics[-1]["epoch"], metrics)
     test_x = test_x.to(device)
     trainer.write_figures(cfg.figures_dir, test_x, metrics)
     print(f"{name}: trained in {time.perf_counter() - start:.1f} s; figures in {cfg.figures_dir}/, "
@@ -1139,24 +1142,27 @@ def draw_samples(trainer, n, seed, **prior):
 
 
 def checkpoint_trainer(args):
-    """The trainer restored from the checkpoint that --checkpoint (or the model's default run) names."""
+    """The trainer restored from the checkpoint that --checkpoint (or the model's default run) names, with
+    --n and --prior checked against it."""
     if args.n < 1:
         raise UsageError(f"--n {args.n}: must be at least 1")
+    if args.model == "gan" and args.prior:
+        raise UsageError("--prior: only the VAE has a choice of prior")
     path = Path(args.checkpoint or f"runs/{args.model}/checkpoint.pt")
-    return trainer_from_checkpoint(load_checkpoint(path, args.model), resolve_device(args.device), path), path
+    trainer = trainer_from_checkpoint(load_checkpoint(path, args.model), resolve_device(args.device), path)
+    if args.prior == "mixture" and not trainer.prior:
+        raise UsageError(f"{path}: this VAE has no fitted mixture; use --prior standard")
+    return trainer, path
 
 
 def sample_command(args):
-    if args.model == "gan" and args.prior:
-        raise UsageError("--prior: only the VAE has a choice of prior")
     out_dir = Path(args.out).parent
     if not out_dir.is_dir():
-        raise UsageError(f"--out {args.out}: {out_dir} " + ("is not a directory" if out_dir.exists() else "does not exist"))
-    trainer, path = checkpoint_trainer(args)
+        why = "is not a directory" if out_dir.exists() else "does not exist"
+        raise UsageError(f"--out {args.out}: {out_dir} {why}")
+    trainer, _ = checkpoint_trainer(args)
     prior = {}
     if args.model == "vae":
-        if args.prior == "mixture" and not trainer.prior:
-            raise UsageError(f"{path}: this VAE has no fitted mixture; use --prior standard")
         prior = {"prior": args.prior or (DEFAULT_PRIOR if trainer.prior else "standard")}
     images = draw_samples(trainer, args.n, args.seed, **prior).cpu()
     atomic_write(args.out, lambda f: np.save(f, images.numpy().astype(np.float32)))

@@ -252,8 +252,8 @@ def exit_status(argv):
 def checkpoints(tmp_path_factory):
     """A trained VAE (with and without a mixture) and GAN, one epoch on 200 images each."""
     d = tmp_path_factory.mktemp("checkpoints")
-    for name, argv in (("vae", ["vae", "--mixture-components", "2"]), ("vae_standard", ["vae", "--mixture-components", "0"]),
-                       ("gan", ["gan"])):
+    for name, argv in (("vae", ["vae", "--mixture-components", "2"]),
+                       ("vae_standard", ["vae", "--mixture-components", "0"]), ("gan", ["gan"])):
         assert hw.main([*argv, "--n-train", "200", "--epochs", "1", "--run-dir", str(d / name),
                         "--figures-dir", str(d / name)]) == 0
     return {name: d / name / "checkpoint.pt" for name in ("vae", "vae_standard", "gan")}
@@ -749,7 +749,8 @@ def test_vae_samples_from_its_fitted_mixture(tmp_path, capsys):
     assert status == 0
     path = tmp_path / "run" / "checkpoint.pt"
     prior = torch.load(path, map_location="cpu", weights_only=True)["trainer"]["prior"]
-    assert prior["weights"].shape == (5,) and prior["means"].shape == (5, 32) and prior["covariances"].shape == (5, 32, 32)
+    assert prior["weights"].shape == (5,) and prior["means"].shape == (5, 32)
+    assert prior["covariances"].shape == (5, 32, 32)
     assert abs(prior["weights"].sum().item() - 1) < 1e-9
 
     trainer = hw.trainer_from_checkpoint(hw.load_checkpoint(path, "vae"), CPU, path)
@@ -880,7 +881,11 @@ def test_the_readme_flag_tables_give_every_flag_with_its_default():
     readme = (ROOT / "README.md").read_text()
 
     def shown(value):  # how the README's tables write a default
-        return "all" if value is None else "''" if value == "" else f"{value:g}" if isinstance(value, float) else str(value)
+        if value is None:
+            return "all"
+        if value == "":
+            return "''"
+        return f"{value:g}" if isinstance(value, float) else str(value)
 
     for config_cls in (hw.VAEConfig, hw.GANConfig):
         for f in dataclasses.fields(config_cls):

@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import homework7 as hw
-from homework7 import (Parser, TRAINERS, VAE, Discriminator, Dropout, Generator, Meter, RunConfig, UsageError, load_images,
-                       minibatches, reparameterize, run_cli)
+from homework7 import (TRAINERS, VAE, Discriminator, Dropout, Generator, Meter, Parser, RunConfig, UsageError,
+                       load_images, minibatches, reparameterize, run_cli)
 
 
 def with_stock_dropout(model):

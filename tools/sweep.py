@@ -54,12 +54,11 @@ def sweep(given, latent_dims, kl_weights, epochs_list, components, n, classifier
                 table += score_priors(trainer, train_x, test_x, components, fit_sizes, n, classifier_path,
                                       references, run)
                 save_json(sweep_dir / "sweep.json", table)
-            trainer.cfg.mixture_components, trainer.cfg.mixture_fit_n = components[0], fit_sizes[0]  # the figure's
-            trainer.finish(train_x)
-            generator = torch.Generator().manual_seed(cfg.seed)
+            generator = torch.Generator().manual_seed(cfg.seed)  # the figure: the last mixture fitted, no refit
             rows += [(f"p = {p}, w = {w:g}:\nreconstruction", trainer.reconstruct(test_x[:16])),
                      ("new: z ~ N(0, I)", trainer.sample(16, generator)),
-                     (f"new: mixture of {components[0]}", trainer.sample(16, generator, prior="mixture"))]
+                     (f"new: mixture of {trainer.cfg.mixture_components}",
+                      trainer.sample(16, generator, prior="mixture"))]
     plot_rows(rows, figures_dir / "vae_sweep.png",
               f"VAE with latent dimension p and KL weight w ({epochs_list[-1]} epochs)")
     print(format_sweep(table))
