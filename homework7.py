@@ -97,13 +97,27 @@ class GANConfig(RunConfig):
     """The GAN: G with 4 linear layers, D with input dropout and 3 linear layers."""
 
     epochs: int = arg(75, "passes of D over the training set")
-    lr: float = arg(4e-4, "Adam learning rate of both G and D")
+    lr: float = arg(4e-4, "Adam learning rate of G (and of D unless --lr-d is given)")
+    lr_d: float = arg(0.0, "Adam learning rate of D (0 = the same as --lr; two time scales when they differ)")
+    lr_decay_start: float = arg(1.0, "share of the epochs after which both learning rates fall linearly "
+                                     "towards 0 (1 = constant)")
     beta1: float = arg(0.5, "Adam beta1 of both G and D")
     noise_dim: int = arg(100, "dimension of G's Gaussian noise z")
     hidden: int = arg(256, "hidden units of G and D")
     dropout: float = arg(0.5, "rate of D's input dropout layer")
     k: int = arg(1, "discriminator steps per generator step (Algorithm 1's k)")
+    r1: float = arg(0.0, "γ of the R1 penalty γ/2 · ‖∇ₓ a(x)‖² on D's logit a over real images (0 = off)")
+    r1_every: int = arg(16, "apply R1 on every this many D steps, weighted by it (lazy regularisation)")
+    top_k: float = arg(1.0, "top-k: G learns only from the share max(d^(epoch − 1), this) of its fakes "
+                            "that D rates most real, d = --top-k-decay (1 = from all)")
+    top_k_decay: float = arg(0.99, "top-k: the factor d by which the share falls each epoch")
+    instance_noise: float = arg(0.0, "std of Gaussian noise added to every input of D, falling linearly "
+                                     "to 0 over the epochs (0 = off)")
     ema: float = arg(0.9999, "decay of a moving average of G's weights that draws the samples (0 = off)")
+    ema_rampup: float = arg(0.0, "the moving average spans at most this share of G's steps so far, so "
+                                 "that it follows G early on (0 = off)")
+    bn_batches: int = arg(0, "after training, recompute the sampler's BatchNorm statistics over this many "
+                             "batches of noise (0 = keep those averaged from G's)")
     generator_loss: str = arg(
         "non-saturating",
         "G's objective: minimax, log(1-D(G(z))), or non-saturating, -log D(G(z))",
@@ -373,6 +387,24 @@ def generator_loss(fake_logits, kind="non-saturating"):
     return F.softplus(-fake_logits).mean()
 
 
+# Top-k (Sinha et al., NeurIPS 2020): G's loss over only the k of its m fakes with the largest logits a_fake,
+# those D rates most real; the rest would push G towards what D has already rejected.
+def top_k_logits(fake_logits, share):
+    """The largest ceil(share · m) of the m logits (all of them when share is 1)."""
+    k = math.ceil(share * len(fake_logits))
+    return fake_logits if k >= len(fake_logits) else fake_logits.topk(k).values
+
+
+# R1 (Mescheder et al., ICML 2018): D's loss plus  γ/2 · E_x ‖∇_x a(x)‖²  over real images x,
+# which pulls D's gradient on the data towards 0 (a: D's logit).
+def r1_penalty(real_logits, real, gamma):
+    """γ/2 times the minibatch mean of ‖∂a/∂x‖² (real must require grad; the graph is kept for backward).
+    With BatchNorm in D, ∂(Σ a)/∂x_i also holds the other images' dependence on x_i through the batch's
+    mean and variance, so this is the penalty of the summed logits, not of each image alone."""
+    (grad,) = torch.autograd.grad(real_logits.sum(), real, create_graph=True)
+    return 0.5 * gamma * grad.pow(2).sum(1).mean()
+
+
 # ----------------------------------------------------------------------------- the VAE's fitted prior
 # Ex-post density estimation (Ghosh et al., ICLR 2020, §4): after training, fit a Gaussian mixture
 #   q(z) = Σ_k π_k N(z | m_k, S_k)
@@ -474,15 +506,18 @@ class VAETrainer:
     @torch.no_grad()
     def finish(self, train_x):
         """After the last epoch: fit the mixture prior to the encodings μ(x) of (up to mixture_fit_n) training
-        images. Returns whether it did, i.e. whether the checkpoint is to be written again."""
+        images. Returns what was done, for the log (the checkpoint is then written again), or None."""
         if not self.cfg.mixture_components:
-            return False
+            return None
         self.model.eval()
         pick = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(self.cfg.seed))
         x = train_x[pick[: self.cfg.mixture_fit_n]].to(self.device)
         mu = torch.cat([self.model.encode(x[i : i + 1000])[0] for i in range(0, len(x), 1000)])
         self.prior = fit_mixture(mu, self.cfg.mixture_components, seed=self.cfg.seed)
-        return True
+        return f"fitted a mixture of {self.cfg.mixture_components} Gaussians to {len(x)} encodings μ(x)"
+
+    def start_epoch(self, epoch):
+        """The VAE has no schedules: nothing changes from epoch to epoch."""
 
     def train_step(self, x):
         self.model.train()
@@ -588,21 +623,22 @@ class GANTrainer:
         self.G = Generator(cfg.noise_dim, cfg.hidden).to(device)
         self.D = Discriminator(cfg.hidden, cfg.dropout).to(device)
         self.opt_G = make_adam(self.G.parameters(), cfg.lr, device, betas=(cfg.beta1, 0.999))
-        self.opt_D = make_adam(self.D.parameters(), cfg.lr, device, betas=(cfg.beta1, 0.999))
+        self.opt_D = make_adam(self.D.parameters(), cfg.lr_d or cfg.lr, device, betas=(cfg.beta1, 0.999))
         self.G_ema = copy.deepcopy(self.G).requires_grad_(False) if cfg.ema > 0 else None
         # matching tensors of G_ema and G (weights and BatchNorm statistics), for update_ema()
         self.ema_pairs = []
         if self.G_ema:
             self.ema_pairs = list(zip(self.G_ema.state_dict().values(), self.G.state_dict().values()))
         self.fixed_z = torch.randn(self.n_fixed, cfg.noise_dim, generator=torch.Generator().manual_seed(cfg.seed))
-        self.d_steps = 0
+        self.d_steps = self.g_steps = 0
+        self.noise_std, self.top_k_share = cfg.instance_noise, 1.0  # set for each epoch by start_epoch()
         self.snapshots = {}  # epoch → G(fixed z[:16]), for figures/gan_progress.png
 
     def state_dict(self):
         return {
             "G": self.G.state_dict(), "D": self.D.state_dict(),
             "opt_G": self.opt_G.state_dict(), "opt_D": self.opt_D.state_dict(),
-            "d_steps": self.d_steps, "snapshots": self.snapshots,
+            "d_steps": self.d_steps, "g_steps": self.g_steps, "snapshots": self.snapshots,
             **({"G_ema": self.G_ema.state_dict()} if self.G_ema else {}),
         }
 
@@ -611,7 +647,7 @@ class GANTrainer:
         self.D.load_state_dict(state["D"])
         self.opt_G.load_state_dict(state["opt_G"])
         self.opt_D.load_state_dict(state["opt_D"])
-        self.d_steps = state["d_steps"]
+        self.d_steps, self.g_steps = state["d_steps"], state["g_steps"]
         self.snapshots = dict(state["snapshots"])
         if self.G_ema:
             self.G_ema.load_state_dict(state["G_ema"])
@@ -625,21 +661,48 @@ class GANTrainer:
     def noise(self, m):
         return torch.randn(m, self.cfg.noise_dim, device=self.device)
 
+    def start_epoch(self, epoch):
+        """The schedules, set once an epoch from the share of training done: learning-rate decay,
+        instance noise and the top-k share."""
+        cfg, done = self.cfg, (epoch - 1) / self.cfg.epochs
+        lr_scale = min(1.0, (1 - done) / (1 - cfg.lr_decay_start)) if cfg.lr_decay_start < 1 else 1.0
+        for optimizer, lr in ((self.opt_G, cfg.lr), (self.opt_D, cfg.lr_d or cfg.lr)):
+            for group in optimizer.param_groups:
+                group["lr"] = lr * lr_scale
+        self.noise_std = cfg.instance_noise * (1 - done)
+        self.top_k_share = max(cfg.top_k_decay ** (epoch - 1), cfg.top_k) if cfg.top_k < 1 else 1.0
+
+    def d_input(self, x):
+        """What D sees of a batch: the images, plus instance noise while it lasts (Sønderby et al., 2017)."""
+        return x + self.noise_std * torch.randn_like(x) if self.noise_std > 0 else x
+
     def d_step(self, x):
-        """Ascend log D(x) + log(1 − D(G(z))) on a minibatch of real images and of noise."""
+        """Ascend log D(x) + log(1 − D(G(z))) on a minibatch of real images and of noise (minus R1 when due)."""
+        cfg = self.cfg
         self.G.train()
         self.D.train()
         with torch.no_grad():
             fake = self.G(self.noise(len(x)))
-        real_logits, fake_logits = self.D.logits(x), self.D.logits(fake)
+        real = self.d_input(x)
+        penalize = cfg.r1 > 0 and self.d_steps % cfg.r1_every == 0
+        if penalize:
+            real = real.detach().requires_grad_(True)
+        real_logits, fake_logits = self.D.logits(real), self.D.logits(self.d_input(fake))
         loss, loss_real, loss_fake = discriminator_loss(real_logits, fake_logits)
+        stats = {}
+        if penalize:  # lazy: every r1_every steps, weighted by r1_every (StyleGAN2)
+            penalty = r1_penalty(real_logits, real, cfg.r1)
+            loss = loss + cfg.r1_every * penalty
+            stats["r1"] = penalty.detach()
         self.opt_D.zero_grad(set_to_none=True)
         loss.backward()
         self.opt_D.step()
         self.d_steps += 1
         return {
-            "d_loss": loss.detach(), "d_real_loss": loss_real.detach(), "d_fake_loss": loss_fake.detach(),
+            "d_loss": loss_real.detach() + loss_fake.detach(),
+            "d_real_loss": loss_real.detach(), "d_fake_loss": loss_fake.detach(),
             "d_x": torch.sigmoid(real_logits).mean().detach(), "d_g_z": torch.sigmoid(fake_logits).mean().detach(),
+            **stats,
         }
 
     def g_step(self, m):
@@ -647,20 +710,30 @@ class GANTrainer:
         self.G.train()
         self.D.train()
         self.D.requires_grad_(False)  # gradients flow through D into G, but D's own are not needed
-        loss = generator_loss(self.D.logits(self.G(self.noise(m))), self.cfg.generator_loss)
+        fake_logits = self.D.logits(self.d_input(self.G(self.noise(m))))
+        loss = generator_loss(top_k_logits(fake_logits, self.top_k_share), self.cfg.generator_loss)
         self.opt_G.zero_grad(set_to_none=True)
         loss.backward()
         self.opt_G.step()
         self.D.requires_grad_(True)
+        self.g_steps += 1
         self.update_ema()
         return loss.detach()
+
+    def ema_decay(self):
+        """The moving average's decay; with --ema-rampup its span 1/(1 − decay) stays within that share of
+        G's steps so far (StyleGAN2's ramp-up), so that early on it follows G instead of its first weights."""
+        if self.cfg.ema_rampup <= 0:
+            return self.cfg.ema
+        return min(self.cfg.ema, 1 - 1 / max(1.0, self.cfg.ema_rampup * self.g_steps))
 
     @torch.no_grad()
     def update_ema(self):
         """θ_ema ← decay · θ_ema + (1 − decay) · θ after each step of G (G_ema starts as a copy of G)."""
+        weight = 1 - self.ema_decay()
         for ema, current in self.ema_pairs:
             if ema.is_floating_point():
-                ema.lerp_(current, 1 - self.cfg.ema)
+                ema.lerp_(current, weight)
             else:  # BatchNorm's count of batches
                 ema.copy_(current)
 
@@ -678,8 +751,15 @@ class GANTrainer:
         return {}
 
     def finish(self, train_x):
-        """Nothing to do after the last epoch: the checkpoint fit() wrote stands."""
-        return False
+        """With --bn-batches, the sampler's BatchNorm statistics recomputed for its own weights (BigGAN's
+        "standing statistics"); returns what was done, for the log, or None."""
+        if not self.cfg.bn_batches:
+            return None
+        generator = torch.Generator().manual_seed(self.cfg.seed)
+        noise = (torch.randn(self.cfg.batch_size, self.cfg.noise_dim, generator=generator).to(self.device)
+                 for _ in range(self.cfg.bn_batches))
+        recompute_batchnorm(self.sampler, noise)
+        return f"recomputed the BatchNorm statistics of the sampler over {self.cfg.bn_batches} batches of noise"
 
     def check(self, train_stats):
         if train_stats["d_g_z_max"] < GAN_COLLAPSE_D_FAKE:
@@ -714,6 +794,23 @@ class GANTrainer:
         picked = sorted({epochs[round(i * (len(epochs) - 1) / 5)] for i in range(6)})
         plot_rows([(f"epoch {e}", self.snapshots[e]) for e in picked], figures_dir / "gan_progress.png",
                   "GAN: G(z) for the same z as training goes on")
+
+
+@torch.no_grad()
+def recompute_batchnorm(model, inputs):
+    """Each BatchNorm's running mean and variance set to their plain averages over the batches of inputs,
+    which pass through model in training mode; model is left in eval mode."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # None: a cumulative average over the batches, not an exponential one
+    model.train()
+    for x in inputs:
+        model(x)
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    return model.eval()
 
 
 TRAINERS = {"vae": (VAEConfig, VAETrainer), "gan": (GANConfig, GANTrainer)}
@@ -773,8 +870,9 @@ def resolve_device(name):
     return device
 
 
-def fit(trainer, cfg, train_x, test_x, run_dir, resume=False, log_every=25):
-    """Trains epoch by epoch; after each one saves checkpoint and metrics, so Ctrl-C loses at most one epoch."""
+def fit(trainer, cfg, train_x, test_x, run_dir, resume=False, log_every=25, on_epoch=None):
+    """Trains epoch by epoch; after each one saves checkpoint and metrics, so Ctrl-C loses at most one epoch
+    (on_epoch(trainer, record), when given, is called after each: the instruments in tools/ score runs there)."""
     run_dir = Path(run_dir)
     metrics, first_epoch = [], 1
     if resume:
@@ -788,6 +886,7 @@ def fit(trainer, cfg, train_x, test_x, run_dir, resume=False, log_every=25):
     n_batches = len(batch_bounds(len(train_x), cfg.batch_size))
     for epoch in range(first_epoch, cfg.epochs + 1):
         start, meter = time.perf_counter(), Meter()
+        trainer.start_epoch(epoch)
         bar = tqdm(minibatches(train_x, cfg.batch_size), total=n_batches, leave=False,
                    desc=f"{trainer.name} epoch {epoch}/{cfg.epochs}", disable=None)
         for step, x in enumerate(bar, 1):
@@ -807,6 +906,8 @@ def fit(trainer, cfg, train_x, test_x, run_dir, resume=False, log_every=25):
         save_checkpoint(run_dir, trainer, cfg, epoch, metrics)
         print(f"{trainer.name} epoch {epoch:3d}/{cfg.epochs}  {trainer.summary(record)}  {record['seconds']:.1f} s",
               flush=True)
+        if on_epoch:
+            on_epoch(trainer, record)
     return metrics
 
 
@@ -1086,6 +1187,15 @@ def validate_config(cfg):
             ("beta1", 0 <= cfg.beta1 < 1, "must lie in [0, 1)"),
             ("ema", 0 <= cfg.ema < 1, "must lie in [0, 1)"),
             ("k", cfg.k >= 1, "must be at least 1"),
+            ("lr_d", cfg.lr_d >= 0 and math.isfinite(cfg.lr_d), "must be 0 (= --lr) or a positive number"),
+            ("lr_decay_start", 0 <= cfg.lr_decay_start <= 1, "must lie in [0, 1]"),
+            ("r1", cfg.r1 >= 0 and math.isfinite(cfg.r1), "must be 0 or more"),
+            ("r1_every", cfg.r1_every >= 1, "must be at least 1"),
+            ("top_k", 0 < cfg.top_k <= 1, "must lie in (0, 1]"),
+            ("top_k_decay", 0 < cfg.top_k_decay <= 1, "must lie in (0, 1]"),
+            ("instance_noise", cfg.instance_noise >= 0 and math.isfinite(cfg.instance_noise), "must be 0 or more"),
+            ("ema_rampup", cfg.ema_rampup >= 0 and math.isfinite(cfg.ema_rampup), "must be 0 or more"),
+            ("bn_batches", cfg.bn_batches >= 0, "must be 0 or more"),
             ("batch_size", cfg.batch_size >= 2, "must be at least 2 (BatchNorm needs two images)"),
         ]
     for name, ok, why in checks:
@@ -1111,10 +1221,10 @@ def train(name, cfg, resume=False):
     trainer = TRAINERS[name][1](cfg, device)
     start = time.perf_counter()
     metrics = fit(trainer, cfg, train_x, test_x, cfg.run_dir, resume=resume)
-    fit_start = time.perf_counter()
-    if trainer.finish(train_x):  # the VAE's mixture goes into the checkpoint beside its weights
-        print(f"{name}: fitted a mixture of {cfg.mixture_components} Gaussians to {n_fit} "
-              f"encodings μ(x) in {time.perf_counter() - fit_start:.1f} s")
+    finish_start = time.perf_counter()
+    done = trainer.finish(train_x)  # the VAE's mixture, the GAN's BatchNorm statistics: into the checkpoint
+    if done:
+        print(f"{name}: {done} in {time.perf_counter() - finish_start:.1f} s")
         save_checkpoint(cfg.run_dir, trainer, cfg, metrics[-1]["epoch"], metrics)
     test_x = test_x.to(device)
     trainer.write_figures(cfg.figures_dir, test_x, metrics)

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.distributions import Bernoulli, Normal, kl_divergence
 
 import homework7 as hw
@@ -224,6 +225,15 @@ BAD_INPUTS = [  # (id, argv with {d} for the directory of bad files, words the o
     ("ema 1", "gan --ema 1", "--ema 1.0"),
     ("ema nan", "gan --ema nan", "--ema nan"),
     ("k 0", "gan --k 0", "--k 0"),
+    ("lr-d negative", "gan --lr-d -1", "--lr-d -1.0"),
+    ("lr decay start 2", "gan --lr-decay-start 2", "--lr-decay-start 2.0: must lie in [0, 1]"),
+    ("r1 negative", "gan --r1 -0.1", "--r1 -0.1"),
+    ("r1 every 0", "gan --r1-every 0", "--r1-every 0"),
+    ("top-k 0", "gan --top-k 0", "--top-k 0.0: must lie in (0, 1]"),
+    ("top-k decay 1.5", "gan --top-k-decay 1.5", "--top-k-decay 1.5"),
+    ("instance noise nan", "gan --instance-noise nan", "--instance-noise nan"),
+    ("ema ramp-up negative", "gan --ema-rampup -1", "--ema-rampup -1.0"),
+    ("bn batches negative", "gan --bn-batches -1", "--bn-batches -1"),
     ("unknown loss", "gan --generator-loss wasserstein", "invalid choice: 'wasserstein'"),
     ("device tpu", "vae --device tpu", "unknown device 'tpu'"),
     ("device cuda:-1", "gan --device cuda:-1", "device 'cuda:-1'"),
@@ -534,6 +544,86 @@ def test_moving_average_of_g_is_what_draws_the_samples():
     assert torch.equal(restored.sample(3, torch.Generator().manual_seed(2)), gan.sample(3, torch.Generator().manual_seed(2)))
     plain = small_gan(ema=0)
     assert plain.G_ema is None and plain.sampler is plain.G
+
+
+def test_r1_penalty_equals_the_gradient_written_out_on_a_tiny_d():
+    torch.manual_seed(0)
+    W1, b1, w2 = torch.randn(3, 4), torch.randn(3), torch.randn(3)
+    x = torch.randn(5, 4, requires_grad=True)
+    logits = torch.relu(x @ W1.T + b1) @ w2  # a(x) = w2ᵀ relu(W1 x + b1)
+    penalty = hw.r1_penalty(logits, x, gamma=0.3)
+    by_hand = ((x @ W1.T + b1 > 0).float() * w2) @ W1  # ∂a/∂x = W1ᵀ (relu'(W1 x + b1) ⊙ w2), one row per image
+    assert torch.allclose(penalty, 0.15 * by_hand.detach().pow(2).sum(1).mean())
+    penalty.backward()  # the graph is kept: the penalty trains D
+    assert x.grad is not None
+
+
+def test_r1_comes_on_every_r1_every_d_steps():
+    gan = small_gan(r1=1.0, r1_every=3)
+    x = torch.rand(16, hw.IMAGE_DIM)
+    assert ["r1" in gan.train_step(x) for _ in range(7)] == [True, False, False, True, False, False, True]
+    assert all("r1" not in small_gan().train_step(x) for _ in range(3))
+
+
+def test_top_k_keeps_the_fakes_d_rates_most_real():
+    logits = torch.tensor([0.3, -2.0, 1.5, 0.0, -0.1])
+    assert torch.equal(hw.top_k_logits(logits, 0.5), torch.sort(logits, descending=True).values[:3])  # ⌈2.5⌉
+    assert hw.top_k_logits(logits, 1.0) is logits
+    assert torch.equal(hw.top_k_logits(logits, 0.01), torch.tensor([1.5]))
+
+
+def test_schedules_of_each_epoch():
+    gan = small_gan(epochs=10, lr=1e-3, lr_d=2e-3, lr_decay_start=0.5, instance_noise=0.2, top_k=0.9,
+                    top_k_decay=0.98)
+    for epoch, scale in ((1, 1.0), (6, 1.0), (7, 0.8), (10, 0.2)):  # done = (epoch − 1)/10; scale (1 − done)/0.5
+        gan.start_epoch(epoch)
+        assert gan.opt_G.param_groups[0]["lr"] == pytest.approx(1e-3 * scale)
+        assert gan.opt_D.param_groups[0]["lr"] == pytest.approx(2e-3 * scale)
+        assert gan.noise_std == pytest.approx(0.2 * (1 - (epoch - 1) / 10))
+        assert gan.top_k_share == pytest.approx(max(0.98 ** (epoch - 1), 0.9))
+    plain = small_gan(epochs=10)
+    plain.start_epoch(10)
+    assert plain.opt_D.param_groups[0]["lr"] == plain.cfg.lr and plain.noise_std == 0 and plain.top_k_share == 1
+    x = torch.rand(4, hw.IMAGE_DIM)
+    assert plain.d_input(x) is x
+    gan.noise_std = 0.5
+    assert (gan.d_input(x) - x).std().item() == pytest.approx(0.5, rel=0.1)
+
+
+def test_the_moving_average_ramps_up_with_gs_steps():
+    gan = small_gan(ema=0.999, ema_rampup=0.1)
+    assert gan.ema_decay() == 0  # before any step: a copy of G
+    gan.g_steps = 100
+    assert gan.ema_decay() == pytest.approx(0.9)  # spans 10 steps, a tenth of 100
+    gan.g_steps = 10**6
+    assert gan.ema_decay() == 0.999
+    gan = small_gan(ema=0.999, ema_rampup=0.1)
+    gan.train_step(torch.rand(16, hw.IMAGE_DIM))  # first step of G: the average is G
+    for key, value in gan.G.state_dict().items():
+        assert torch.equal(gan.G_ema.state_dict()[key], value), key
+
+
+def test_recomputed_batchnorm_statistics_are_the_plain_means_over_the_batches():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+    batches = [torch.randn(8, 3) * (i + 1) for i in range(5)]
+    hw.recompute_batchnorm(model, batches)
+    with torch.no_grad():
+        h = [model[0](x) for x in batches]
+    assert torch.allclose(model[1].running_mean, torch.stack([b.mean(0) for b in h]).mean(0), atol=1e-6)
+    assert torch.allclose(model[1].running_var, torch.stack([b.var(0) for b in h]).mean(0), atol=1e-5)
+    assert model[1].momentum == 0.1 and not model.training
+
+
+def test_gan_finish_recomputes_the_samplers_statistics_only_when_asked():
+    x = torch.rand(16, hw.IMAGE_DIM)
+    for bn_batches in (0, 3):
+        gan = small_gan(bn_batches=bn_batches, batch_size=16)
+        gan.train_step(x)
+        before = gan.G_ema.state_dict()["net.1.running_mean"].clone()
+        done = gan.finish(x)
+        after = gan.G_ema.state_dict()["net.1.running_mean"]
+        assert (done is None) == (bn_batches == 0) and torch.equal(before, after) == (bn_batches == 0)
 
 
 # ----------------------------------------------------------------------------- end to end

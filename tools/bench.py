@@ -4,6 +4,9 @@ limit of torch.mm alone on the same matrix products; peak memory of a one-epoch 
 Usage:
   python -m tools.bench [--models vae gan] [--steps 300]      prints a Markdown table
 """
+import contextlib
+import dataclasses
+import io
 import math
 import os
 import subprocess
@@ -18,7 +21,7 @@ from torch import nn
 
 import homework7 as hw
 from homework7 import (TRAINERS, VAE, Discriminator, Dropout, Generator, Meter, Parser, RunConfig, UsageError,
-                       load_images, minibatches, reparameterize, run_cli)
+                       batch_bounds, fit, load_images, minibatches, reparameterize, run_cli, save_checkpoint)
 
 
 def with_stock_dropout(model):
@@ -157,6 +160,27 @@ def matmul_seconds(products, repeats=200):
     return (time.perf_counter() - start) / repeats
 
 
+def epoch_parts(name, train_x, test_x, cfg, run_dir, epochs=3):
+    """Seconds of one whole epoch of fit() (the fastest of the epochs after the first), and of the parts
+    around the steps that each epoch also runs: the trainer's evaluate() and the checkpoint's save."""
+    cfg = dataclasses.replace(cfg, epochs=epochs, run_dir=str(run_dir))
+    torch.manual_seed(cfg.seed)
+    trainer = TRAINERS[name][1](cfg, torch.device("cpu"))
+    ends = []
+    with contextlib.redirect_stdout(io.StringIO()):  # fit()'s line per epoch
+        metrics = fit(trainer, cfg, train_x, test_x, run_dir, on_epoch=lambda *_: ends.append(time.perf_counter()))
+    whole = min(b - a for a, b in zip(ends, ends[1:]))
+    evaluate, checkpoint = math.inf, math.inf
+    for _ in range(3):
+        start = time.perf_counter()
+        trainer.evaluate(test_x)
+        evaluate = min(evaluate, time.perf_counter() - start)
+        start = time.perf_counter()
+        save_checkpoint(run_dir, trainer, cfg, epochs, metrics)
+        checkpoint = min(checkpoint, time.perf_counter() - start)
+    return whole, evaluate, checkpoint
+
+
 def peak_memory_mb(name, tmp_dir):
     """Peak resident memory of a one-epoch run of the model with default flags, in a child process."""
     report_peak = ("import resource, sys, homework7; status = homework7.main(sys.argv[1:]); "
@@ -174,10 +198,10 @@ def bench(models, steps):
     """Images per second of this project's steps, of the plain loop, and of the torch.mm limit."""
     if steps < 1:
         raise UsageError(f"--steps {steps}: must be at least 1")
-    train_x, _ = load_images(RunConfig())
+    train_x, test_x = load_images(RunConfig())
     print(f"bench: {torch.get_num_threads()} threads, PyTorch {torch.__version__}, batch size 100, "
           f"{steps} timed steps each, fastest of 3")
-    rows, lines = [], []
+    rows, lines, epochs = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         for name in models:
             cfg = TRAINERS[name][0]()
@@ -188,6 +212,9 @@ def bench(models, steps):
                 ours = min(ours, project_steps(name, train_x, steps, cfg))
                 limit = min(limit, matmul_seconds(products) * steps)
             memory = peak_memory_mb(name, Path(tmp))
+            whole, evaluate, checkpoint = epoch_parts(name, train_x, test_x, cfg, Path(tmp) / f"{name}_epochs")
+            bare = ours / steps * len(batch_bounds(len(train_x), cfg.batch_size))
+            epochs.append((name, bare, evaluate, checkpoint, whole - bare - evaluate - checkpoint, whole))
             per_s = {k: steps * cfg.batch_size / v for k, v in (("ours", ours), ("plain", plain), ("mm", limit))}
             rows += [(name, "homework7 train_step", per_s["ours"], f"{per_s['ours'] / per_s['plain']:.2f}×",
                       f"{limit / ours:.0%}"),
@@ -199,6 +226,12 @@ def bench(models, steps):
     print("| model | loop | images/s | s/epoch | vs plain | of mm limit |\n|---|---|---:|---:|---:|---:|")
     for name, loop, rate, ratio, share in rows:
         print(f"| {name} | {loop} | {rate:,.0f} | {60000 / rate:.1f} | {ratio} | {share} |")
+    print(f"\nOne epoch of {len(train_x):,} images, seconds: the bare steps (as above), then what fit() adds each "
+          "epoch, and the whole epoch of fit() timed around it (fastest of epochs 2-3)")
+    print("| model | bare steps | evaluate() | checkpoint | rest: start_epoch, meters, progress | whole epoch |\n"
+          "|---|---:|---:|---:|---:|---:|")
+    for name, *seconds in epochs:
+        print(f"| {name} | " + " | ".join(f"{s:.2f}" for s in seconds) + " |")
     print("\n".join(lines))
     return 0
 

@@ -1,0 +1,59 @@
+"""tools/gan_quality.py: the methods' configs, a run scored at chosen epochs, its table and figure, and the
+R1 coupling it measures through BatchNorm."""
+import dataclasses
+import json
+
+import pytest
+import torch
+
+import homework7 as hw
+import tools.gan_quality as gq
+
+
+def test_methods_change_only_their_flags_of_the_old_default():
+    old = gq.method_config("old")
+    assert old.epochs == 75 and old.lr == 4e-4 and old.ema == 0.9999 and old.r1 == 0 and old.bn_batches == 0
+    joined = dataclasses.asdict(gq.method_config("r1+bn"))
+    changed = {k for k, v in joined.items() if v != dataclasses.asdict(old)[k]}
+    assert changed == {"r1", "bn_batches", "run_dir", "figures_dir"} and joined["r1"] == 0.01
+    new = dataclasses.asdict(gq.method_config("new"))
+    assert {k: v for k, v in new.items() if k not in ("run_dir", "figures_dir")} == {
+        k: v for k, v in dataclasses.asdict(hw.GANConfig()).items() if k not in ("run_dir", "figures_dir")}
+    with pytest.raises(hw.UsageError, match="unknown method 'r2'"):
+        gq.method_config("r1+r2")
+
+
+def test_a_run_is_scored_at_the_asked_epochs_and_reused(tmp_path, stub_classifier, images, monkeypatch, capsys):
+    # FID's reference from 500 real images instead of the 10,000 test images: the same code, 20× less to classify
+    monkeypatch.setattr(gq, "real_references",
+                        lambda classifier, device: (gq.classify(classifier, torch.from_numpy(images[:500]))[1], None))
+    argv = ["--methods", "old", "r1+bn", "--epochs", "2", "--at", "1", "2", "--n", "300", "--n-train", "300",
+            "--out-dir", str(tmp_path), "--classifier", str(stub_classifier), "--figure", str(tmp_path / "q.png")]
+    assert gq.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "| old | " in out and "| old + bn | " in out and "| r1+bn | " in out and "| r1+bn + bn |" not in out
+    record = json.loads((tmp_path / "1-thread" / "old.json").read_text())
+    assert [p["epoch"] for p in record["points"]] == [1, 2] and 0 < record["points"][0]["minutes"]
+    assert record["points"][0]["minutes"] < record["points"][1]["minutes"]
+    assert all(0 <= p["confident"] <= 1 and p["inception_score"] >= 1 and "bn" in p for p in record["points"])
+    assert (tmp_path / "q.png").stat().st_size > 10_000
+    mtime = (tmp_path / "1-thread" / "old.json").stat().st_mtime_ns
+    assert gq.main(argv) == 0 and (tmp_path / "1-thread" / "old.json").stat().st_mtime_ns == mtime  # reused
+
+
+def test_r1_coupling_measures_the_penalty_as_training_computes_it():
+    torch.manual_seed(0)
+    D = hw.Discriminator(hidden=16, dropout=0.0)
+    x = torch.rand(8, hw.IMAGE_DIM)
+    coupling = gq.r1_batch_coupling(D, x)
+    x_grad = x.clone().requires_grad_(True)
+    assert coupling["summed_logits"] == pytest.approx(hw.r1_penalty(D.logits(x_grad), x_grad, gamma=2.0).item())
+    assert coupling["difference"] > 0  # through BatchNorm each logit depends on every image
+    D.eval()  # with the running statistics each logit depends on its own image only
+    own = torch.stack([torch.autograd.grad(D.logits(x_grad[i : i + 1]).sum(), x_grad)[0][i] for i in range(8)])
+    assert torch.allclose(torch.autograd.grad(D.logits(x_grad).sum(), x_grad)[0], own, atol=1e-6)
+
+
+def test_unknown_methods_are_refused_in_one_line(tmp_path, capsys):
+    assert gq.main(["--methods", "r3", "--out-dir", str(tmp_path)]) == 2
+    assert "unknown method 'r3'" in capsys.readouterr().err and not list(tmp_path.iterdir())

@@ -1,0 +1,223 @@
+"""The GAN's training methods, measured: each trained from the default of before issue 15 with one change (or
+several, joined by +), its samples scored at chosen epochs against the minutes of training spent so far;
+prints the table of methods and draws the three scores against training minutes.
+
+Usage:
+  python -m tools.gan_quality --methods old r1 top-k        train (or reuse) each run, print the table
+  python -m tools.gan_quality --methods old new --figure figures/gan_quality.png
+
+Each run keeps its checkpoint in runs/gan_quality/T-thread/NAME/ and its scores in
+runs/gan_quality/T-thread/NAME.json (T: torch's thread count, OMP_NUM_THREADS), reused while the config,
+epochs and sample count match (--retrain trains again). Runs with --bn-batches 0 are also
+scored with the BatchNorm statistics recomputed (row "NAME + bn"), which needs no training of its own.
+"""
+import copy
+import dataclasses
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from matplotlib.figure import Figure
+
+from homework7 import (GANConfig, GANTrainer, Parser, UsageError, check_dir, draw_samples, fit, load_checkpoint,
+                       load_images, resolve_device, run_cli, save_figure, save_json, trainer_from_checkpoint,
+                       validate_config)
+from tools.evaluate import CLASSIFIER_PATH, classify, load_classifier, real_references, sample_scores
+
+# GANConfig's defaults before issue 15, with the methods it added switched off
+OLD_DEFAULT = {"epochs": 75, "batch_size": 100, "lr": 4e-4, "lr_d": 0.0, "lr_decay_start": 1.0, "beta1": 0.5,
+               "noise_dim": 100, "hidden": 256, "dropout": 0.5, "k": 1, "r1": 0.0, "r1_every": 16, "top_k": 1.0,
+               "top_k_decay": 0.99, "instance_noise": 0.0, "ema": 0.9999, "ema_rampup": 0.0, "bn_batches": 0,
+               "generator_loss": "non-saturating"}
+# each method: the flags it changes from the old default (issue 15's list, one at a time)
+METHODS = {
+    "old": {},
+    "r1": {"r1": 0.01, "r1_every": 16},  # R1 γ 0.01 on every 16th D step, weighted by 16
+    "top-k": {"top_k": 0.5, "top_k_decay": 0.99},  # share max(0.99^(epoch−1), ½) of the fakes
+    "ttur": {"lr_d": 8e-4},  # D at twice G's learning rate
+    "lr-decay": {"lr_decay_start": 0.5},  # both rates fall linearly to 0 over the second half
+    "noise": {"instance_noise": 0.1},  # σ 0.1 on D's inputs, falling linearly to 0
+    "ema-rampup": {"ema_rampup": 0.1},  # the average spans at most the last 10% of G's steps
+    "bn": {"bn_batches": 200},  # the sampler's BatchNorm statistics recomputed over 200 batches of noise
+    "batch-250": {"batch_size": 250, "lr": 6.3e-4, "ema": 0.99975},  # lr × √2.5, decay^2.5: the same span in images
+    "batch-500": {"batch_size": 500, "lr": 8.9e-4, "ema": 0.9995},  # lr × √5, decay^5
+}
+QUALITY_DIR = Path("runs/gan_quality")
+SCORES = (("confident", "confident share", 0.90), ("inception_score", "IS", 9.0), ("fid", "FID*", 5.0))
+
+
+def quality_dir(out_dir):
+    """Where the runs go: one directory per thread count, since the minutes depend on it."""
+    return Path(out_dir) / f"{torch.get_num_threads()}-thread"
+
+
+def method_config(name, epochs=None, out_dir=QUALITY_DIR, n_train=None):
+    """The config of a method: 'new' is today's GANConfig defaults; a+b joins methods' flags on the old one."""
+    if name == "new":
+        flags = {}
+    else:
+        flags = dict(OLD_DEFAULT)
+        for part in name.split("+"):
+            if part not in METHODS:
+                raise UsageError(f"unknown method {part!r}: use new or {', '.join(METHODS)}, joined by +")
+            flags.update(METHODS[part])
+    cfg = GANConfig(**flags)
+    if epochs:
+        cfg.epochs = epochs
+    cfg.n_train = n_train
+    cfg.run_dir = cfg.figures_dir = str(quality_dir(out_dir) / name)
+    validate_config(cfg)
+    return cfg
+
+
+def score(trainer, classifier, reference, n, seed, bn_batches=None):
+    """The scores of n samples of a copy of the trainer as finish() leaves it (bn_batches: override)."""
+    scored = copy.deepcopy(trainer)  # training goes on with the original, untouched
+    if bn_batches is not None:
+        scored.cfg.bn_batches = bn_batches
+    scored.finish(None)
+    scores = sample_scores(*classify(classifier, draw_samples(scored, n, seed)), reference)
+    return {k: v for k, v in scores.items() if k != "histogram"}
+
+
+def run_method(name, at, n, epochs, retrain=False, out_dir=QUALITY_DIR, n_train=None,
+               classifier_path=CLASSIFIER_PATH):
+    """Trains one method's run, scoring it at the epochs in at; returns (and saves) its record."""
+    cfg = method_config(name, epochs, out_dir, n_train)
+    path = quality_dir(out_dir) / f"{name}.json"
+    wanted = {"config": dataclasses.asdict(cfg), "at": at, "n": n}
+    if path.exists() and not retrain:
+        saved = json.loads(path.read_text())
+        if {k: saved.get(k) for k in wanted} == wanted:
+            return saved
+        print(f"{path}: recorded for another config, --at or --n; training again")
+    check_dir(cfg.run_dir, "run dir")
+    device = resolve_device(cfg.device)
+    classifier = load_classifier(classifier_path, device)[0]
+    reference = real_references(classifier, device)[0]
+    train_x, test_x = load_images(cfg)
+    torch.manual_seed(cfg.seed)
+    trainer = GANTrainer(cfg, device)
+    points, scoring = [], [0.0]
+    start = time.perf_counter()
+
+    def on_epoch(trainer, record):
+        epoch = record["epoch"]
+        if epoch not in at:
+            return
+        began = time.perf_counter()
+        minutes = (began - start - scoring[0]) / 60
+        point = {"epoch": epoch, "minutes": round(minutes, 3), **score(trainer, classifier, reference, n, cfg.seed)}
+        if not cfg.bn_batches:
+            point["bn"] = score(trainer, classifier, reference, n, cfg.seed, bn_batches=METHODS["bn"]["bn_batches"])
+        points.append(point)
+        print(f"{name} epoch {epoch}: {point}", flush=True)
+        scoring[0] += time.perf_counter() - began
+
+    metrics = fit(trainer, cfg, train_x, test_x, cfg.run_dir, on_epoch=on_epoch)
+    seconds = [m["seconds"] for m in metrics]
+    result = {**wanted, "method": name, "points": points, "epoch_seconds_median": statistics.median(seconds),
+              "epoch_seconds_min": min(seconds), "threads": torch.get_num_threads()}
+    save_json(path, result)
+    return result
+
+
+def r1_batch_coupling(D, x):
+    """R1 on the batch x two ways, D in training mode (batch statistics, as in training): the penalty of the
+    summed logits, as r1_penalty computes it, and that of each image's own logit alone, ∂a_i/∂x_i (WGAN-GP's
+    warning: through BatchNorm each a_j depends on every x_i). Returns both mean squared gradient norms."""
+    D.train()
+    x = x.detach().requires_grad_(True)
+    torch.manual_seed(0)
+    logits = D.logits(x)
+    summed = torch.autograd.grad(logits.sum(), x, retain_graph=True)[0]
+    own = torch.stack([torch.autograd.grad(logits[i], x, retain_graph=True)[0][i] for i in range(len(x))])
+    norm = lambda g: g.pow(2).sum(1).mean().item()
+    return {"summed_logits": norm(summed), "own_logit": norm(own), "difference": norm(summed - own)}
+
+
+def format_table(results):
+    """One row per method (and per method + bn), scores at each epoch: confident / IS / FID*."""
+    at = results[0]["at"]
+    lines = ["| method | " + " | ".join(f"{e} epochs: conf / IS / FID*" for e in at) + " | s/epoch (median) |",
+             "|---|" + "---:|" * (len(at) + 1)]
+    for r in results:
+        for label, key in ((r["method"], None), (f"{r['method']} + bn", "bn")):
+            points = {p["epoch"]: (p[key] if key else p) for p in r["points"] if not key or key in p}
+            if not points:
+                continue
+            cells = [f"{points[e]['confident']:.3f} / {points[e]['inception_score']:.2f} / {points[e]['fid']:.1f}"
+                     if e in points else "" for e in at]
+            lines.append(f"| {label} | " + " | ".join(cells) + f" | {r['epoch_seconds_median']:.2f} |")
+    return "\n".join(lines)
+
+
+def plot_quality(results, path):
+    """The three scores against minutes of training, one line per run."""
+    fig = Figure(figsize=(12, 3.8), dpi=100, layout="constrained")
+    axes = fig.subplots(1, 3)
+    for ax, (key, label, target) in zip(axes, SCORES):
+        for r in results:
+            minutes = [p["minutes"] for p in r["points"]]
+            ax.plot(minutes, [p[key] for p in r["points"]], marker="o", label=r["method"])
+        ax.axhline(target, color="grey", linestyle="--", linewidth=0.8, label=f"target {target:g}")
+        ax.set_xlabel("minutes of training")
+        ax.set_title(label)
+        if key == "fid":
+            ax.set_yscale("log")
+    axes[0].legend(fontsize=8)
+    fig.suptitle("GAN sample quality against training time (10,000 samples, the project's classifier)")
+    save_figure(fig, path)
+
+
+def build_parser():
+    parser = Parser(prog="python -m tools.gan_quality", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--methods", nargs="+", default=["old", "new"],
+                        help=f"runs: new (today's defaults) or {', '.join(METHODS)}, or several joined by + "
+                             "(default: old new)")
+    parser.add_argument("--at", nargs="+", type=int, default=[20, 40, 75],
+                        help="epochs at which the samples are scored (default: 20 40 75)")
+    parser.add_argument("--epochs", type=int, default=None, help="train this many epochs (default: the method's)")
+    parser.add_argument("--n", type=int, default=10000, help="samples scored at each point (default: 10000)")
+    parser.add_argument("--figure", default=None, help="also draw the scores against minutes into this PNG")
+    parser.add_argument("--retrain", action="store_true", help="train again even where a saved record matches")
+    parser.add_argument("--n-train", type=int, default=None, help="train on the first N images (default: all)")
+    parser.add_argument("--out-dir", default=str(QUALITY_DIR), help=f"where the runs go (default: {QUALITY_DIR})")
+    parser.add_argument("--classifier", default=CLASSIFIER_PATH,
+                        help=f"the judge's cache, trained on first use (default: {CLASSIFIER_PATH})")
+    parser.add_argument("--r1-coupling", metavar="CHECKPOINT", default=None,
+                        help="instead of training: R1's squared gradient norms on 100 test images through the "
+                             "checkpoint's D, of the summed logits and of each image's own logit")
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    return run_cli("tools.gan_quality", lambda: quality(args))
+
+
+def quality(args):
+    if args.r1_coupling:
+        state = load_checkpoint(args.r1_coupling, "gan")
+        trainer = trainer_from_checkpoint(state, torch.device("cpu"), args.r1_coupling)
+        test_x = load_images(trainer.cfg)[1]
+        print(json.dumps(r1_batch_coupling(trainer.D, test_x[: trainer.cfg.batch_size])))
+        return 0
+    if args.n < 1 or any(e < 1 for e in args.at):
+        raise UsageError("--n and each --at must be at least 1")
+    for name in args.methods:
+        method_config(name, args.epochs, args.out_dir, args.n_train)  # bad names refused before any training
+    at = sorted(set(args.at))
+    results = [run_method(name, at, args.n, args.epochs, args.retrain, args.out_dir, args.n_train, args.classifier)
+               for name in args.methods]
+    print(format_table(results))
+    if args.figure:
+        plot_quality(results, Path(args.figure))
+        print(f"figure in {args.figure}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
