@@ -96,27 +96,20 @@ class VAEConfig(RunConfig):
 class GANConfig(RunConfig):
     """The GAN: G with 4 linear layers, D with input dropout and 3 linear layers."""
 
-    epochs: int = arg(75, "passes of D over the training set")
-    lr: float = arg(4e-4, "Adam learning rate of G (and of D unless --lr-d is given)")
-    lr_d: float = arg(0.0, "Adam learning rate of D (0 = the same as --lr; two time scales when they differ)")
-    lr_decay_start: float = arg(1.0, "share of the epochs after which both learning rates fall linearly "
-                                     "towards 0 (1 = constant)")
+    epochs: int = arg(60, "passes of D over the training set")
+    batch_size: int = arg(500, "minibatch size m, of real images and of noise vectors")
+    lr: float = arg(8.9e-4, "Adam learning rate of both G and D")
     beta1: float = arg(0.5, "Adam beta1 of both G and D")
     noise_dim: int = arg(100, "dimension of G's Gaussian noise z")
     hidden: int = arg(256, "hidden units of G and D")
     dropout: float = arg(0.5, "rate of D's input dropout layer")
     k: int = arg(1, "discriminator steps per generator step (Algorithm 1's k)")
-    r1: float = arg(0.0, "γ of the R1 penalty γ/2 · ‖∇ₓ a(x)‖² on D's logit a over real images (0 = off)")
+    r1: float = arg(0.01, "γ of the R1 penalty γ/2 · ‖∇ₓ a(x)‖² on D's logit a over real images (0 = off)")
     r1_every: int = arg(16, "apply R1 on every this many D steps, weighted by it (lazy regularisation)")
-    top_k: float = arg(1.0, "top-k: G learns only from the share max(d^(epoch − 1), this) of its fakes "
-                            "that D rates most real, d = --top-k-decay (1 = from all)")
-    top_k_decay: float = arg(0.99, "top-k: the factor d by which the share falls each epoch")
-    instance_noise: float = arg(0.0, "std of Gaussian noise added to every input of D, falling linearly "
-                                     "to 0 over the epochs (0 = off)")
-    ema: float = arg(0.9999, "decay of a moving average of G's weights that draws the samples (0 = off)")
-    ema_rampup: float = arg(0.0, "the moving average spans at most this share of G's steps so far, so "
+    ema: float = arg(0.9995, "decay of a moving average of G's weights that draws the samples (0 = off)")
+    ema_rampup: float = arg(0.1, "the moving average spans at most this share of G's steps so far, so "
                                  "that it follows G early on (0 = off)")
-    bn_batches: int = arg(0, "after training, recompute the sampler's BatchNorm statistics over this many "
+    bn_batches: int = arg(200, "after training, recompute the sampler's BatchNorm statistics over this many "
                              "batches of noise (0 = keep those averaged from G's)")
     generator_loss: str = arg(
         "non-saturating",
@@ -387,14 +380,6 @@ def generator_loss(fake_logits, kind="non-saturating"):
     return F.softplus(-fake_logits).mean()
 
 
-# Top-k (Sinha et al., NeurIPS 2020): G's loss over only the k of its m fakes with the largest logits a_fake,
-# those D rates most real; the rest would push G towards what D has already rejected.
-def top_k_logits(fake_logits, share):
-    """The largest ceil(share · m) of the m logits (all of them when share is 1)."""
-    k = math.ceil(share * len(fake_logits))
-    return fake_logits if k >= len(fake_logits) else fake_logits.topk(k).values
-
-
 # R1 (Mescheder et al., ICML 2018): D's loss plus  γ/2 · E_x ‖∇_x a(x)‖²  over real images x,
 # which pulls D's gradient on the data towards 0 (a: D's logit).
 def r1_penalty(real_logits, real, gamma):
@@ -516,9 +501,6 @@ class VAETrainer:
         self.prior = fit_mixture(mu, self.cfg.mixture_components, seed=self.cfg.seed)
         return f"fitted a mixture of {self.cfg.mixture_components} Gaussians to {len(x)} encodings μ(x)"
 
-    def start_epoch(self, epoch):
-        """The VAE has no schedules: nothing changes from epoch to epoch."""
-
     def train_step(self, x):
         self.model.train()
         x_logits, mu, logvar = self.model(x)
@@ -623,7 +605,7 @@ class GANTrainer:
         self.G = Generator(cfg.noise_dim, cfg.hidden).to(device)
         self.D = Discriminator(cfg.hidden, cfg.dropout).to(device)
         self.opt_G = make_adam(self.G.parameters(), cfg.lr, device, betas=(cfg.beta1, 0.999))
-        self.opt_D = make_adam(self.D.parameters(), cfg.lr_d or cfg.lr, device, betas=(cfg.beta1, 0.999))
+        self.opt_D = make_adam(self.D.parameters(), cfg.lr, device, betas=(cfg.beta1, 0.999))
         self.G_ema = copy.deepcopy(self.G).requires_grad_(False) if cfg.ema > 0 else None
         # matching tensors of G_ema and G (weights and BatchNorm statistics), for update_ema()
         self.ema_pairs = []
@@ -631,7 +613,6 @@ class GANTrainer:
             self.ema_pairs = list(zip(self.G_ema.state_dict().values(), self.G.state_dict().values()))
         self.fixed_z = torch.randn(self.n_fixed, cfg.noise_dim, generator=torch.Generator().manual_seed(cfg.seed))
         self.d_steps = self.g_steps = 0
-        self.noise_std, self.top_k_share = cfg.instance_noise, 1.0  # set for each epoch by start_epoch()
         self.snapshots = {}  # epoch → G(fixed z[:16]), for figures/gan_progress.png
 
     def state_dict(self):
@@ -661,21 +642,6 @@ class GANTrainer:
     def noise(self, m):
         return torch.randn(m, self.cfg.noise_dim, device=self.device)
 
-    def start_epoch(self, epoch):
-        """The schedules, set once an epoch from the share of training done: learning-rate decay,
-        instance noise and the top-k share."""
-        cfg, done = self.cfg, (epoch - 1) / self.cfg.epochs
-        lr_scale = min(1.0, (1 - done) / (1 - cfg.lr_decay_start)) if cfg.lr_decay_start < 1 else 1.0
-        for optimizer, lr in ((self.opt_G, cfg.lr), (self.opt_D, cfg.lr_d or cfg.lr)):
-            for group in optimizer.param_groups:
-                group["lr"] = lr * lr_scale
-        self.noise_std = cfg.instance_noise * (1 - done)
-        self.top_k_share = max(cfg.top_k_decay ** (epoch - 1), cfg.top_k) if cfg.top_k < 1 else 1.0
-
-    def d_input(self, x):
-        """What D sees of a batch: the images, plus instance noise while it lasts (Sønderby et al., 2017)."""
-        return x + self.noise_std * torch.randn_like(x) if self.noise_std > 0 else x
-
     def d_step(self, x):
         """Ascend log D(x) + log(1 − D(G(z))) on a minibatch of real images and of noise (minus R1 when due)."""
         cfg = self.cfg
@@ -683,11 +649,9 @@ class GANTrainer:
         self.D.train()
         with torch.no_grad():
             fake = self.G(self.noise(len(x)))
-        real = self.d_input(x)
         penalize = cfg.r1 > 0 and self.d_steps % cfg.r1_every == 0
-        if penalize:
-            real = real.detach().requires_grad_(True)
-        real_logits, fake_logits = self.D.logits(real), self.D.logits(self.d_input(fake))
+        real = x.detach().requires_grad_(True) if penalize else x
+        real_logits, fake_logits = self.D.logits(real), self.D.logits(fake)
         loss, loss_real, loss_fake = discriminator_loss(real_logits, fake_logits)
         stats = {}
         if penalize:  # lazy: every r1_every steps, weighted by r1_every (StyleGAN2)
@@ -710,8 +674,7 @@ class GANTrainer:
         self.G.train()
         self.D.train()
         self.D.requires_grad_(False)  # gradients flow through D into G, but D's own are not needed
-        fake_logits = self.D.logits(self.d_input(self.G(self.noise(m))))
-        loss = generator_loss(top_k_logits(fake_logits, self.top_k_share), self.cfg.generator_loss)
+        loss = generator_loss(self.D.logits(self.G(self.noise(m))), self.cfg.generator_loss)
         self.opt_G.zero_grad(set_to_none=True)
         loss.backward()
         self.opt_G.step()
@@ -886,7 +849,6 @@ def fit(trainer, cfg, train_x, test_x, run_dir, resume=False, log_every=25, on_e
     n_batches = len(batch_bounds(len(train_x), cfg.batch_size))
     for epoch in range(first_epoch, cfg.epochs + 1):
         start, meter = time.perf_counter(), Meter()
-        trainer.start_epoch(epoch)
         bar = tqdm(minibatches(train_x, cfg.batch_size), total=n_batches, leave=False,
                    desc=f"{trainer.name} epoch {epoch}/{cfg.epochs}", disable=None)
         for step, x in enumerate(bar, 1):
@@ -1187,13 +1149,8 @@ def validate_config(cfg):
             ("beta1", 0 <= cfg.beta1 < 1, "must lie in [0, 1)"),
             ("ema", 0 <= cfg.ema < 1, "must lie in [0, 1)"),
             ("k", cfg.k >= 1, "must be at least 1"),
-            ("lr_d", cfg.lr_d >= 0 and math.isfinite(cfg.lr_d), "must be 0 (= --lr) or a positive number"),
-            ("lr_decay_start", 0 <= cfg.lr_decay_start <= 1, "must lie in [0, 1]"),
             ("r1", cfg.r1 >= 0 and math.isfinite(cfg.r1), "must be 0 or more"),
             ("r1_every", cfg.r1_every >= 1, "must be at least 1"),
-            ("top_k", 0 < cfg.top_k <= 1, "must lie in (0, 1]"),
-            ("top_k_decay", 0 < cfg.top_k_decay <= 1, "must lie in (0, 1]"),
-            ("instance_noise", cfg.instance_noise >= 0 and math.isfinite(cfg.instance_noise), "must be 0 or more"),
             ("ema_rampup", cfg.ema_rampup >= 0 and math.isfinite(cfg.ema_rampup), "must be 0 or more"),
             ("bn_batches", cfg.bn_batches >= 0, "must be 0 or more"),
             ("batch_size", cfg.batch_size >= 2, "must be at least 2 (BatchNorm needs two images)"),

@@ -32,13 +32,13 @@ def test_a_run_is_scored_at_the_asked_epochs_and_reused(tmp_path, stub_classifie
     assert gq.main(argv) == 0
     out = capsys.readouterr().out
     assert "| old | " in out and "| old + bn | " in out and "| r1+bn | " in out and "| r1+bn + bn |" not in out
-    record = json.loads((tmp_path / "1-thread" / "old.json").read_text())
+    record = json.loads((gq.quality_dir(tmp_path) / "old.json").read_text())
     assert [p["epoch"] for p in record["points"]] == [1, 2] and 0 < record["points"][0]["minutes"]
     assert record["points"][0]["minutes"] < record["points"][1]["minutes"]
     assert all(0 <= p["confident"] <= 1 and p["inception_score"] >= 1 and "bn" in p for p in record["points"])
     assert (tmp_path / "q.png").stat().st_size > 10_000
-    mtime = (tmp_path / "1-thread" / "old.json").stat().st_mtime_ns
-    assert gq.main(argv) == 0 and (tmp_path / "1-thread" / "old.json").stat().st_mtime_ns == mtime  # reused
+    mtime = (gq.quality_dir(tmp_path) / "old.json").stat().st_mtime_ns
+    assert gq.main(argv) == 0 and (gq.quality_dir(tmp_path) / "old.json").stat().st_mtime_ns == mtime  # reused
 
 
 def test_r1_coupling_measures_the_penalty_as_training_computes_it():
@@ -57,3 +57,8 @@ def test_r1_coupling_measures_the_penalty_as_training_computes_it():
 def test_unknown_methods_are_refused_in_one_line(tmp_path, capsys):
     assert gq.main(["--methods", "r3", "--out-dir", str(tmp_path)]) == 2
     assert "unknown method 'r3'" in capsys.readouterr().err and not list(tmp_path.iterdir())
+
+
+def test_step_cost_times_each_method_on_its_own_batches(images):
+    seconds = gq.epoch_seconds(["old", "batch-500"], torch.from_numpy(images[:600]), steps=2, rounds=1)
+    assert set(seconds) == {"old", "batch-500"} and all(0 < s < 60 for s in seconds.values())

@@ -225,13 +225,9 @@ BAD_INPUTS = [  # (id, argv with {d} for the directory of bad files, words the o
     ("ema 1", "gan --ema 1", "--ema 1.0"),
     ("ema nan", "gan --ema nan", "--ema nan"),
     ("k 0", "gan --k 0", "--k 0"),
-    ("lr-d negative", "gan --lr-d -1", "--lr-d -1.0"),
-    ("lr decay start 2", "gan --lr-decay-start 2", "--lr-decay-start 2.0: must lie in [0, 1]"),
     ("r1 negative", "gan --r1 -0.1", "--r1 -0.1"),
+    ("r1 nan", "gan --r1 nan", "--r1 nan"),
     ("r1 every 0", "gan --r1-every 0", "--r1-every 0"),
-    ("top-k 0", "gan --top-k 0", "--top-k 0.0: must lie in (0, 1]"),
-    ("top-k decay 1.5", "gan --top-k-decay 1.5", "--top-k-decay 1.5"),
-    ("instance noise nan", "gan --instance-noise nan", "--instance-noise nan"),
     ("ema ramp-up negative", "gan --ema-rampup -1", "--ema-rampup -1.0"),
     ("bn batches negative", "gan --bn-batches -1", "--bn-batches -1"),
     ("unknown loss", "gan --generator-loss wasserstein", "invalid choice: 'wasserstein'"),
@@ -523,7 +519,7 @@ def test_samples_are_images_and_seeded():
 
 
 def test_moving_average_of_g_is_what_draws_the_samples():
-    gan = small_gan(ema=0.9)
+    gan = small_gan(ema=0.9, ema_rampup=0)
     x = torch.rand(16, hw.IMAGE_DIM)
     snapshot = lambda: {k: v.clone() for k, v in gan.G.state_dict().items()}
     before = snapshot()
@@ -539,7 +535,7 @@ def test_moving_average_of_g_is_what_draws_the_samples():
     z = torch.randn(5, 8)
     assert gan.sampler is gan.G_ema and not gan.sampler.training
     assert not torch.allclose(gan.sampler(z), gan.G.eval()(z))
-    restored = small_gan(ema=0.9)
+    restored = small_gan(ema=0.9, ema_rampup=0)
     restored.load_state_dict(gan.state_dict())
     assert torch.equal(restored.sample(3, torch.Generator().manual_seed(2)), gan.sample(3, torch.Generator().manual_seed(2)))
     plain = small_gan(ema=0)
@@ -562,32 +558,7 @@ def test_r1_comes_on_every_r1_every_d_steps():
     gan = small_gan(r1=1.0, r1_every=3)
     x = torch.rand(16, hw.IMAGE_DIM)
     assert ["r1" in gan.train_step(x) for _ in range(7)] == [True, False, False, True, False, False, True]
-    assert all("r1" not in small_gan().train_step(x) for _ in range(3))
-
-
-def test_top_k_keeps_the_fakes_d_rates_most_real():
-    logits = torch.tensor([0.3, -2.0, 1.5, 0.0, -0.1])
-    assert torch.equal(hw.top_k_logits(logits, 0.5), torch.sort(logits, descending=True).values[:3])  # ⌈2.5⌉
-    assert hw.top_k_logits(logits, 1.0) is logits
-    assert torch.equal(hw.top_k_logits(logits, 0.01), torch.tensor([1.5]))
-
-
-def test_schedules_of_each_epoch():
-    gan = small_gan(epochs=10, lr=1e-3, lr_d=2e-3, lr_decay_start=0.5, instance_noise=0.2, top_k=0.9,
-                    top_k_decay=0.98)
-    for epoch, scale in ((1, 1.0), (6, 1.0), (7, 0.8), (10, 0.2)):  # done = (epoch − 1)/10; scale (1 − done)/0.5
-        gan.start_epoch(epoch)
-        assert gan.opt_G.param_groups[0]["lr"] == pytest.approx(1e-3 * scale)
-        assert gan.opt_D.param_groups[0]["lr"] == pytest.approx(2e-3 * scale)
-        assert gan.noise_std == pytest.approx(0.2 * (1 - (epoch - 1) / 10))
-        assert gan.top_k_share == pytest.approx(max(0.98 ** (epoch - 1), 0.9))
-    plain = small_gan(epochs=10)
-    plain.start_epoch(10)
-    assert plain.opt_D.param_groups[0]["lr"] == plain.cfg.lr and plain.noise_std == 0 and plain.top_k_share == 1
-    x = torch.rand(4, hw.IMAGE_DIM)
-    assert plain.d_input(x) is x
-    gan.noise_std = 0.5
-    assert (gan.d_input(x) - x).std().item() == pytest.approx(0.5, rel=0.1)
+    assert all("r1" not in small_gan(r1=0).train_step(x) for _ in range(3))
 
 
 def test_the_moving_average_ramps_up_with_gs_steps():

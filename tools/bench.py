@@ -199,8 +199,9 @@ def bench(models, steps):
     if steps < 1:
         raise UsageError(f"--steps {steps}: must be at least 1")
     train_x, test_x = load_images(RunConfig())
-    print(f"bench: {torch.get_num_threads()} threads, PyTorch {torch.__version__}, batch size 100, "
-          f"{steps} timed steps each, fastest of 3")
+    batches = ", ".join(f"{name} {TRAINERS[name][0]().batch_size}" for name in models)
+    print(f"bench: {torch.get_num_threads()} threads, PyTorch {torch.__version__}, each model's default batch size "
+          f"({batches}), {steps} timed steps each, fastest of 3")
     rows, lines, epochs = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         for name in models:
@@ -228,7 +229,7 @@ def bench(models, steps):
         print(f"| {name} | {loop} | {rate:,.0f} | {60000 / rate:.1f} | {ratio} | {share} |")
     print(f"\nOne epoch of {len(train_x):,} images, seconds: the bare steps (as above), then what fit() adds each "
           "epoch, and the whole epoch of fit() timed around it (fastest of epochs 2-3)")
-    print("| model | bare steps | evaluate() | checkpoint | rest: start_epoch, meters, progress | whole epoch |\n"
+    print("| model | bare steps | evaluate() | checkpoint | the rest: meters, progress, shuffling | whole epoch |\n"
           "|---|---:|---:|---:|---:|---:|")
     for name, *seconds in epochs:
         print(f"| {name} | " + " | ".join(f"{s:.2f}" for s in seconds) + " |")
@@ -239,7 +240,8 @@ def bench(models, steps):
 def build_parser():
     parser = Parser(
         prog="python -m tools.bench", description=__doc__.split("\n\n")[0],
-        epilog="Images per second at batch 100, the fastest of three alternating rounds of each loop.")
+        epilog="Images per second at each model's default batch size, the fastest of three alternating rounds "
+               "of each loop; then one whole epoch of fit() beside its bare steps.")
     parser.add_argument("--models", nargs="+", choices=TRAINERS, default=list(TRAINERS),
                         help="which models (default: vae gan)")
     parser.add_argument("--steps", type=int, default=300, help="timed training steps per loop (default: 300)")
