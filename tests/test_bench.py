@@ -26,6 +26,6 @@ def test_a_whole_epoch_of_fit_is_timed_with_its_parts(images, tmp_path):
     x = torch.from_numpy(images[:300])
     for name in ("vae", "gan"):
         cfg = hw.TRAINERS[name][0](mixture_components=0) if name == "vae" else hw.GANConfig()
-        whole, evaluate, checkpoint = bench.epoch_parts(name, x[:200], x[200:], cfg, tmp_path / name)
-        assert 0 < evaluate < whole and 0 < checkpoint < whole
+        whole, steps, evaluate, checkpoint = bench.epoch_parts(name, x[:200], x[200:], cfg, tmp_path / name)
+        assert 0 < steps < whole and 0 < evaluate < whole and 0 < checkpoint < whole
         assert (tmp_path / name / "checkpoint.pt").exists()

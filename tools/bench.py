@@ -161,15 +161,24 @@ def matmul_seconds(products, repeats=200):
 
 
 def epoch_parts(name, train_x, test_x, cfg, run_dir, epochs=3):
-    """Seconds of one whole epoch of fit() (the fastest of the epochs after the first), and of the parts
-    around the steps that each epoch also runs: the trainer's evaluate() and the checkpoint's save."""
+    """Seconds of one whole epoch of fit() (the fastest of the epochs after the first) and of its parts: the
+    training steps inside it, the trainer's evaluate() and the checkpoint's save (each timed on its own)."""
     cfg = dataclasses.replace(cfg, epochs=epochs, run_dir=str(run_dir))
     torch.manual_seed(cfg.seed)
     trainer = TRAINERS[name][1](cfg, torch.device("cpu"))
-    ends = []
+    step, in_steps, ends = trainer.train_step, [0.0], []
+
+    def timed_step(x):  # fit() calls trainer.train_step: time each call
+        start = time.perf_counter()
+        stats = step(x)
+        in_steps[0] += time.perf_counter() - start
+        return stats
+
+    trainer.train_step = timed_step
     with contextlib.redirect_stdout(io.StringIO()):  # fit()'s line per epoch
-        metrics = fit(trainer, cfg, train_x, test_x, run_dir, on_epoch=lambda *_: ends.append(time.perf_counter()))
-    whole = min(b - a for a, b in zip(ends, ends[1:]))
+        metrics = fit(trainer, cfg, train_x, test_x, run_dir,
+                      on_epoch=lambda *_: ends.append((time.perf_counter(), in_steps[0])))
+    whole, steps = min((b[0] - a[0], b[1] - a[1]) for a, b in zip(ends, ends[1:]))
     evaluate, checkpoint = math.inf, math.inf
     for _ in range(3):
         start = time.perf_counter()
@@ -178,7 +187,7 @@ def epoch_parts(name, train_x, test_x, cfg, run_dir, epochs=3):
         start = time.perf_counter()
         save_checkpoint(run_dir, trainer, cfg, epochs, metrics)
         checkpoint = min(checkpoint, time.perf_counter() - start)
-    return whole, evaluate, checkpoint
+    return whole, steps, evaluate, checkpoint
 
 
 def peak_memory_mb(name, tmp_dir):
@@ -213,9 +222,9 @@ def bench(models, steps):
                 ours = min(ours, project_steps(name, train_x, steps, cfg))
                 limit = min(limit, matmul_seconds(products) * steps)
             memory = peak_memory_mb(name, Path(tmp))
-            whole, evaluate, checkpoint = epoch_parts(name, train_x, test_x, cfg, Path(tmp) / f"{name}_epochs")
+            whole, in_fit, evaluate, checkpoint = epoch_parts(name, train_x, test_x, cfg, Path(tmp) / f"{name}_epochs")
             bare = ours / steps * len(batch_bounds(len(train_x), cfg.batch_size))
-            epochs.append((name, bare, evaluate, checkpoint, whole - bare - evaluate - checkpoint, whole))
+            epochs.append((name, bare, in_fit, evaluate, checkpoint, whole - in_fit - evaluate - checkpoint, whole))
             per_s = {k: steps * cfg.batch_size / v for k, v in (("ours", ours), ("plain", plain), ("mm", limit))}
             rows += [(name, "homework7 train_step", per_s["ours"], f"{per_s['ours'] / per_s['plain']:.2f}×",
                       f"{limit / ours:.0%}"),
@@ -227,10 +236,10 @@ def bench(models, steps):
     print("| model | loop | images/s | s/epoch | vs plain | of mm limit |\n|---|---|---:|---:|---:|---:|")
     for name, loop, rate, ratio, share in rows:
         print(f"| {name} | {loop} | {rate:,.0f} | {60000 / rate:.1f} | {ratio} | {share} |")
-    print(f"\nOne epoch of {len(train_x):,} images, seconds: the bare steps (as above), then what fit() adds each "
-          "epoch, and the whole epoch of fit() timed around it (fastest of epochs 2-3)")
-    print("| model | bare steps | evaluate() | checkpoint | the rest: meters, progress, shuffling | whole epoch |\n"
-          "|---|---:|---:|---:|---:|---:|")
+    print(f"\nOne epoch of {len(train_x):,} images, seconds: the bare steps (as above); inside one whole epoch of "
+          "fit() (the fastest of epochs 2-3), its steps, evaluate() and the checkpoint, the rest, and the whole")
+    print("| model | bare steps | steps in fit() | evaluate() | checkpoint | the rest: meters, progress, shuffling "
+          "| whole epoch |\n|---|---:|---:|---:|---:|---:|---:|")
     for name, *seconds in epochs:
         print(f"| {name} | " + " | ".join(f"{s:.2f}" for s in seconds) + " |")
     print("\n".join(lines))
