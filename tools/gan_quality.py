@@ -3,7 +3,7 @@ several, joined by +), its samples scored at chosen epochs against the minutes o
 prints the table of methods and draws the three scores against training minutes.
 
 Usage:
-  python -m tools.gan_quality --methods old r1 top-k        train (or reuse) each run, print the table
+  python -m tools.gan_quality --methods old r1 ema-rampup   train (or reuse) each run, print the table
   python -m tools.gan_quality --methods old new --figure figures/gan_quality.png
 
 Each run keeps its checkpoint in runs/gan_quality/T-thread/NAME/ and its scores in
@@ -23,8 +23,8 @@ import torch
 from matplotlib.figure import Figure
 
 from homework7 import (GANConfig, GANTrainer, Parser, UsageError, check_dir, draw_samples, fit, load_checkpoint,
-                       load_images, minibatches, resolve_device, run_cli, save_figure, save_json, trainer_from_checkpoint,
-                       validate_config)
+                       load_images, minibatches, resolve_device, run_cli, save_figure, save_json,
+                       trainer_from_checkpoint, validate_config)
 from tools.evaluate import CLASSIFIER_PATH, classify, load_classifier, real_references, sample_scores
 
 # GANConfig's defaults before issue 15, with the methods it added switched off
