@@ -612,14 +612,14 @@ class GANTrainer:
         if self.G_ema:
             self.ema_pairs = list(zip(self.G_ema.state_dict().values(), self.G.state_dict().values()))
         self.fixed_z = torch.randn(self.n_fixed, cfg.noise_dim, generator=torch.Generator().manual_seed(cfg.seed))
-        self.d_steps = self.g_steps = 0
+        self.d_steps = 0
         self.snapshots = {}  # epoch → G(fixed z[:16]), for figures/gan_progress.png
 
     def state_dict(self):
         return {
             "G": self.G.state_dict(), "D": self.D.state_dict(),
             "opt_G": self.opt_G.state_dict(), "opt_D": self.opt_D.state_dict(),
-            "d_steps": self.d_steps, "g_steps": self.g_steps, "snapshots": self.snapshots,
+            "d_steps": self.d_steps, "snapshots": self.snapshots,
             **({"G_ema": self.G_ema.state_dict()} if self.G_ema else {}),
         }
 
@@ -628,7 +628,7 @@ class GANTrainer:
         self.D.load_state_dict(state["D"])
         self.opt_G.load_state_dict(state["opt_G"])
         self.opt_D.load_state_dict(state["opt_D"])
-        self.d_steps, self.g_steps = state["d_steps"], state["g_steps"]
+        self.d_steps = state["d_steps"]
         self.snapshots = dict(state["snapshots"])
         if self.G_ema:
             self.G_ema.load_state_dict(state["G_ema"])
@@ -653,8 +653,11 @@ class GANTrainer:
         real = x.detach().requires_grad_(True) if penalize else x
         real_logits, fake_logits = self.D.logits(real), self.D.logits(fake)
         loss, loss_real, loss_fake = discriminator_loss(real_logits, fake_logits)
-        stats = {}
-        if penalize:  # lazy: every r1_every steps, weighted by r1_every (StyleGAN2)
+        stats = {
+            "d_loss": loss.detach(), "d_real_loss": loss_real.detach(), "d_fake_loss": loss_fake.detach(),
+            "d_x": torch.sigmoid(real_logits).mean().detach(), "d_g_z": torch.sigmoid(fake_logits).mean().detach(),
+        }
+        if penalize:  # lazy: every r1_every steps, weighted by r1_every (StyleGAN2); not part of d_loss above
             penalty = r1_penalty(real_logits, real, cfg.r1)
             loss = loss + cfg.r1_every * penalty
             stats["r1"] = penalty.detach()
@@ -662,12 +665,7 @@ class GANTrainer:
         loss.backward()
         self.opt_D.step()
         self.d_steps += 1
-        return {
-            "d_loss": loss_real.detach() + loss_fake.detach(),
-            "d_real_loss": loss_real.detach(), "d_fake_loss": loss_fake.detach(),
-            "d_x": torch.sigmoid(real_logits).mean().detach(), "d_g_z": torch.sigmoid(fake_logits).mean().detach(),
-            **stats,
-        }
+        return stats
 
     def g_step(self, m):
         """Descend G's objective on a fresh minibatch of m noise vectors; only G's parameters move."""
@@ -679,7 +677,6 @@ class GANTrainer:
         loss.backward()
         self.opt_G.step()
         self.D.requires_grad_(True)
-        self.g_steps += 1
         self.update_ema()
         return loss.detach()
 
@@ -688,7 +685,8 @@ class GANTrainer:
         G's steps so far (StyleGAN2's ramp-up), so that early on it follows G instead of its first weights."""
         if self.cfg.ema_rampup <= 0:
             return self.cfg.ema
-        return min(self.cfg.ema, 1 - 1 / max(1.0, self.cfg.ema_rampup * self.g_steps))
+        g_steps = self.d_steps // self.cfg.k  # one step of G after every k of D
+        return min(self.cfg.ema, 1 - 1 / max(1.0, self.cfg.ema_rampup * g_steps))
 
     @torch.no_grad()
     def update_ema(self):

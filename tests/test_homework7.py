@@ -564,9 +564,9 @@ def test_r1_comes_on_every_r1_every_d_steps():
 def test_the_moving_average_ramps_up_with_gs_steps():
     gan = small_gan(ema=0.999, ema_rampup=0.1)
     assert gan.ema_decay() == 0  # before any step: a copy of G
-    gan.g_steps = 100
+    gan.d_steps = 100  # k = 1: 100 steps of G
     assert gan.ema_decay() == pytest.approx(0.9)  # spans 10 steps, a tenth of 100
-    gan.g_steps = 10**6
+    gan.d_steps = 10**6
     assert gan.ema_decay() == 0.999
     gan = small_gan(ema=0.999, ema_rampup=0.1)
     gan.train_step(torch.rand(16, hw.IMAGE_DIM))  # first step of G: the average is G

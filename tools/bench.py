@@ -89,14 +89,15 @@ def project_steps(name, train_x, steps, cfg):
     torch.manual_seed(cfg.seed)
     trainer = TRAINERS[name][1](cfg, torch.device("cpu"))
     meter = Meter()
-
-    def batches():
-        while True:
-            yield from minibatches(train_x, cfg.batch_size)
-
-    seconds = time_loop(lambda x: meter.add(trainer.train_step(x)), batches(), steps)
+    seconds = time_loop(lambda x: meter.add(trainer.train_step(x)), endless_minibatches(train_x, cfg.batch_size), steps)
     meter.means()  # the one read-back a progress update does
     return seconds
+
+
+def endless_minibatches(x, batch_size):
+    """fit()'s shuffled minibatches, one epoch after another, for as many steps as a timing wants."""
+    while True:
+        yield from minibatches(x, batch_size)
 
 
 def cycle(loader):

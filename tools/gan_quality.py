@@ -13,7 +13,6 @@ scored with the BatchNorm statistics recomputed (row "NAME + bn"), which needs n
 """
 import copy
 import dataclasses
-import itertools
 import json
 import statistics
 import time
@@ -23,8 +22,9 @@ import torch
 from matplotlib.figure import Figure
 
 from homework7 import (GANConfig, GANTrainer, Parser, UsageError, check_dir, draw_samples, fit, load_checkpoint,
-                       load_images, minibatches, resolve_device, run_cli, save_figure, save_json,
+                       load_images, resolve_device, run_cli, save_figure, save_json,
                        trainer_from_checkpoint, validate_config)
+from tools.bench import endless_minibatches, time_loop
 from tools.evaluate import CLASSIFIER_PATH, classify, load_classifier, real_references, sample_scores
 
 # GANConfig's defaults before issue 15, with the methods it added switched off
@@ -135,15 +135,9 @@ def epoch_seconds(names, train_x, steps=300, rounds=3):
     best = dict.fromkeys(names, float("inf"))
     for _ in range(rounds):
         for name, trainer in trainers.items():
-            batches = itertools.chain.from_iterable(minibatches(train_x, trainer.cfg.batch_size)
-                                                    for _ in itertools.count())
-            for _ in range(20):  # warm-up
-                trainer.train_step(next(batches))
-            start = time.perf_counter()
-            for _ in range(steps):
-                trainer.train_step(next(batches))
-            per_image = (time.perf_counter() - start) / (steps * trainer.cfg.batch_size)
-            best[name] = min(best[name], per_image * len(train_x))
+            batch_size = trainer.cfg.batch_size
+            seconds = time_loop(trainer.train_step, endless_minibatches(train_x, batch_size), steps)
+            best[name] = min(best[name], seconds / (steps * batch_size) * len(train_x))
     return best
 
 
