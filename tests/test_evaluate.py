@@ -153,11 +153,22 @@ def test_evaluate_scores_a_trained_vae_and_writes_eval_json(tmp_path, stub_class
     assert status == 2 and "only the VAE" in err
 
 
+def test_the_report_prints_on_a_console_without_mathematical_signs(tmp_path, stub_classifier, ascii_console):
+    assert hw.main([str(a) for a in ["vae", "--n-train", "200", "--epochs", "1", "--mixture-components", "0",
+                                     *outputs(tmp_path)]]) == 0
+    read = ascii_console()
+    status = ev.main(["vae", "--checkpoint", str(tmp_path / "run" / "checkpoint.pt"), "--classifier",
+                      str(stub_classifier), "--n", "100", "--iwae-k", "2", "--iwae-n", "5"])
+    out, err = read()
+    assert status == 0, err
+    assert "confident: p(y|x) >= 0.9" in out and "test -ELBO" in out and "-log p(x) <= " in out
+
+
 def test_ctrl_c_while_the_classifier_trains_leaves_no_file(tmp_path, interrupt_child):
     assert hw.main([str(a) for a in ["vae", "--n-train", "200", "--epochs", "1", *outputs(tmp_path)]]) == 0
     before = sorted(tmp_path.rglob("*"))
     status, _, err = interrupt_child(["-m", "tools.evaluate", "vae", "--checkpoint", tmp_path / "run" / "checkpoint.pt",
                                       "--classifier", tmp_path / "classifier.pt"],
                                      "training the MNIST classifier", tmp_path)
-    assert status == 130 and [line for line in err.splitlines() if line] == ["tools.evaluate: interrupted"]
+    assert status == 130 and [line for line in err.splitlines() if line] == ["python -m tools.evaluate: interrupted"]
     assert sorted(tmp_path.rglob("*")) == before  # no classifier, no eval.json, no temporary file

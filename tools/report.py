@@ -202,8 +202,8 @@ def build_parser():
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    return run_cli("tools.report", lambda: report(args.user, args.out_dir, args.figures_dir, args.runs_dir))
+    return run_cli(build_parser(), argv,
+                   lambda args: report(args.user, args.out_dir, args.figures_dir, args.runs_dir))
 
 
 if __name__ == "__main__":

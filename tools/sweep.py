@@ -136,12 +136,15 @@ def build_parser():
     return parser
 
 
-def main(argv=None):
-    args = build_parser().parse_args(argv)
+def sweep_command(args):
     lists = ("kl_weights", "latent_dims", "epochs_list", "components", "fit_sizes", "n", "classifier")
     given = {k: v for k, v in vars(args).items() if k not in lists}
-    return run_cli("tools.sweep", lambda: sweep(given, args.latent_dims, args.kl_weights, args.epochs_list,
-                                                args.components, args.n, args.classifier, args.fit_sizes))
+    return sweep(given, args.latent_dims, args.kl_weights, args.epochs_list, args.components, args.n,
+                 args.classifier, args.fit_sizes)
+
+
+def main(argv=None):
+    return run_cli(build_parser(), argv, sweep_command)
 
 
 if __name__ == "__main__":
