@@ -22,13 +22,16 @@ Training can be stopped with Ctrl-C and continued with --resume.
 # ----------------------------------------------------------------------------- imports
 import argparse
 import codecs
+import contextlib
 import copy
 import dataclasses
 import gzip
 import hashlib
+import io
 import json
 import math
 import os
+import signal
 import struct
 import sys
 import tempfile
@@ -37,6 +40,12 @@ import unicodedata
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
+
+try:  # neither is on Windows
+    import fcntl  # the run directory's lock
+    import resource  # the process's memory limit
+except ImportError:
+    fcntl = resource = None
 
 import numpy as np
 import torch
@@ -58,8 +67,10 @@ MNIST_SHA256 = {  # each file as published with MNIST (data/README.md says where
     "t10k-labels-idx1-ubyte.gz": "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
 }
 IDX_IMAGES, IDX_LABELS = b"\x00\x00\x08\x03", b"\x00\x00\x08\x01"  # IDX magic numbers: uint8, 3 axes or 1
+NPY_MAGIC = b"\x93NUMPY"  # how a .npy file begins
 CHECKPOINT_FORMAT = 2  # bump when what a checkpoint holds changes (2: the fitted prior, every RNG state)
 GAN_COLLAPSE_D_FAKE = 1e-3  # stop when D(G(z)) stays below this for a whole epoch
+GAN_DIVERGED_D_LOSS = 100.0  # stop when D's loss averages above this over an epoch (1.39 at D's equilibrium)
 PRIORS = ("standard", "mixture")  # the VAE's new images: z ~ N(0, I), or z ~ the mixture fitted to μ(x)
 DEFAULT_PRIOR = "mixture"  # the one whose samples scored better (README, "The VAE")
 
@@ -146,16 +157,26 @@ def read_bytes(path):
 
 
 def read_idx(path, magic, sha256=None):
-    """An IDX file (LeCun's MNIST format, optionally gzipped) as a uint8 array: after the 4-byte magic number
-    (0x00000803 for images N×rows×cols, 0x00000801 for labels N), one big-endian 4-byte size per axis."""
+    """An IDX file (LeCun's MNIST format, optionally gzipped) as a uint8 array, its SHA-256 checked if given."""
     raw = read_bytes(path)
     if sha256 and hashlib.sha256(raw).hexdigest() != sha256:
         raise UsageError(f"{path}: SHA-256 checksum mismatch (corrupt, or not the original MNIST file)")
-    if raw[:2] == b"\x1f\x8b":
-        try:
-            raw = gzip.decompress(raw)
-        except (EOFError, OSError, zlib.error) as e:
-            raise UsageError(f"{path}: corrupt gzip data: {e}") from None
+    return parse_idx(gunzip(raw, path), magic, path)
+
+
+def gunzip(raw, path):
+    """raw decompressed where it is gzip data, else as it is."""
+    if raw[:2] != b"\x1f\x8b":
+        return raw
+    try:
+        return gzip.decompress(raw)
+    except (EOFError, OSError, zlib.error) as e:
+        raise UsageError(f"{path}: corrupt gzip data: {e}") from None
+
+
+def parse_idx(raw, magic, path):
+    """The bytes of an IDX file as a uint8 array: after the 4-byte magic number (0x00000803 for images
+    N×rows×cols, 0x00000801 for labels N), one big-endian 4-byte size per axis, then the data."""
     kind = "image" if magic == IDX_IMAGES else "label"
     if len(raw) < 4 or raw[:4] != magic:
         raise UsageError(f"{path}: not an IDX {kind} file (magic number 0x{magic.hex()} expected)")
@@ -182,16 +203,20 @@ def load_mnist(split, data_dir=MNIST_DIR):
 
 
 def read_image_file(path):
-    """Images from .npy (the assignment's mnist_train_images.npy) or IDX, as an N×784 float32 tensor."""
-    if str(path).endswith(".npy"):
+    """Images from a .npy file (the assignment's mnist_train_images.npy) or an IDX image file (optionally
+    gzipped), told apart by name and first bytes, as an N×784 float32 tensor."""
+    raw = read_bytes(path)
+    if str(path).lower().endswith(".npy") or raw.startswith(NPY_MAGIC):
         try:
-            array = np.load(path, allow_pickle=False)
-        except FileNotFoundError:
-            raise UsageError(f"{path}: no such file") from None
+            array = np.load(io.BytesIO(raw), allow_pickle=False)
         except (OSError, ValueError, EOFError) as e:
             raise UsageError(f"{path}: not a readable .npy file: {e}") from None
     else:
-        array = read_idx(path, IDX_IMAGES)
+        raw = gunzip(raw, path)
+        if not raw.startswith(IDX_IMAGES[:3]):
+            raise UsageError(f"{path}: neither a .npy file nor an IDX image file (magic number 0x00000803 expected): "
+                             "--data takes the assignment's .npy (N×784 or N×28×28) or an IDX file")
+        array = parse_idx(raw, IDX_IMAGES, path)
     return images_to_tensor(array, path)
 
 
@@ -449,11 +474,30 @@ def sample_mixture(prior, n, generator=None):
     return prior["means"][k] + (torch.linalg.cholesky(prior["covariances"])[k] @ eps).squeeze(2)
 
 
+def check_mixture(prior, p):
+    """Raises ValueError unless prior is a mixture in p dimensions that sample_mixture can draw from: the
+    shapes fit, every number is finite, the weights are a distribution, each covariance is positive definite."""
+    if not isinstance(prior, dict) or not all(isinstance(prior.get(key), torch.Tensor)
+                                              for key in ("weights", "means", "covariances")):
+        raise ValueError("the mixture lacks its weights, means or covariances")
+    weights, means, covariances = prior["weights"], prior["means"], prior["covariances"]
+    k = len(weights)
+    if weights.shape != (k,) or means.shape != (k, p) or covariances.shape != (k, p, p) or k == 0:
+        raise ValueError(f"the mixture's shapes do not fit p = {p}")
+    if not all(torch.isfinite(t).all() for t in (weights, means, covariances)):
+        raise ValueError("the mixture holds NaN or infinite numbers")
+    if (weights < 0).any() or abs(weights.sum().item() - 1) > 1e-6:
+        raise ValueError("the mixture's weights are not a distribution")
+    if torch.linalg.cholesky_ex(covariances.double()).info.any():
+        raise ValueError("a covariance of the mixture is not positive definite")
+
+
 # ----------------------------------------------------------------------------- training
 class VAETrainer:
     """Algorithm 1 of Kingma & Welling with L = 1 sample per image, Adam on θ and φ together."""
 
     name = "vae"
+    figures = ("vae.png", "vae_curves.png", "vae_interpolation.png", "vae_manifold.png")  # what write_figures writes
 
     def __init__(self, cfg, device):
         self.cfg, self.device = cfg, device
@@ -469,13 +513,17 @@ class VAETrainer:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.prior = state.get("prior")
+        if self.prior is not None:
+            check_mixture(self.prior, self.cfg.latent_dim)
 
     @torch.no_grad()
     def finish(self, train_x):
         """After the last epoch: fit the mixture prior to the encodings μ(x) of (up to mixture_fit_n) training
-        images. Returns what was done, for the log (the checkpoint is then written again), or None."""
+        images, or with --mixture-components 0 drop one fitted before. Returns what was done, for the log (the
+        checkpoint is then written again), or None."""
         if not self.cfg.mixture_components:
-            return None
+            dropped, self.prior = self.prior, None
+            return "dropped the mixture fitted before (--mixture-components 0)" if dropped else None
         self.model.eval()
         pick = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(self.cfg.seed))
         x = train_x[pick[: self.cfg.mixture_fit_n]].to(self.device)
@@ -484,6 +532,7 @@ class VAETrainer:
         return f"fitted a mixture of {self.cfg.mixture_components} Gaussians to {len(x)} encodings μ(x)"
 
     def train_step(self, x):
+        self.prior = None  # the encoder moves: a mixture fitted to its earlier encodings no longer fits them
         self.model.train()
         x_logits, mu, logvar = self.model(x)
         loss, recon, kl = vae_loss(x, x_logits, mu, logvar, self.cfg.kl_weight)
@@ -580,6 +629,7 @@ class GANTrainer:
     """Algorithm 1 of Goodfellow et al.: k steps of D, then one of G, each on m images / m noise vectors."""
 
     name = "gan"
+    figures = ("gan.png", "gan_curves.png", "gan_progress.png")  # what write_figures writes
     n_fixed = 64  # fixed noise vectors for the figures
 
     def __init__(self, cfg, device):
@@ -709,6 +759,9 @@ class GANTrainer:
             return (
                 f"D(G(z)) stayed below {GAN_COLLAPSE_D_FAKE:g} for the whole epoch: D has won and G gets no signal"
             )
+        if train_stats["d_loss"] > GAN_DIVERGED_D_LOSS:
+            return (f"D's loss averaged {train_stats['d_loss']:.3g} over the epoch (2 log 2 = 1.39 where D cannot "
+                    "tell real from generated): training has diverged; try a lower --lr")
         return None
 
     def summary(self, record):
@@ -820,11 +873,9 @@ def fit(trainer, cfg, train_x, test_x, run_dir, resume=False, log_every=25, on_e
     metrics, first_epoch = [], 1
     if resume:
         state = load_checkpoint(run_dir / "checkpoint.pt", trainer.name)
-        restore(trainer, state, run_dir / "checkpoint.pt")
-        set_rng_states(state["rng"])
+        restore(trainer, state, run_dir / "checkpoint.pt", rng=True)
         metrics, first_epoch = state["metrics"], state["epoch"] + 1
         print(f"{trainer.name}: resuming after epoch {state['epoch']} from {run_dir / 'checkpoint.pt'}")
-    save_json(run_dir / "config.json", {"model": trainer.name, **dataclasses.asdict(cfg)})
     train_x, test_x = train_x.to(trainer.device), test_x.to(trainer.device)
     n_batches = len(batch_bounds(len(train_x), cfg.batch_size))
     for epoch in range(first_epoch, cfg.epochs + 1):
@@ -836,14 +887,14 @@ def fit(trainer, cfg, train_x, test_x, run_dir, resume=False, log_every=25, on_e
             if step % log_every == 0 or step == n_batches:
                 running = meter.means()
                 if not all(math.isfinite(v) for v in running.values()):
-                    raise TrainingStopped(f"the loss became NaN or infinite in epoch {epoch}", run_dir, epoch - 1)
+                    raise TrainingStopped(f"the loss became NaN or infinite in epoch {epoch}", run_dir)
                 bar.set_postfix({k: f"{v:.3g}" for k, v in running.items()}, refresh=False)
         train_stats = meter.means_and_maxima()
         record = {"epoch": epoch, "seconds": 0.0, "train": meter.means(), "test": trainer.evaluate(test_x)}
         record["seconds"] = round(time.perf_counter() - start, 3)
         reason = trainer.check(train_stats)
         if reason:
-            raise TrainingStopped(f"epoch {epoch}: {reason}", run_dir, epoch - 1)
+            raise TrainingStopped(f"epoch {epoch}: {reason}", run_dir)
         metrics.append(record)
         save_checkpoint(run_dir, trainer, cfg, epoch, metrics)
         print(f"{trainer.name} epoch {epoch:3d}/{cfg.epochs}  {trainer.summary(record)}  {record['seconds']:.1f} s",
@@ -856,26 +907,128 @@ def fit(trainer, cfg, train_x, test_x, run_dir, resume=False, log_every=25, on_e
 class TrainingStopped(UsageError):
     """Training diverged; the checkpoint of the last good epoch stays on disk."""
 
-    def __init__(self, reason, run_dir, last_good_epoch):
-        kept = (f"the checkpoint of epoch {last_good_epoch} is kept in {run_dir}" if last_good_epoch
-                else "no epoch finished, so there is no checkpoint")
-        super().__init__(f"training stopped: {reason}; {kept}")
+    def __init__(self, reason, run_dir):
+        super().__init__(f"training stopped: {reason}; {what_is_kept(run_dir)}")
 
 
-# ----------------------------------------------------------------------------- checkpoints and files
-def atomic_write(path, write):
-    """Calls write(file) on a temporary file, then renames it over path: path is old or new, never half."""
-    path, tmp = Path(path), None
+def what_is_kept(run_dir):
+    """What a run that stopped leaves in run_dir for --resume, as a phrase."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # a temporary name of its own beside path, so that two runs at once never write the same file
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp's file is private to its owner; a normal file is not
-        os.replace(tmp, path)
+        epoch = load_checkpoint(Path(run_dir) / "checkpoint.pt")["epoch"]
+    except UsageError:
+        return "no epoch finished, so there is no checkpoint"
+    return f"the checkpoint of epoch {epoch} is kept in {run_dir}"
+
+
+# ----------------------------------------------------------------------------- signals, files and run directories
+STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")  # Ctrl-C; kill, timeout or a scheduler; a closed terminal
+
+
+class Stopped(KeyboardInterrupt):
+    """A signal that ends the process, raised in the main thread wherever it is; the exit status is 128 + its
+    number (130 for SIGINT, 143 for SIGTERM, 129 for SIGHUP)."""
+
+    def __init__(self, signum):
+        super().__init__(signal.Signals(signum).name)
+        self.status = 128 + signum
+
+
+def stop_signals():
+    return [getattr(signal, name) for name in STOP_SIGNALS if hasattr(signal, name)]  # Windows has no SIGHUP
+
+
+class StopSignals:
+    """The one handler of every signal that ends a process. The first raises Stopped in the main thread, where
+    the program is, or, while files are being written (deferred()), as soon as they are in place. Those after
+    it are ignored, so that a second Ctrl-C cannot cut short the clean-up of the first."""
+
+    def __init__(self):
+        self.writing, self.pending = 0, None
+
+    def __call__(self, signum, frame):
+        for s in stop_signals():
+            signal.signal(s, signal.SIG_IGN)
+        if self.writing:
+            self.pending = signum
+        else:
+            raise Stopped(signum)
+
+    @contextlib.contextmanager
+    def deferred(self):
+        self.writing += 1
+        try:
+            yield
+        finally:
+            self.writing -= 1
+        if self.pending and not self.writing:
+            raise Stopped(self.pending)
+
+
+@contextlib.contextmanager
+def stop_signals_handled():
+    """A StopSignals handles the stop signals while the block runs, except one the parent ignores (as nohup
+    ignores SIGHUP); the previous handlers come back after it, unless a signal came (then they stay ignored
+    until the exit)."""
+    handler, previous = StopSignals(), {s: signal.getsignal(s) for s in stop_signals()}
+    for s, before in previous.items():
+        if before is not signal.SIG_IGN:
+            signal.signal(s, handler)
+    try:
+        yield
+    finally:
+        for s, before in previous.items():
+            if signal.getsignal(s) is handler:
+                signal.signal(s, before)
+
+
+@contextlib.contextmanager
+def stop_signals_deferred():
+    """Holds the stop signals back while the block writes files, where a StopSignals handles them (the
+    signal may reach any thread of the process, but its handler runs in the main thread, so this is done
+    there, not with a signal mask)."""
+    handlers = [signal.getsignal(s) for s in stop_signals()]
+    handler = next((h for h in handlers if isinstance(h, StopSignals)), None)
+    with handler.deferred() if handler else contextlib.nullcontext():
+        yield
+
+
+# What each kind of file this script writes begins with: a writer replaces only a file of the kind it writes.
+CHECKPOINT_FILE = ("PyTorch", b"PK\x03\x04")  # torch.save writes a zip archive
+NPY_FILE = ("NumPy .npy", NPY_MAGIC)
+PNG_FILE = ("PNG", b"\x89PNG\r\n\x1a\n")
+JSON_FILE = ("JSON", (b"{", b"["))
+
+
+def check_replaceable(path, kind):
+    """Refuses to write over anything at path but a regular file of the kind (name, first bytes) written
+    there: not a symlink, a FIFO, a device, a directory, nor a file of another kind (a model, a README)."""
+    path, (name, magic) = Path(path), kind
+    if path.is_symlink():
+        raise UsageError(f"{path} is a symbolic link; not replaced (write to another path)")
+    if path.exists():
+        if not path.is_file():
+            raise UsageError(f"{path} exists and is not a regular file; not replaced (write to another path)")
+        with open(path, "rb") as f:
+            if not f.read(16).startswith(magic):
+                raise UsageError(f"{path} exists and is not a {name} file; not replaced (write to another path)")
+
+
+def atomic_write(path, write, kind):
+    """Calls write(file) on a temporary file, then renames it over path: path is old or new, never half. It
+    replaces only what check_replaceable allows, and the stop signals wait until the file is in place."""
+    path, tmp = Path(path), None
+    check_replaceable(path, kind)
+    try:
+        with stop_signals_deferred():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # a temporary name of its own beside path, so that two runs at once never write the same file
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            with os.fdopen(fd, "wb") as f:
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o644)  # mkstemp's file is private to its owner; a normal file is not
+            os.replace(tmp, path)
     except OSError as e:
         if tmp:
             Path(tmp).unlink(missing_ok=True)
@@ -888,8 +1041,12 @@ def atomic_write(path, write):
 
 
 def check_dir(directory, flag):
-    """Refuses, before any training, an output directory that could not be made or written."""
+    """Refuses, before any work, an output directory that could not be made or written."""
+    if not str(directory):
+        raise UsageError(f"{flag} '': must name a directory")
     for path in (Path(directory), *Path(directory).parents):
+        if path.is_symlink() and not path.exists():
+            raise UsageError(f"{flag} {directory}: {path} is a symbolic link to nothing")
         if path.exists():
             if not path.is_dir():
                 raise UsageError(f"{flag} {directory}: {path} is a file, not a directory")
@@ -898,19 +1055,76 @@ def check_dir(directory, flag):
             return
 
 
+@contextlib.contextmanager
+def run_dir_taken(run_dir):
+    """Marks run_dir as this run's while the block runs, and refuses a second run there: a lock on the
+    directory itself (flock; none on Windows), which the system drops when the process ends, even by SIGKILL.
+    What a killed run left there is cleaned first, and said: its temporary files, and config.json and
+    metrics.json where they no longer match the checkpoint."""
+    run_dir = Path(run_dir)
+    made = not run_dir.exists()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(run_dir, os.O_RDONLY) if fcntl else None
+    try:
+        try:
+            if fcntl:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UsageError(f"{run_dir}: another run is training there; wait for it to end, or pass another "
+                             "--run-dir") from None
+        leftovers = sorted(run_dir.glob(".*.tmp"))
+        for path in leftovers:
+            path.unlink()
+        if leftovers:
+            print(f"removed {len(leftovers)} temporary file(s) that a killed run left in {run_dir}: "
+                  f"{', '.join(p.name for p in leftovers)}")
+        try:
+            state = load_checkpoint(run_dir / "checkpoint.pt")
+            trainer_from_checkpoint(state, torch.device("cpu"), run_dir / "checkpoint.pt")  # all of it readable
+        except UsageError:  # none, or one this run cannot read: a new run replaces it, --resume says why not
+            state = None
+        if state and save_run_files(run_dir, state["model"], dataclasses.asdict(state["config"]), state["metrics"]):
+            print(f"rewrote config.json and metrics.json in {run_dir} to match its checkpoint (a run was killed "
+                  "between writing them)")
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)
+        if made and not any(run_dir.iterdir()):  # a run that saved nothing leaves no directory behind
+            run_dir.rmdir()
+
+
 def save_json(path, obj):
-    atomic_write(path, lambda f: f.write(json.dumps(obj, indent=1).encode()))
+    atomic_write(path, lambda f: f.write(json.dumps(obj, indent=1).encode()), JSON_FILE)
 
 
 def save_checkpoint(run_dir, trainer, cfg, epoch, metrics):
-    """model(s), optimizer(s), config, epoch, metrics and RNG state: all that --resume needs."""
+    """model(s), optimizer(s), config, epoch, metrics and RNG state: all that --resume needs; then config.json
+    and metrics.json from it, the stop signals held back until all three are written."""
     state = {
         "format": CHECKPOINT_FORMAT, "model": trainer.name, "config": dataclasses.asdict(cfg), "epoch": epoch,
         "metrics": metrics,
         "trainer": trainer.state_dict(), "rng": rng_states(),
     }
-    atomic_write(Path(run_dir) / "checkpoint.pt", lambda f: torch.save(state, f))
-    save_json(Path(run_dir) / "metrics.json", metrics)
+    with stop_signals_deferred():
+        atomic_write(Path(run_dir) / "checkpoint.pt", lambda f: torch.save(state, f), CHECKPOINT_FILE)
+        save_run_files(run_dir, trainer.name, state["config"], metrics)
+
+
+def save_run_files(run_dir, model, config, metrics):
+    """config.json and metrics.json, readable copies of the checkpoint's config (a dict) and metrics, each
+    written where it differs; returns whether any was."""
+    wrote = False
+    for name, obj in (("config.json", {"model": model, **config}), ("metrics.json", metrics)):
+        path = Path(run_dir) / name
+        try:
+            same = json.loads(path.read_text()) == obj
+        except (OSError, ValueError):
+            same = False
+        if not same:
+            save_json(path, obj)
+            wrote = True
+    return wrote
 
 
 def rng_states():
@@ -932,48 +1146,82 @@ def set_rng_states(states):
         torch.mps.set_rng_state(states["mps"])
 
 
+CHECKPOINT_KEYS = {"format": int, "model": str, "config": dict, "epoch": int, "metrics": list, "trainer": dict,
+                   "rng": dict}  # what a checkpoint holds, and of which type
+
+
 def load_checkpoint(path, model=None):
+    """The checkpoint at path, checked once, here, against what the code needs from it: its keys and their
+    types, a model of this script, a config this version accepts (returned as a config object)."""
     path = Path(path)
     if not path.exists():
         raise UsageError(f"{path}: no checkpoint here (train first, or pass --checkpoint / --run-dir)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many kinds for a corrupt file
-        raise UsageError(f"{path}: not a readable checkpoint: {first_line(e)}") from None
+        # torch's advice for a file that holds other objects, to load it with weights_only=False, would run
+        # code from a pickle: it is not passed on
+        reason = "it holds objects other than tensors and plain data" if "weights_only" in str(e) else first_line(e)
+        raise UsageError(f"{path}: not a readable checkpoint ({reason})") from None
     if not isinstance(state, dict) or "model" not in state or "trainer" not in state:
         raise UsageError(f"{path}: not a homework7 checkpoint")
     if state.get("format") != CHECKPOINT_FORMAT:
         raise UsageError(f"{path}: written by another version of homework7.py (checkpoint format "
                          f"{state.get('format', 1)}, this one reads {CHECKPOINT_FORMAT}); train it again")
+    wrong = [key for key, kind in CHECKPOINT_KEYS.items() if not isinstance(state.get(key), kind)]
+    if wrong:
+        raise UsageError(f"{path}: a damaged checkpoint ({', '.join(wrong)} missing or of the wrong type)")
+    if state["model"] not in TRAINERS:
+        raise UsageError(f"{path}: a damaged checkpoint (model {state['model']!r} is neither vae nor gan)")
+    if not 1 <= state["epoch"] == len(state["metrics"]):
+        raise UsageError(f"{path}: a damaged checkpoint (epoch {state['epoch']}, but metrics of "
+                         f"{len(state['metrics'])} epochs)")
+    cpu_rng = state["rng"].get("cpu")
+    if not isinstance(cpu_rng, torch.Tensor) or cpu_rng.shape != torch.get_rng_state().shape:
+        raise UsageError(f"{path}: a damaged checkpoint (the state of its random generator)")
     if model and state["model"] != model:
         raise UsageError(f"{path}: a {state['model']} checkpoint, not a {model} one")
+    state["config"] = saved_config(TRAINERS[state["model"]][0], state["config"], path)
     return state
 
 
 def saved_config(config_cls, saved, path):
-    """The config stored in a checkpoint, refused if another version of this script wrote it."""
-    fields = {f.name for f in dataclasses.fields(config_cls)}
-    if set(saved) != fields:
-        odd = sorted(set(saved) ^ fields)
+    """The config stored in a checkpoint as a config object: refused if another version of this script wrote
+    it, or if a value has the wrong type or fails validate_config."""
+    fields = {f.name: f for f in dataclasses.fields(config_cls)}
+    if set(saved) != set(fields):
+        odd = sorted(set(saved) ^ set(fields))
         raise UsageError(f"{path}: written by another version of homework7.py (config fields differ: "
                          f"{', '.join(odd)}); train it again")
-    return config_cls(**saved)
+    for name, value in saved.items():
+        kind, default = fields[name].type, fields[name].default
+        numeric = kind is float and type(value) is int  # JSON-like data: 1 stands for 1.0
+        if not (type(value) is kind or numeric or (value is None and default is None)):
+            raise UsageError(f"{path}: a damaged checkpoint (config {name} = {value!r} should be a {kind.__name__})")
+    cfg = config_cls(**saved)
+    try:
+        validate_config(cfg)
+    except UsageError as e:
+        raise UsageError(f"{path}: a damaged checkpoint (config {e})") from None
+    return cfg
 
 
 def trainer_from_checkpoint(state, device, path):
-    config_cls, trainer_cls = TRAINERS[state["model"]]
-    cfg = saved_config(config_cls, state["config"], path)
-    return restore(trainer_cls(cfg, device), state, path)
+    return restore(TRAINERS[state["model"]][1](state["config"], device), state, path)
 
 
-def restore(trainer, state, path):
-    """The trainer with the checkpoint's weights and optimizer states, or a clear line if they do not fit."""
+def restore(trainer, state, path, rng=False):
+    """The trainer with the checkpoint's weights, optimizer states and (rng=True) random generators, or a
+    clear line where they do not fit it."""
     try:
         trainer.load_state_dict(state["trainer"])
-    except (KeyError, RuntimeError, ValueError) as e:
-        raise UsageError(f"{path}: written by another version of homework7.py ({first_line(e)}); "
-                         "train it again") from None
+        if rng:
+            set_rng_states(state["rng"])
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as e:
+        raise UsageError(f"{path}: a damaged checkpoint, or one written by another version of homework7.py "
+                         f"({first_line(e)}); train it again") from None
     return trainer
+
 
 # ----------------------------------------------------------------------------- figures
 def tile(images, ncols, pad=2):
@@ -989,7 +1237,7 @@ def tile(images, ncols, pad=2):
 
 
 def save_figure(fig, path):
-    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=fig.dpi))
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=fig.dpi), PNG_FILE)
 
 
 def plot_rows(rows, path, title):
@@ -1096,12 +1344,15 @@ def make_config(config_cls, given, name, resume=False):
     if not resume:
         cfg = config_cls(**given)
     else:
-        path = run_dir / "checkpoint.pt"
-        saved = dataclasses.asdict(saved_config(config_cls, load_checkpoint(path, name)["config"], path))
+        state = load_checkpoint(run_dir / "checkpoint.pt", name)
+        saved = dataclasses.asdict(state["config"])
         changed = sorted(k for k, v in given.items() if k not in RESUMABLE_CHANGES and saved.get(k) != v)
         if changed:
             raise UsageError(f"--resume keeps the checkpoint's config; it differs in: {', '.join(changed)}")
         cfg = config_cls(**{**saved, **given})
+        if cfg.epochs < state["epoch"]:
+            raise UsageError(f"--epochs {cfg.epochs}: the checkpoint has trained {state['epoch']} epochs already; "
+                             f"pass --epochs {state['epoch']} or more")
     cfg.run_dir = str(run_dir)
     validate_config(cfg)
     return cfg
@@ -1115,6 +1366,7 @@ def validate_config(cfg):
         ("n_train", cfg.n_train is None or cfg.n_train >= 1, "must be at least 1"),
         ("hidden", cfg.hidden >= 1, "must be at least 1"),
         ("dropout", 0 <= cfg.dropout < 1, "must lie in [0, 1)"),
+        ("test_data", cfg.data or not cfg.test_data, "needs --data (MNIST from data/ has its own test set)"),
     ]
     if isinstance(cfg, VAEConfig):
         checks += [
@@ -1143,6 +1395,13 @@ def validate_config(cfg):
 def train(name, cfg, resume=False):
     """Trains one model as cfg says and writes its figures; returns (trainer, test images on its device)."""
     device = resolve_device(cfg.device)
+    trainer_cls = TRAINERS[name][1]
+    check_dir(cfg.run_dir, "--run-dir")
+    check_dir(cfg.figures_dir, "--figures-dir")
+    outputs = [(Path(cfg.run_dir) / "checkpoint.pt", CHECKPOINT_FILE), *((Path(cfg.run_dir) / f, JSON_FILE) for f in
+               ("config.json", "metrics.json")), *((Path(cfg.figures_dir) / f, PNG_FILE) for f in trainer_cls.figures)]
+    for path, kind in outputs:
+        check_replaceable(path, kind)
     train_x, test_x = load_images(cfg)
     n_fit = min(len(train_x), getattr(cfg, "mixture_fit_n", 0))
     if getattr(cfg, "mixture_components", 0) > n_fit:
@@ -1151,41 +1410,91 @@ def train(name, cfg, resume=False):
                          "(or 0 for no mixture)")
     if name == "gan" and len(train_x) < 2:
         raise UsageError("the GAN needs at least 2 training images (BatchNorm normalises over a minibatch)")
-    check_dir(cfg.run_dir, "--run-dir")
-    check_dir(cfg.figures_dir, "--figures-dir")
-    print(f"{name}: {len(train_x)} training and {len(test_x)} test images on {device}; run dir {cfg.run_dir}")
-    torch.manual_seed(cfg.seed)  # initial weights, data order, dropout and noise
-    trainer = TRAINERS[name][1](cfg, device)
-    start = time.perf_counter()
-    metrics = fit(trainer, cfg, train_x, test_x, cfg.run_dir, resume=resume)
-    finish_start = time.perf_counter()
-    done = trainer.finish(train_x)  # the VAE's mixture, the GAN's BatchNorm statistics: into the checkpoint
-    if done:
-        print(f"{name}: {done} in {time.perf_counter() - finish_start:.1f} s")
-        save_checkpoint(cfg.run_dir, trainer, cfg, metrics[-1]["epoch"], metrics)
-    test_x = test_x.to(device)
-    trainer.write_figures(cfg.figures_dir, test_x, metrics)
+    check_memory(training_bytes(trainer_cls, cfg, len(train_x)), f"training this {name}")
+    with run_dir_taken(cfg.run_dir):
+        print(f"{name}: {len(train_x)} training and {len(test_x)} test images on {device}; run dir {cfg.run_dir}")
+        torch.manual_seed(cfg.seed)  # initial weights, data order, dropout and noise
+        trainer = trainer_cls(cfg, device)
+        start = time.perf_counter()
+        metrics = fit(trainer, cfg, train_x, test_x, cfg.run_dir, resume=resume)
+        finish_start = time.perf_counter()
+        done = trainer.finish(train_x)  # the VAE's mixture, the GAN's BatchNorm statistics: into the checkpoint
+        if done:
+            print(f"{name}: {done} in {time.perf_counter() - finish_start:.1f} s")
+            save_checkpoint(cfg.run_dir, trainer, cfg, metrics[-1]["epoch"], metrics)
+        test_x = test_x.to(device)
+        trainer.write_figures(cfg.figures_dir, test_x, metrics)
     print(f"{name}: trained in {time.perf_counter() - start:.1f} s; figures in {cfg.figures_dir}/, "
           f"checkpoint in {cfg.run_dir}/")
     return trainer, test_x
+
+
+def training_bytes(trainer_cls, cfg, n_train):
+    """About the memory a training run holds at once: every tensor of the trainer four times over (weights,
+    gradients, Adam's two moments), the training images, and for the VAE the mixture fit's N×p² outer
+    products and its k covariances and their inverses."""
+    with torch.device("meta"):  # the networks' shapes, without their memory
+        tensors = trainer_cls(cfg, torch.device("meta")).state_dict()
+    count = sum(t.numel() for d in tensors.values() if isinstance(d, dict) for t in d.values()
+                if isinstance(t, torch.Tensor))
+    n_bytes = 16 * count + 4 * IMAGE_DIM * n_train
+    if getattr(cfg, "mixture_components", 0):
+        p2 = cfg.latent_dim ** 2
+        n_bytes += 8 * p2 * (2 * min(n_train, cfg.mixture_fit_n) + 3 * cfg.mixture_components)
+    return n_bytes
+
+
+def memory_limit():
+    """The bytes this process may hold: the machine's memory, or the limit set on the process where that is
+    lower (None where neither is known)."""
+    limits = []
+    try:
+        limits.append(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):  # no sysconf on Windows
+        pass
+    if resource:
+        for which in (resource.RLIMIT_AS, resource.RLIMIT_DATA):
+            soft = resource.getrlimit(which)[0]
+            if soft != resource.RLIM_INFINITY:
+                limits.append(soft)
+    return min(limits, default=None)
+
+
+def check_memory(n_bytes, what):
+    """Refuses, before any work, what needs more memory than this process can have."""
+    limit = memory_limit()
+    if limit and n_bytes > limit:
+        raise UsageError(f"{what} needs about {gib(n_bytes)} of memory, more than the {gib(limit)} this process "
+                         "can have; choose smaller sizes")
+
+
+def gib(n_bytes):
+    """A size in GiB, to three digits where that is small (2.92 GiB), in whole GiB beyond (1,234 GiB)."""
+    return f"{n_bytes / 2**30:.3g} GiB" if n_bytes < 100 * 2**30 else f"{n_bytes / 2**30:,.0f} GiB"
 
 
 def train_command(name, given, resume):
     cfg = make_config(TRAINERS[name][0], given, name, resume)
     try:
         train(name, cfg, resume)
-    except KeyboardInterrupt:
-        print(f"\n{name}: interrupted; the last finished epoch is saved in {cfg.run_dir}; "
-              f"continue with: python homework7.py {name} --resume", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:  # Ctrl-C, or Stopped by another stop signal
+        status = getattr(e, "status", 130)
+        why = "interrupted" if status == 130 else f"stopped by {e}"
+        print(f"\n{name}: {why}; {what_is_kept(cfg.run_dir)}; continue with: python homework7.py {name} --resume",
+              file=sys.stderr)
+        return status
     return 0
 
 
 def draw_samples(trainer, n, seed, **prior):
-    """n new images (n×784 in [0,1]) from a trained model, drawn 1000 at a time from a seeded generator
-    (prior: the VAE's prior="standard" or "mixture")."""
+    """n new images (an n×784 float32 tensor in [0,1], on the CPU) from a trained model, drawn 1000 at a time
+    from a seeded generator into one array that the tensor shares (prior: the VAE's "standard" or "mixture")."""
     generator = torch.Generator().manual_seed(seed)
-    return torch.cat([trainer.sample(min(1000, n - i), generator, **prior) for i in range(0, n, 1000)])
+    images = np.empty((n, IMAGE_DIM), dtype=np.float32)
+    for start in range(0, n, 1000):
+        chunk = trainer.sample(min(1000, n - start), generator, **prior)
+        images[start : start + len(chunk)] = chunk.cpu().numpy()
+    return torch.from_numpy(images)
 
 
 def checkpoint_trainer(args):
@@ -1203,16 +1512,20 @@ def checkpoint_trainer(args):
 
 
 def sample_command(args):
+    if not args.out:
+        raise UsageError("--out '': must name a file")
     out_dir = Path(args.out).parent
     if not out_dir.is_dir():
         why = "is not a directory" if out_dir.exists() else "does not exist"
         raise UsageError(f"--out {args.out}: {out_dir} {why}")
+    check_replaceable(args.out, NPY_FILE)
+    check_memory(4 * IMAGE_DIM * args.n, f"--n {args.n}")
     trainer, _ = checkpoint_trainer(args)
     prior = {}
     if args.model == "vae":
         prior = {"prior": args.prior or (DEFAULT_PRIOR if trainer.prior else "standard")}
-    images = draw_samples(trainer, args.n, args.seed, **prior).cpu()
-    atomic_write(args.out, lambda f: np.save(f, images.numpy().astype(np.float32)))
+    images = draw_samples(trainer, args.n, args.seed, **prior)
+    atomic_write(args.out, lambda f: np.save(f, images.numpy()), NPY_FILE)
     print(f"wrote {args.n} {args.model} samples ({args.n}×{IMAGE_DIM}, float32 in [0,1]"
           f"{', prior ' + prior['prior'] if prior else ''}) to {args.out}")
     return 0
@@ -1237,21 +1550,34 @@ def ascii_spelling(error):
 
 def run_cli(parser, argv, command):
     """Parses argv and runs command(args), for every command of this script and of tools/: whatever the
-    console's encoding, what they print is written (ascii_spelling); bad input ends in one line and exit
-    status 2, Ctrl-C in one line and status 130."""
+    console's encoding, what they print is written (ascii_spelling); bad input or memory that runs out ends
+    in one line and exit status 2; a stop signal (stop_signals_handled) in one line and status 128 + its
+    number: 130 for Ctrl-C, 143 for SIGTERM, 129 for SIGHUP."""
     codecs.register_error("ascii_spelling", ascii_spelling)
     for stream in (sys.stdout, sys.stderr):
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="ascii_spelling")
     args = parser.parse_args(argv)
     try:
-        return command(args)
+        with stop_signals_handled():
+            return command(args)
     except UsageError as e:
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"\n{parser.prog}: interrupted", file=sys.stderr)
-        return 130
+    except (MemoryError, RuntimeError) as e:
+        if not out_of_memory(e):
+            raise
+        print(f"{parser.prog}: error: out of memory ({first_line(e)}); choose smaller sizes", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as e:  # Ctrl-C, or Stopped by another stop signal
+        status = getattr(e, "status", 130)
+        print(f"\n{parser.prog}: {'interrupted' if status == 130 else f'stopped by {e}'}", file=sys.stderr)
+        return status
+
+
+def out_of_memory(error):
+    """Whether an exception says that memory ran out (numpy's MemoryError, PyTorch's CPU allocator or CUDA)."""
+    return isinstance(error, (MemoryError, torch.OutOfMemoryError)) or "can't allocate memory" in str(error)
 
 
 def dispatch(args):

@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -65,19 +66,45 @@ def ascii_console(monkeypatch):
     return install
 
 
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def child_process(argv, cwd, env=None, preexec=None, **popen):
+    """Starts `python argv` as a real process: the project importable, its output in UTF-8 (or the
+    PYTHONIOENCODING that env gives, None removing a variable), and SIGINT and SIGHUP handled as by
+    default even where pytest runs with them ignored (nohup, a script's `&`, some CI runners: an ignored
+    signal stays ignored across exec); preexec() runs in the child too, before the program starts."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONIOENCODING": "utf-8", "PYTHONUNBUFFERED": "1", **(env or {})}
+    env = {k: v for k, v in env.items() if v is not None}
+
+    def before_exec():
+        for number in (signal.SIGINT, signal.SIGHUP):
+            signal.signal(number, signal.SIG_DFL)
+        if preexec:
+            preexec()
+
+    return subprocess.Popen([sys.executable, *map(str, argv)], cwd=cwd, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, encoding=env["PYTHONIOENCODING"], env=env,
+                            preexec_fn=before_exec, **popen)
+
+
+@pytest.fixture
+def python_run():
+    """Runs `python argv` (as child_process starts it) to its end: (exit status, stdout, stderr)."""
+    def run(argv, cwd, env=None, preexec=None):
+        child = child_process(argv, cwd, env, preexec)
+        out, err = child.communicate(timeout=300)
+        return child.returncode, out, err
+
+    return run
+
+
 @pytest.fixture
 def interrupt_child():
-    """Starts `python argv` as a real process (the project on its path), sends it SIGINT, as Ctrl-C does,
-    once its output holds wait_for, and returns (exit status, stdout, stderr)."""
-    root = Path(__file__).resolve().parent.parent
-
-    def interrupt(argv, wait_for, cwd):
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(root)}
-        # default SIGINT handling in the child, even where pytest itself runs with SIGINT ignored (nohup, a
-        # script's `&`, some CI runners): an ignored signal stays ignored across exec
-        child = subprocess.Popen([sys.executable, *map(str, argv)], cwd=cwd, stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE, text=True, env=env,
-                                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    """Starts `python argv` (as child_process does), sends it SIGINT, as Ctrl-C does (or the given signals,
+    one after another), once its output holds wait_for, and returns (exit status, stdout, stderr)."""
+    def interrupt(argv, wait_for, cwd, signals=(signal.SIGINT,)):
+        child = child_process(argv, cwd)
         out = ""
         while wait_for not in out:
             line = child.stdout.readline()
@@ -85,7 +112,9 @@ def interrupt_child():
                 child.wait()
                 raise AssertionError(f"the child ended before printing {wait_for!r}: {child.stderr.read()}")
             out += line
-        child.send_signal(signal.SIGINT)
+        for number in signals:
+            child.send_signal(number)
+            time.sleep(0.05)
         rest, err = child.communicate(timeout=60)
         return child.returncode, out + rest, err
 

@@ -116,9 +116,23 @@ def test_a_stale_or_corrupt_classifier_cache_is_rebuilt(tmp_path, stub_classifie
     torch.save(state, stub_classifier)
     _, accuracy = ev.load_classifier(stub_classifier, torch.device("cpu"), log=lambda _: None)
     assert accuracy == 0.995 and trained == [1]
-    stub_classifier.write_bytes(b"not a checkpoint")
+    stub_classifier.write_bytes(stub_classifier.read_bytes()[:1000])  # a cache cut short
     ev.load_classifier(stub_classifier, torch.device("cpu"), log=lambda _: None)
     assert trained == [1, 1] and torch.load(stub_classifier)["accuracy"] == 0.995
+
+
+@pytest.mark.parametrize("content", [b"# a README\n", "model"], ids=["text", "a model"])
+def test_a_file_that_is_not_a_classifier_is_never_trained_over(tmp_path, content, monkeypatch):
+    path = tmp_path / "not_a_classifier"
+    if content == "model":
+        torch.save({"model": {"weight": torch.zeros(2)}, "format": 2}, path)
+    else:
+        path.write_bytes(content)
+    before = path.read_bytes()
+    monkeypatch.setattr(ev, "train_classifier", lambda *a, **k: pytest.fail("trained over a file of another kind"))
+    with pytest.raises(hw.UsageError, match="not replaced"):
+        ev.load_classifier(path, torch.device("cpu"), log=lambda _: None)
+    assert path.read_bytes() == before
 
 
 def test_a_classifier_below_99_percent_is_refused(tmp_path, monkeypatch):

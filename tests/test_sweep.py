@@ -28,7 +28,7 @@ def test_sweep_scores_both_priors_for_each_weight_and_epoch_count(tmp_path, stub
     assert all((row["fit_seconds"] is None) == (row["prior"] == "standard") for row in table)
     assert (tmp_path / "figures" / "vae_sweep.png").stat().st_size > 10_000
     state = hw.load_checkpoint(tmp_path / "run" / "p32_kl2" / "checkpoint.pt")
-    assert state["config"]["kl_weight"] == 2 and state["epoch"] == 2  # the second epoch count resumed the first
+    assert state["config"].kl_weight == 2 and state["epoch"] == 2  # the second epoch count resumed the first
     assert not (tmp_path / "figures" / "vae.png").exists()  # each run's own figures stay in its run directory
 
 

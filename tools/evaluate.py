@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from homework7 import (IMAGE_DIM, IMAGE_SIDE, MNIST_SHA256, PRIORS, Parser, UsageError, VAETrainer,
-                       add_checkpoint_flags, atomic_write, checkpoint_trainer, draw_samples, first_line,
+from homework7 import (CHECKPOINT_FILE, IMAGE_DIM, IMAGE_SIDE, MNIST_SHA256, PRIORS, Parser, UsageError, VAETrainer,
+                       add_checkpoint_flags, atomic_write, check_replaceable, checkpoint_trainer, draw_samples, first_line,
                        load_images, load_mnist, make_adam, run_cli, save_json)
 
 CLASSIFIER_PATH = "runs/classifier.pt"  # where the trained classifier is cached
@@ -49,11 +49,12 @@ class DigitClassifier(nn.Module):
 
 @torch.inference_mode()
 def classify(classifier, x, batch_size=1000):
-    """(p(y|x) as B×10, penultimate features as B×128) for images x, on the CPU."""
+    """(p(y|x) as B×10, penultimate features as B×128) for images x (on any device), on the CPU."""
     classifier.eval()
+    device = next(classifier.parameters()).device
     probs, features = [], []
     for start in range(0, len(x), batch_size):
-        h = classifier.features(x[start : start + batch_size])
+        h = classifier.features(x[start : start + batch_size].to(device))
         probs.append(torch.softmax(classifier.head(h), 1).cpu())
         features.append(h.cpu())
     return torch.cat(probs), torch.cat(features)
@@ -100,21 +101,27 @@ def load_classifier(path, device, log=print):
     stamp = classifier_stamp()
     classifier = DigitClassifier()
     if path.exists():
+        check_replaceable(path, CHECKPOINT_FILE)  # a file of another kind is never trained over
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
-            if state.get("stamp") == stamp:
+        except Exception as e:  # a corrupt cache is rebuilt, not fatal
+            state = None
+            log(f"{path}: unreadable ({first_line(e)}); retraining")
+        if state is not None:
+            if not isinstance(state, dict) or "stamp" not in state:
+                raise UsageError(f"{path} is not a classifier of tools.evaluate; not replaced (pass another "
+                                 "--classifier)")
+            if state["stamp"] == stamp:
                 classifier.load_state_dict(state["model"])
                 return classifier.to(device), state["accuracy"]
             log(f"{path}: made by another version of this script; retraining")
-        except Exception as e:  # a corrupt cache is rebuilt, not fatal
-            log(f"{path}: unreadable ({first_line(e)}); retraining")
     log(f"training the MNIST classifier that judges the samples (cached in {path})")
     classifier, accuracy = train_classifier(*load_mnist("train"), *load_mnist("t10k"), device, log=log)
     if accuracy < CLASSIFIER_MIN_ACCURACY:
         raise UsageError(f"the MNIST classifier reached only {accuracy:.4f} test accuracy "
                          f"(< {CLASSIFIER_MIN_ACCURACY}); its scores would not be trusted")
     state = {"stamp": stamp, "model": classifier.state_dict(), "accuracy": accuracy}
-    atomic_write(path, lambda f: torch.save(state, f))
+    atomic_write(path, lambda f: torch.save(state, f), CHECKPOINT_FILE)
     return classifier.to(device), accuracy
 
 

@@ -64,10 +64,11 @@ def method_config(name, epochs=None, out_dir=QUALITY_DIR, n_train=None):
                 raise UsageError(f"unknown method {part!r}: use new or {', '.join(METHODS)}, joined by +")
             flags.update(METHODS[part])
     cfg = GANConfig(**flags)
-    if epochs:
+    if epochs is not None:
         cfg.epochs = epochs
     cfg.n_train = n_train
     cfg.run_dir = cfg.figures_dir = str(quality_dir(out_dir) / name)
+    validate_config(cfg)
     validate_config(cfg)
     return cfg
 

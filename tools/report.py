@@ -18,7 +18,7 @@ from matplotlib.backends.backend_pdf import PdfPages
 from matplotlib.figure import Figure
 
 import homework7 as hw
-from homework7 import Parser, RunConfig, UsageError, atomic_write, run_cli
+from homework7 import Parser, RunConfig, UsageError, atomic_write, check_replaceable, run_cli
 from tools.evaluate import score_notes, score_rows
 
 PAGE_W, PAGE_H = 8.27, 11.69  # A4, inches
@@ -26,6 +26,8 @@ MARGIN = 0.75  # inches on every side
 TEXT_W = PAGE_W - 2 * MARGIN
 
 # (problem heading, model, its figure, caption): the figures the assignment asks for
+PDF_FILE = ("PDF", b"%PDF-")  # what the report's outputs begin with: an earlier report's are replaced, nothing else
+ZIP_FILE = ("zip", b"PK\x03\x04")
 PROBLEMS = [
     ("1 Variational Auto-Encoders", "vae", "vae.png",
      "Figure 1. Top row: 16 existing MNIST images x (the test set). Second row: their reconstructions "
@@ -168,11 +170,15 @@ def report(users, out_dir, figures_dir, runs_dir):
         raise UsageError(f"{', '.join(missing)} missing: run python homework7.py vae and "
                          f"python homework7.py gan first")
     stem = "homework7." + ".".join(users)
+    source = Path(hw.__file__).read_bytes()
+    pdf, script, archive = out_dir / f"{stem}.pdf", out_dir / f"{stem}.py", out_dir / f"{stem}.zip"
+    outputs = [(pdf, PDF_FILE), (script, ("homework7.py", source[:16])), (archive, ZIP_FILE)]
+    for path, kind in outputs:  # all three checked before any is written
+        check_replaceable(path, kind)
     pages = build_pages(users, figures_dir, runs_dir)
-    pdf, script = out_dir / f"{stem}.pdf", out_dir / f"{stem}.py"
-    atomic_write(pdf, lambda f: write_pdf(f, pages))
-    atomic_write(script, lambda f: f.write(Path(hw.__file__).read_bytes()))
-    atomic_write(out_dir / f"{stem}.zip", lambda f: write_zip(f, [pdf, script]))
+    atomic_write(pdf, lambda f: write_pdf(f, pages), PDF_FILE)
+    atomic_write(script, lambda f: f.write(source), outputs[1][1])
+    atomic_write(archive, lambda f: write_zip(f, [pdf, script]), ZIP_FILE)
     print(f"wrote {pdf} ({len(pages)} pages), {script} and {out_dir / f'{stem}.zip'}")
     return 0
 
