@@ -10,7 +10,6 @@ Both models are fully connected and trained from scratch with PyTorch:
 Usage:
   python homework7.py vae [flags]        train the VAE, write figures/vae*.png
   python homework7.py gan [flags]        train the GAN, write figures/gan*.png
-  python homework7.py sample vae|gan --n 10000 --out samples.npy
   python homework7.py vae --help         every flag with its default
 
 Data: MNIST's four original IDX files in data/ beside this script, or --data FILE (the assignment's
@@ -71,8 +70,6 @@ NPY_MAGIC = b"\x93NUMPY"  # how a .npy file begins
 CHECKPOINT_FORMAT = 2  # bump when what a checkpoint holds changes (2: the fitted prior, every RNG state)
 GAN_COLLAPSE_D_FAKE = 1e-3  # stop when D(G(z)) stays below this for a whole epoch
 GAN_DIVERGED_D_LOSS = 100.0  # stop when D's loss averages above this over an epoch (1.39 at D's equilibrium)
-PRIORS = ("standard", "mixture")  # the VAE's new images: z ~ N(0, I), or z ~ the mixture fitted to μ(x)
-DEFAULT_PRIOR = "mixture"  # the one whose samples scored better (README, "The VAE")
 
 
 def arg(default, help, **argparse_kwargs):
@@ -569,8 +566,7 @@ class VAETrainer:
         self.model.eval()
         if prior == "mixture":
             if not self.prior:
-                raise UsageError("this VAE has no fitted mixture (trained with --mixture-components 0, or stopped "
-                                 "before the fit); use --prior standard")
+                raise ValueError("this VAE has no fitted mixture")
             z = sample_mixture(self.prior, n, generator).float()
         else:
             z = torch.randn(n, self.cfg.latent_dim, generator=generator)
@@ -1307,31 +1303,15 @@ def add_config_flags(parser, config_cls, skip=()):
         parser.add_argument("--" + f.name.replace("_", "-"), default=argparse.SUPPRESS, **kwargs)
 
 
-def add_checkpoint_flags(parser, n_help, prior_default):
-    """The flags of the commands that load a trained model (sample here, and the tools' evaluation)."""
-    parser.add_argument("model", choices=TRAINERS, help="which model")
-    parser.add_argument("--n", type=int, default=10000, help=f"{n_help} (default: 10000)")
-    parser.add_argument("--checkpoint", default="", help="checkpoint to load (default: runs/<model>/checkpoint.pt)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed of the noise (default: 0)")
-    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto (default: auto)")
-    parser.add_argument("--prior", choices=PRIORS, default=None,
-                        help=f"VAE: z ~ N(0, I) (standard) or z ~ the mixture fitted after training "
-                             f"(default: {prior_default})")
-
-
 def build_parser():
     parser = Parser(prog="homework7.py", description=__doc__.split("\n\n")[0])
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{vae,gan,sample}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{vae,gan}")
     for name, (config_cls, _) in TRAINERS.items():
         sub = commands.add_parser(name, help=f"train the {name.upper()} and write its figures",
                                   description=config_cls.__doc__)
         add_config_flags(sub, config_cls)
         sub.add_argument("--resume", action="store_true",
                          help="continue from the checkpoint in the run directory (its config is kept)")
-    sample = commands.add_parser("sample", help="write new images from a trained model to a .npy file",
-                                 description="N new images (float32, N×784, values in [0,1]) from a checkpoint.")
-    add_checkpoint_flags(sample, "how many images", prior_default=DEFAULT_PRIOR)
-    sample.add_argument("--out", default="samples.npy", help="output .npy file (default: samples.npy)")
     return parser
 
 
@@ -1486,51 +1466,6 @@ def train_command(name, given, resume):
     return 0
 
 
-def draw_samples(trainer, n, seed, **prior):
-    """n new images (an n×784 float32 tensor in [0,1], on the CPU) from a trained model, drawn 1000 at a time
-    from a seeded generator into one array that the tensor shares (prior: the VAE's "standard" or "mixture")."""
-    generator = torch.Generator().manual_seed(seed)
-    images = np.empty((n, IMAGE_DIM), dtype=np.float32)
-    for start in range(0, n, 1000):
-        chunk = trainer.sample(min(1000, n - start), generator, **prior)
-        images[start : start + len(chunk)] = chunk.cpu().numpy()
-    return torch.from_numpy(images)
-
-
-def checkpoint_trainer(args):
-    """The trainer restored from the checkpoint that --checkpoint (or the model's default run) names, with
-    --n and --prior checked against it."""
-    if args.n < 1:
-        raise UsageError(f"--n {args.n}: must be at least 1")
-    if args.model == "gan" and args.prior:
-        raise UsageError("--prior: only the VAE has a choice of prior")
-    path = Path(args.checkpoint or f"runs/{args.model}/checkpoint.pt")
-    trainer = trainer_from_checkpoint(load_checkpoint(path, args.model), resolve_device(args.device), path)
-    if args.prior == "mixture" and not trainer.prior:
-        raise UsageError(f"{path}: this VAE has no fitted mixture; use --prior standard")
-    return trainer, path
-
-
-def sample_command(args):
-    if not args.out:
-        raise UsageError("--out '': must name a file")
-    out_dir = Path(args.out).parent
-    if not out_dir.is_dir():
-        why = "is not a directory" if out_dir.exists() else "does not exist"
-        raise UsageError(f"--out {args.out}: {out_dir} {why}")
-    check_replaceable(args.out, NPY_FILE)
-    check_memory(4 * IMAGE_DIM * args.n, f"--n {args.n}")
-    trainer, _ = checkpoint_trainer(args)
-    prior = {}
-    if args.model == "vae":
-        prior = {"prior": args.prior or (DEFAULT_PRIOR if trainer.prior else "standard")}
-    images = draw_samples(trainer, args.n, args.seed, **prior)
-    atomic_write(args.out, lambda f: np.save(f, images.numpy()), NPY_FILE)
-    print(f"wrote {args.n} {args.model} samples ({args.n}×{IMAGE_DIM}, float32 in [0,1]"
-          f"{', prior ' + prior['prior'] if prior else ''}) to {args.out}")
-    return 0
-
-
 # What a console without Greek letters or mathematical signs (Windows' cp1252, ASCII) prints in their place.
 ASCII_SPELLING = {"−": "-", "×": "x", "·": "*", "≥": ">=", "≤": "<=", "≈": "~", "‖": "||", "→": "->", "⊙": "*",
                   "∇": "grad ", "Σ": "sum ", "—": "--", "–": "-", "…": "..."}
@@ -1581,9 +1516,7 @@ def out_of_memory(error):
 
 
 def dispatch(args):
-    """The command the arguments name: train a model, or sample from one."""
-    if args.command == "sample":
-        return sample_command(args)
+    """The command the arguments name: train a model."""
     given = {k: v for k, v in vars(args).items() if k not in ("command", "resume")}
     return train_command(args.command, given, args.resume)
 

@@ -69,6 +69,21 @@ def ascii_console(monkeypatch):
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.fixture
+def cli(capsys):
+    """Runs a command's main(argv) in this process: (exit status, stdout, stderr), where an exit from
+    argparse gives its status too."""
+    def run(main, *argv):
+        try:
+            status = main([str(a) for a in argv])
+        except SystemExit as e:
+            status = e.code
+        out, err = capsys.readouterr()
+        return status, out, err
+
+    return run
+
+
 def child_process(argv, cwd, env=None, preexec=None, **popen):
     """Starts `python argv` as a real process: the project importable, its output in UTF-8 (or the
     PYTHONIOENCODING that env gives, None removing a variable), and SIGINT and SIGHUP handled as by

@@ -9,14 +9,11 @@ import torch
 
 import homework7 as hw
 import tools.evaluate as ev
-from test_homework7 import outputs
 
 
-def run(capsys, *argv):
-    """tools.evaluate.main(argv) → (exit status, stdout, stderr)."""
-    status = ev.main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return status, out, err
+def outputs(tmp_path):
+    """Figures and run directory under tmp_path."""
+    return ["--figures-dir", tmp_path / "figures", "--run-dir", tmp_path / "run"]
 
 
 def one_hot(classes, confidence=1.0):
@@ -141,11 +138,11 @@ def test_a_classifier_below_99_percent_is_refused(tmp_path, monkeypatch):
         ev.load_classifier(tmp_path / "c.pt", torch.device("cpu"), log=lambda _: None)
 
 
-def test_evaluate_scores_a_trained_vae_and_writes_eval_json(tmp_path, stub_classifier, capsys):
+def test_evaluate_scores_a_trained_vae_and_writes_eval_json(tmp_path, stub_classifier, cli):
     assert hw.main([str(a) for a in ["vae", "--n-train", "200", "--epochs", "1", "--hidden", "20",
                                      *outputs(tmp_path)]]) == 0
     checkpoint = tmp_path / "run" / "checkpoint.pt"
-    status, out, _ = run(capsys, "vae", "--checkpoint", checkpoint, "--classifier", stub_classifier,
+    status, out, _ = cli(ev.main, "vae", "--checkpoint", checkpoint, "--classifier", stub_classifier,
                          "--n", "300", "--iwae-k", "20", "--iwae-n", "30")
     assert status == 0 and "real MNIST, 10000 train" in out and "IWAE bound (K=20)" in out
     assert "not comparable with Inception-v3 FID" in out
@@ -156,14 +153,14 @@ def test_evaluate_scores_a_trained_vae_and_writes_eval_json(tmp_path, stub_class
     assert report["iwae"]["k"] == 20 and report["iwae"]["n_images"] == 30
     assert report["iwae"]["nll"] <= report["iwae"]["elbo"]
 
-    status, _, err = run(capsys, "vae", "--checkpoint", checkpoint, "--iwae-k", "0")
+    status, _, err = cli(ev.main, "vae", "--checkpoint", checkpoint, "--iwae-k", "0")
     assert status == 2 and "--iwae-k" in err and err.count("\n") == 1
 
-    status, _, _ = run(capsys, "vae", "--checkpoint", checkpoint, "--classifier", stub_classifier,
+    status, _, _ = cli(ev.main, "vae", "--checkpoint", checkpoint, "--classifier", stub_classifier,
                        "--n", "100", "--iwae-k", "2", "--iwae-n", "5", "--prior", "standard")
     report = json.loads((tmp_path / "run" / "eval.json").read_text())
     assert status == 0 and list(report["samples"]) == ["z ~ N(0, I)"]
-    status, _, err = run(capsys, "gan", "--prior", "mixture")
+    status, _, err = cli(ev.main, "gan", "--prior", "mixture")
     assert status == 2 and "only the VAE" in err
 
 

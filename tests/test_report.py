@@ -9,10 +9,6 @@ import homework7 as hw
 import tools.report
 
 
-def run(capsys, *argv):
-    status = tools.report.main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return status, out, err
 
 
 def pdf_page_count(path):
@@ -40,12 +36,12 @@ def fake_figures(figures, names):
         hw.plot_grid(images, figures / name, name)
 
 
-def test_report_writes_pdf_script_and_zip_and_refuses_without_figures(tmp_path, capsys):
+def test_report_writes_pdf_script_and_zip_and_refuses_without_figures(tmp_path, cli):
     figures = tmp_path / "figures"
-    status, _, err = run(capsys, "--user", "ab", "--figures-dir", figures, "--out-dir", tmp_path)
+    status, _, err = cli(tools.report.main, "--user", "ab", "--figures-dir", figures, "--out-dir", tmp_path)
     assert status == 2 and "vae.png" in err and "missing" in err and err.count("\n") == 1
     fake_figures(figures, ["vae.png", "gan.png", "gan_curves.png"])
-    status, out, _ = run(capsys, "--user", "ab", "--user", "cd", "--figures-dir", figures,
+    status, out, _ = cli(tools.report.main, "--user", "ab", "--user", "cd", "--figures-dir", figures,
                          "--out-dir", tmp_path, "--runs-dir", tmp_path / "runs")
     assert status == 0
     pdf, script = tmp_path / "homework7.ab.cd.pdf", tmp_path / "homework7.ab.cd.py"
@@ -54,7 +50,7 @@ def test_report_writes_pdf_script_and_zip_and_refuses_without_figures(tmp_path, 
     with zipfile.ZipFile(tmp_path / "homework7.ab.cd.zip") as archive:
         assert sorted(archive.namelist()) == ["homework7.ab.cd.pdf", "homework7.ab.cd.py"]
         assert archive.read("homework7.ab.cd.pdf") == pdf.read_bytes()
-    status, _, err = run(capsys, "--user", "../x", "--figures-dir", figures, "--out-dir", tmp_path)
+    status, _, err = cli(tools.report.main, "--user", "../x", "--figures-dir", figures, "--out-dir", tmp_path)
     assert status == 2 and "--user" in err
 
 
@@ -72,12 +68,13 @@ def test_the_pdf_opens_with_the_two_problems_and_their_scores(tmp_path, capsys):
     assert "Inception score" in text and "8.76" in text and "0.875" in text  # the GAN's table
 
 
-def test_a_corrupt_or_hand_edited_eval_json_is_left_out_with_one_line(tmp_path, capsys):
+def test_a_corrupt_or_hand_edited_eval_json_is_left_out_with_one_line(tmp_path, cli):
     figures, runs = tmp_path / "figures", tmp_path / "runs"
     fake_figures(figures, ["vae.png", "gan.png"])
     for model, content in (("vae", "{not json"), ("gan", json.dumps({"model": "gan", "samples": 3}))):
         (runs / model).mkdir(parents=True)
         (runs / model / "eval.json").write_text(content)
-    status, _, err = run(capsys, "--user", "ab", "--figures-dir", figures, "--out-dir", tmp_path, "--runs-dir", runs)
+    status, _, err = cli(tools.report.main, "--user", "ab", "--figures-dir", figures, "--out-dir", tmp_path,
+                         "--runs-dir", runs)
     assert status == 0 and "Traceback" not in err
     assert "vae/eval.json is unreadable" in err and "gan/eval.json is not an evaluation report" in err

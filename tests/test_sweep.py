@@ -7,14 +7,10 @@ import homework7 as hw
 import tools.sweep
 
 
-def run(capsys, *argv):
-    status = tools.sweep.main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return status, out, err
 
 
-def test_sweep_scores_both_priors_for_each_weight_and_epoch_count(tmp_path, stub_classifier, capsys):
-    status, out, _ = run(capsys, "--kl-weights", "2", "--epochs-list", "1", "2", "--components", "3", "5",
+def test_sweep_scores_both_priors_for_each_weight_and_epoch_count(tmp_path, stub_classifier, cli):
+    status, out, _ = cli(tools.sweep.main, "--kl-weights", "2", "--epochs-list", "1", "2", "--components", "3", "5",
                          "--fit-sizes", "100", "500", "--n-train", "200", "--n", "200", "--classifier", stub_classifier,
                          "--figures-dir", tmp_path / "figures", "--run-dir", tmp_path / "run")
     assert status == 0 and "| p | KL weight | epochs | test −ELBO | prior |" in out
@@ -40,7 +36,7 @@ def test_sweep_scores_both_priors_for_each_weight_and_epoch_count(tmp_path, stub
     (["--latent-dims", "0"], "--latent-dims"),
     (["--n-train", "10", "--components", "11"], "more components than the 10"),
 ])
-def test_bad_sweeps_get_one_clear_line(argv, words, tmp_path, capsys):
-    status, _, err = run(capsys, *argv, "--run-dir", tmp_path / "run", "--figures-dir", tmp_path)
+def test_bad_sweeps_get_one_clear_line(argv, words, tmp_path, cli):
+    status, _, err = cli(tools.sweep.main, *argv, "--run-dir", tmp_path / "run", "--figures-dir", tmp_path)
     assert status == 2 and words in err and err.count("\n") == 1
     assert not (tmp_path / "run").exists()

@@ -18,9 +18,10 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from homework7 import (CHECKPOINT_FILE, IMAGE_DIM, IMAGE_SIDE, MNIST_SHA256, PRIORS, Parser, UsageError, VAETrainer,
-                       add_checkpoint_flags, atomic_write, check_replaceable, checkpoint_trainer, draw_samples, first_line,
-                       load_images, load_mnist, make_adam, run_cli, save_json)
+from homework7 import (CHECKPOINT_FILE, IMAGE_DIM, IMAGE_SIDE, MNIST_SHA256, Parser, UsageError, VAETrainer,
+                       atomic_write, check_replaceable, first_line, load_images, load_mnist, make_adam, run_cli,
+                       save_json)
+from tools.sample import PRIORS, add_checkpoint_flags, checkpoint_trainer, draw_samples
 
 CLASSIFIER_PATH = "runs/classifier.pt"  # where the trained classifier is cached
 CLASSIFIER_VERSION = 2  # bump when the classifier or its training changes: cached copies are rebuilt

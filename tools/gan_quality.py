@@ -21,11 +21,12 @@ from pathlib import Path
 import torch
 from matplotlib.figure import Figure
 
-from homework7 import (GANConfig, GANTrainer, Parser, UsageError, check_dir, draw_samples, fit, load_checkpoint,
+from homework7 import (GANConfig, GANTrainer, Parser, UsageError, check_dir, fit, load_checkpoint,
                        load_images, resolve_device, run_cli, save_figure, save_json,
                        trainer_from_checkpoint, validate_config)
 from tools.bench import endless_minibatches, time_loop
 from tools.evaluate import CLASSIFIER_PATH, classify, load_classifier, real_references, sample_scores
+from tools.sample import draw_samples
 
 # GANConfig's defaults before issue 15, with the methods it added switched off
 OLD_DEFAULT = {"epochs": 75, "batch_size": 100, "lr": 4e-4, "beta1": 0.5, "noise_dim": 100, "hidden": 256,

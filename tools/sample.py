@@ -1,0 +1,91 @@
+"""New images from a trained model, into a .npy file (float32, N×784, values in [0, 1]).
+
+Usage:
+  python -m tools.sample vae|gan [--n 10000] [--out samples.npy] [--checkpoint PATH] [--prior standard|mixture]
+
+The VAE draws z from the Gaussian mixture fitted after training where its checkpoint has one (the prior
+whose samples scored better, README "The VAE"), from N(0, I) otherwise or with --prior standard.
+"""
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from homework7 import (IMAGE_DIM, NPY_FILE, TRAINERS, Parser, UsageError, atomic_write, check_memory,
+                       check_replaceable, load_checkpoint, resolve_device, run_cli, trainer_from_checkpoint)
+
+PRIORS = ("standard", "mixture")  # the VAE's new images: z ~ N(0, I), or z ~ the mixture fitted to μ(x)
+DEFAULT_PRIOR = "mixture"  # the one whose samples scored better
+
+
+def add_checkpoint_flags(parser, n_help, prior_default):
+    """The flags of the commands that load a trained model (this one, and tools.evaluate)."""
+    parser.add_argument("model", choices=TRAINERS, help="which model")
+    parser.add_argument("--n", type=int, default=10000, help=f"{n_help} (default: 10000)")
+    parser.add_argument("--checkpoint", default="", help="checkpoint to load (default: runs/<model>/checkpoint.pt)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed of the noise (default: 0)")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto (default: auto)")
+    parser.add_argument("--prior", choices=PRIORS, default=None,
+                        help=f"VAE: z ~ N(0, I) (standard) or z ~ the mixture fitted after training "
+                             f"(default: {prior_default})")
+
+
+def checkpoint_trainer(args):
+    """The trainer restored from the checkpoint that --checkpoint (or the model's default run) names, with
+    --n and --prior checked against it."""
+    if args.n < 1:
+        raise UsageError(f"--n {args.n}: must be at least 1")
+    if args.model == "gan" and args.prior:
+        raise UsageError("--prior: only the VAE has a choice of prior")
+    path = Path(args.checkpoint or f"runs/{args.model}/checkpoint.pt")
+    trainer = trainer_from_checkpoint(load_checkpoint(path, args.model), resolve_device(args.device), path)
+    if args.prior == "mixture" and not trainer.prior:
+        raise UsageError(f"{path}: this VAE has no fitted mixture; use --prior standard")
+    return trainer, path
+
+
+def draw_samples(trainer, n, seed, **prior):
+    """n new images (an n×784 float32 tensor in [0,1], on the CPU) from a trained model, drawn 1000 at a time
+    from a seeded generator into one array that the tensor shares (prior: the VAE's "standard" or "mixture")."""
+    generator = torch.Generator().manual_seed(seed)
+    images = np.empty((n, IMAGE_DIM), dtype=np.float32)
+    for start in range(0, n, 1000):
+        chunk = trainer.sample(min(1000, n - start), generator, **prior)
+        images[start : start + len(chunk)] = chunk.cpu().numpy()
+    return torch.from_numpy(images)
+
+
+def sample_command(args):
+    if not args.out:
+        raise UsageError("--out '': must name a file")
+    out_dir = Path(args.out).parent
+    if not out_dir.is_dir():
+        why = "is not a directory" if out_dir.exists() else "does not exist"
+        raise UsageError(f"--out {args.out}: {out_dir} {why}")
+    check_replaceable(args.out, NPY_FILE)
+    check_memory(4 * IMAGE_DIM * args.n, f"--n {args.n}")
+    trainer, _ = checkpoint_trainer(args)
+    prior = {}
+    if args.model == "vae":
+        prior = {"prior": args.prior or (DEFAULT_PRIOR if trainer.prior else "standard")}
+    images = draw_samples(trainer, args.n, args.seed, **prior)
+    atomic_write(args.out, lambda f: np.save(f, images.numpy()), NPY_FILE)
+    print(f"wrote {args.n} {args.model} samples ({args.n}×{IMAGE_DIM}, float32 in [0,1]"
+          f"{', prior ' + prior['prior'] if prior else ''}) to {args.out}")
+    return 0
+
+
+def build_parser():
+    parser = Parser(prog="python -m tools.sample", description=__doc__.split("\n\n")[0])
+    add_checkpoint_flags(parser, "how many images", prior_default=DEFAULT_PRIOR)
+    parser.add_argument("--out", default="samples.npy", help="output .npy file (default: samples.npy)")
+    return parser
+
+
+def main(argv=None):
+    return run_cli(build_parser(), argv, sample_command)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
