@@ -514,7 +514,7 @@ class VAETrainer:
             check_mixture(self.prior, self.cfg.latent_dim)
 
     @torch.no_grad()
-    def finish(self, train_x):
+    def after_training(self, train_x):
         """After the last epoch: fit the mixture prior to the encodings μ(x) of (up to mixture_fit_n) training
         images, or with --mixture-components 0 drop one fitted before. Returns what was done, for the log (the
         checkpoint is then written again), or None."""
@@ -549,10 +549,13 @@ class VAETrainer:
             meter.add({"-elbo": recon + kl, "recon": recon, "kl": kl}, weight=len(x))
         return meter.means()
 
-    def check(self, train_stats):
+    def stop_reason(self, train_stats):
+        """Why training must stop after an epoch with these statistics, or None: fit() stops on a NaN loss
+        for both models; the VAE has no reason of its own."""
         return None
 
-    def summary(self, record):
+    def epoch_line(self, record):
+        """The numbers of an epoch for its line of the log."""
         tr, te = record["train"], record["test"]
         return (
             f"train -ELBO {tr['-elbo']:7.2f} (recon {tr['recon']:6.2f}, KL {tr['kl']:5.2f})  "
@@ -739,7 +742,7 @@ class GANTrainer:
         self.snapshots[epoch] = self.sampler(self.fixed_z[:16].to(self.device)).cpu()
         return {}
 
-    def finish(self, train_x):
+    def after_training(self, train_x):
         """With --bn-batches, the sampler's BatchNorm statistics recomputed for its own weights (BigGAN's
         "standing statistics"); returns what was done, for the log, or None."""
         if not self.cfg.bn_batches:
@@ -750,7 +753,8 @@ class GANTrainer:
         recompute_batchnorm(self.sampler, noise)
         return f"recomputed the BatchNorm statistics of the sampler over {self.cfg.bn_batches} batches of noise"
 
-    def check(self, train_stats):
+    def stop_reason(self, train_stats):
+        """Why training must stop after an epoch with these statistics (D has won, or diverged), or None."""
         if train_stats["d_g_z_max"] < GAN_COLLAPSE_D_FAKE:
             return (
                 f"D(G(z)) stayed below {GAN_COLLAPSE_D_FAKE:g} for the whole epoch: D has won and G gets no signal"
@@ -760,7 +764,8 @@ class GANTrainer:
                     "tell real from generated): training has diverged; try a lower --lr")
         return None
 
-    def summary(self, record):
+    def epoch_line(self, record):
+        """The numbers of an epoch for its line of the log."""
         tr = record["train"]
         return (
             f"D loss {tr['d_loss']:.3f}  G loss {tr.get('g_loss', float('nan')):.3f}  "
@@ -888,12 +893,12 @@ def fit(trainer, cfg, train_x, test_x, run_dir, resume=False, log_every=25, on_e
         train_stats = meter.means_and_maxima()
         record = {"epoch": epoch, "seconds": 0.0, "train": meter.means(), "test": trainer.evaluate(test_x)}
         record["seconds"] = round(time.perf_counter() - start, 3)
-        reason = trainer.check(train_stats)
+        reason = trainer.stop_reason(train_stats)
         if reason:
             raise TrainingStopped(f"epoch {epoch}: {reason}", run_dir)
         metrics.append(record)
         save_checkpoint(run_dir, trainer, cfg, epoch, metrics)
-        print(f"{trainer.name} epoch {epoch:3d}/{cfg.epochs}  {trainer.summary(record)}  {record['seconds']:.1f} s",
+        print(f"{trainer.name} epoch {epoch:3d}/{cfg.epochs}  {trainer.epoch_line(record)}  {record['seconds']:.1f} s",
               flush=True)
         if on_epoch:
             on_epoch(trainer, record)
@@ -1398,7 +1403,7 @@ def train(name, cfg, resume=False):
         start = time.perf_counter()
         metrics = fit(trainer, cfg, train_x, test_x, cfg.run_dir, resume=resume)
         finish_start = time.perf_counter()
-        done = trainer.finish(train_x)  # the VAE's mixture, the GAN's BatchNorm statistics: into the checkpoint
+        done = trainer.after_training(train_x)  # the VAE's mixture, the GAN's BatchNorm statistics: into the checkpoint
         if done:
             print(f"{name}: {done} in {time.perf_counter() - finish_start:.1f} s")
             save_checkpoint(cfg.run_dir, trainer, cfg, metrics[-1]["epoch"], metrics)

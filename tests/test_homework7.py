@@ -612,9 +612,9 @@ def test_k_discriminator_updates_per_generator_update(k):
 
 def test_collapse_watch_flags_d_of_g_z_pinned_at_zero():
     gan = small_gan()
-    assert gan.check({"d_g_z_max": 1e-5, "d_loss": 0.01}) is not None
-    assert gan.check({"d_g_z_max": 0.3, "d_loss": 1.3}) is None
-    assert "diverged" in gan.check({"d_g_z_max": 1.0, "d_loss": 1.5e8})
+    assert gan.stop_reason({"d_g_z_max": 1e-5, "d_loss": 0.01}) is not None
+    assert gan.stop_reason({"d_g_z_max": 0.3, "d_loss": 1.3}) is None
+    assert "diverged" in gan.stop_reason({"d_g_z_max": 1.0, "d_loss": 1.5e8})
 
 
 def test_samples_are_images_and_seeded():
@@ -699,7 +699,7 @@ def test_gan_finish_recomputes_the_samplers_statistics_only_when_asked():
         gan = small_gan(bn_batches=bn_batches, batch_size=16)
         gan.train_step(x)
         before = gan.G_ema.state_dict()["net.1.running_mean"].clone()
-        done = gan.finish(x)
+        done = gan.after_training(x)
         after = gan.G_ema.state_dict()["net.1.running_mean"]
         assert (done is None) == (bn_batches == 0) and torch.equal(before, after) == (bn_batches == 0)
 

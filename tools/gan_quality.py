@@ -75,11 +75,11 @@ def method_config(name, epochs=None, out_dir=QUALITY_DIR, n_train=None):
 
 
 def score(trainer, classifier, reference, n, seed, bn_batches=None):
-    """The scores of n samples of a copy of the trainer as finish() leaves it (bn_batches: override)."""
+    """The scores of n samples of a copy of the trainer as after_training() leaves it (bn_batches: override)."""
     scored = copy.deepcopy(trainer)  # training goes on with the original, untouched
     if bn_batches is not None:
         scored.cfg.bn_batches = bn_batches
-    scored.finish(None)
+    scored.after_training(None)
     scores = sample_scores(*classify(classifier, draw_samples(scored, n, seed)), reference)
     return {k: v for k, v in scores.items() if k != "histogram"}
 

@@ -93,7 +93,7 @@ def score_priors(trainer, train_x, test_x, components, fit_sizes, n, classifier_
         for fit_n in fit_sizes:
             cfg.mixture_components, cfg.mixture_fit_n = k, fit_n
             start = time.perf_counter()
-            trainer.finish(train_x)
+            trainer.after_training(train_x)
             fit_seconds = round(time.perf_counter() - start, 2)
             report = evaluate_trainer(trainer, test_x, classifier_path, n=n, iwae_k=0, seed=cfg.seed,
                                       references=references, priors=("mixture",))
