@@ -29,3 +29,18 @@ def test_a_whole_epoch_of_fit_is_timed_with_its_parts(images, tmp_path):
         whole, steps, evaluate, checkpoint = bench.epoch_parts(name, x[:200], x[200:], cfg, tmp_path / name)
         assert 0 < steps < whole and 0 < evaluate < whole and 0 < checkpoint < whole
         assert (tmp_path / name / "checkpoint.pt").exists()
+
+
+def test_time_loop_times_exactly_the_asked_steps_after_the_warm_up():
+    seen = []
+    seconds = bench.time_loop(seen.append, iter(range(100)), steps=7, warmup=3)
+    assert seen == list(range(10)) and seconds >= 0  # 3 untimed calls, then 7 timed ones, batch after batch
+
+
+def test_endless_minibatches_show_every_image_once_an_epoch():
+    import torch
+    x = torch.arange(10, dtype=torch.float32)[:, None]  # ten one-pixel "images", each its own index
+    batches = bench.endless_minibatches(x, 4)
+    epochs = [torch.cat([next(batches) for _ in range(3)]).squeeze(1) for _ in range(2)]  # 4 + 4 + 2 a time
+    assert all(sorted(e.tolist()) == list(range(10)) for e in epochs)
+    assert not torch.equal(epochs[0], epochs[1])  # shuffled anew each epoch
