@@ -1463,12 +1463,17 @@ def train_command(name, given, resume):
     try:
         train(name, cfg, resume)
     except KeyboardInterrupt as e:  # Ctrl-C, or Stopped by another stop signal
-        status = getattr(e, "status", 130)
-        why = "interrupted" if status == 130 else f"stopped by {e}"
+        status, why = stopped_by(e)
         print(f"\n{name}: {why}; {what_is_kept(cfg.run_dir)}; continue with: python homework7.py {name} --resume",
               file=sys.stderr)
         return status
     return 0
+
+
+def stopped_by(error):
+    """(exit status, words for the log) of a KeyboardInterrupt: Ctrl-C's own, or Stopped by another signal."""
+    status = getattr(error, "status", 130)
+    return status, "interrupted" if status == 130 else f"stopped by {error}"
 
 
 # What a console without Greek letters or mathematical signs (Windows' cp1252, ASCII) prints in their place.
@@ -1510,8 +1515,8 @@ def run_cli(parser, argv, command):
         print(f"{parser.prog}: error: out of memory ({first_line(e)}); choose smaller sizes", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:  # Ctrl-C, or Stopped by another stop signal
-        status = getattr(e, "status", 130)
-        print(f"\n{parser.prog}: {'interrupted' if status == 130 else f'stopped by {e}'}", file=sys.stderr)
+        status, why = stopped_by(e)
+        print(f"\n{parser.prog}: {why}", file=sys.stderr)
         return status
 
 

@@ -171,13 +171,13 @@ def report(users, out_dir, figures_dir, runs_dir):
                          f"python homework7.py gan first")
     stem = "homework7." + ".".join(users)
     source = Path(hw.__file__).read_bytes()
+    script_file = ("homework7.py", source[:16])  # an earlier copy of the script begins as it does
     pdf, script, archive = out_dir / f"{stem}.pdf", out_dir / f"{stem}.py", out_dir / f"{stem}.zip"
-    outputs = [(pdf, PDF_FILE), (script, ("homework7.py", source[:16])), (archive, ZIP_FILE)]
-    for path, kind in outputs:  # all three checked before any is written
+    for path, kind in ((pdf, PDF_FILE), (script, script_file), (archive, ZIP_FILE)):  # all checked before any write
         check_replaceable(path, kind)
     pages = build_pages(users, figures_dir, runs_dir)
     atomic_write(pdf, lambda f: write_pdf(f, pages), PDF_FILE)
-    atomic_write(script, lambda f: f.write(source), outputs[1][1])
+    atomic_write(script, lambda f: f.write(source), script_file)
     atomic_write(archive, lambda f: write_zip(f, [pdf, script]), ZIP_FILE)
     print(f"wrote {pdf} ({len(pages)} pages), {script} and {out_dir / f'{stem}.zip'}")
     return 0
