@@ -127,10 +127,10 @@ class GANConfig(RunConfig):
                                  "that it follows G early on (0 = off)")
     bn_batches: int = arg(200, "after training, recompute the sampler's BatchNorm statistics over this many "
                              "batches of noise (0 = keep those averaged from G's)")
-    generator_loss: str = arg(
+    objective: str = arg(
         "non-saturating",
-        "G's objective: minimax, log(1-D(G(z))), or non-saturating, -log D(G(z))",
-        choices=("non-saturating", "minimax"),
+        "the paper's D with G's minimax log(1-D(G(z))) or non-saturating -log D(G(z)); or hinge for both",
+        choices=("non-saturating", "minimax", "hinge"),
     )
 
 
@@ -369,18 +369,24 @@ def vae_loss(x, x_logits, mu, logvar, kl_weight=1.0):
 
 # Goodfellow et al. Algorithm 1, D ascends  log D(x) + log(1 − D(G(z)));  with D = sigmoid(a):
 #   −log D(x) = softplus(−a_real),   −log(1 − D(G(z))) = softplus(a_fake)
-def discriminator_loss(real_logits, fake_logits):
+# With --objective hinge (Lim & Ye 2017), D descends  E relu(1 − a_real) + E relu(1 + a_fake)  instead.
+def discriminator_loss(real_logits, fake_logits, objective="non-saturating"):
     """(D's loss, its real part, its fake part), minibatch means."""
-    loss_real = F.softplus(-real_logits).mean()
-    loss_fake = F.softplus(fake_logits).mean()
+    if objective == "hinge":
+        loss_real, loss_fake = F.relu(1 - real_logits).mean(), F.relu(1 + fake_logits).mean()
+    else:
+        loss_real, loss_fake = F.softplus(-real_logits).mean(), F.softplus(fake_logits).mean()
     return loss_real + loss_fake, loss_real, loss_fake
 
 
 # G descends  log(1 − D(G(z))) = −softplus(a_fake)         (minimax, Algorithm 1)
 #   or, as the paper advises in practice,  −log D(G(z)) = softplus(−a_fake)   (non-saturating)
-def generator_loss(fake_logits, kind="non-saturating"):
-    if kind == "minimax":
+#   or, with the hinge objective,  −a_fake
+def generator_loss(fake_logits, objective="non-saturating"):
+    if objective == "minimax":
         return -F.softplus(fake_logits).mean()
+    if objective == "hinge":
+        return -fake_logits.mean()
     return F.softplus(-fake_logits).mean()
 
 
@@ -683,7 +689,7 @@ class GANTrainer:
         penalize = cfg.r1 > 0 and self.d_steps % cfg.r1_every == 0
         real = x.detach().requires_grad_(True) if penalize else x
         real_logits, fake_logits = self.D.logits(real), self.D.logits(fake)
-        loss, loss_real, loss_fake = discriminator_loss(real_logits, fake_logits)
+        loss, loss_real, loss_fake = discriminator_loss(real_logits, fake_logits, cfg.objective)
         stats = {
             "d_loss": loss.detach(), "d_real_loss": loss_real.detach(), "d_fake_loss": loss_fake.detach(),
             "d_x": torch.sigmoid(real_logits).mean().detach(), "d_g_z": torch.sigmoid(fake_logits).mean().detach(),
@@ -703,7 +709,7 @@ class GANTrainer:
         self.G.train()
         self.D.train()
         self.D.requires_grad_(False)  # gradients flow through D into G, but D's own are not needed
-        loss = generator_loss(self.D.logits(self.G(self.noise(m))), self.cfg.generator_loss)
+        loss = generator_loss(self.D.logits(self.G(self.noise(m))), self.cfg.objective)
         self.opt_G.zero_grad(set_to_none=True)
         loss.backward()
         self.opt_G.step()

@@ -292,7 +292,7 @@ BAD_INPUTS = [  # (id, argv with {d} for the directory of bad files, words the o
     ("r1 every 0", "gan --r1-every 0", "--r1-every 0"),
     ("ema ramp-up negative", "gan --ema-rampup -1", "--ema-rampup -1.0"),
     ("bn batches negative", "gan --bn-batches -1", "--bn-batches -1"),
-    ("unknown loss", "gan --generator-loss wasserstein", "invalid choice: 'wasserstein'"),
+    ("unknown loss", "gan --objective wasserstein", "invalid choice: 'wasserstein'"),
     ("device tpu", "vae --device tpu", "unknown device 'tpu'"),
     ("device cuda:-1", "gan --device cuda:-1", "device 'cuda:-1'"),
     ("sample n 0", "sample vae --checkpoint {d}/vae.pt --n 0", "--n 0: must be at least 1"),
@@ -748,7 +748,7 @@ def test_the_script_runs_as_a_program_and_reports_errors_without_a_traceback(tmp
     status, _, err = python_run([ROOT / "homework7.py", "vae", "--data", tmp_path / "none.npy"], tmp_path)
     assert status == 2 and "no such file" in err and "Traceback" not in err
     status, out, _ = python_run([ROOT / "homework7.py", "gan", "--help"], tmp_path)
-    assert status == 0 and "--generator-loss" in out and "(default: 1)" in out
+    assert status == 0 and "--objective" in out and "(default: 1)" in out
 
 
 # ----------------------------------------------------------------------------- Ctrl-C and --resume

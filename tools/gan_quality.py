@@ -31,7 +31,7 @@ from tools.sample import draw_samples
 # GANConfig's defaults before issue 15, with the methods it added switched off
 OLD_DEFAULT = {"epochs": 75, "batch_size": 100, "lr": 4e-4, "beta1": 0.5, "noise_dim": 100, "hidden": 256,
                "dropout": 0.5, "k": 1, "r1": 0.0, "r1_every": 16, "ema": 0.9999, "ema_rampup": 0.0, "bn_batches": 0,
-               "generator_loss": "non-saturating"}
+               "objective": "non-saturating"}
 # each method: the flags it changes from the old default. Top-k G updates, two time scales (D at twice G's rate),
 # a learning-rate decay and instance noise were measured too, at commit 925065a, and removed since: none won
 # (tools/README.md, "The GAN's training methods").
@@ -42,6 +42,8 @@ METHODS = {
     "bn": {"bn_batches": 200},  # the sampler's BatchNorm statistics recomputed over 200 batches of noise
     "batch-250": {"batch_size": 250, "lr": 6.3e-4, "ema": 0.99975},  # lr × √2.5, decay^2.5: the same span in images
     "batch-500": {"batch_size": 500, "lr": 8.9e-4, "ema": 0.9995},  # lr × √5, decay^5
+    "batch-1000": {"batch_size": 1000, "lr": 1.26e-3, "ema": 0.999},  # lr × √10, decay^10
+    "hinge": {"objective": "hinge"},  # D: E relu(1 − a(x)) + E relu(1 + a(G(z))); G: −E a(G(z))
 }
 QUALITY_DIR = Path("runs/gan_quality")
 # (key, title, the issue's first target: today's scores, its second target, the axis's shown range)
@@ -54,24 +56,26 @@ def quality_dir(out_dir):
     return Path(out_dir) / f"{torch.get_num_threads()}-thread"
 
 
-def method_config(name, epochs=None, out_dir=QUALITY_DIR, n_train=None):
-    """The config of a method: 'new' is today's GANConfig defaults; a+b joins methods' flags on the old one."""
-    if name == "new":
-        flags = {}
-    else:
-        flags = dict(OLD_DEFAULT)
-        for part in name.split("+"):
-            if part not in METHODS:
-                raise UsageError(f"unknown method {part!r}: use new or {', '.join(METHODS)}, joined by +")
-            flags.update(METHODS[part])
-    cfg = GANConfig(**flags)
+def method_config(name, epochs=None, out_dir=QUALITY_DIR, n_train=None, seed=0):
+    """The config of a method: a+b joins methods' flags on the old default, or on today's GANConfig defaults
+    when the name begins with 'new' (new, new+hinge, ...). Seeds other than 0 run in NAME-seedS."""
+    parts = name.split("+")
+    flags = {} if parts[0] == "new" else dict(OLD_DEFAULT)
+    for part in parts[1:] if parts[0] == "new" else parts:
+        if part not in METHODS:
+            raise UsageError(f"unknown method {part!r}: use new or {', '.join(METHODS)}, joined by +")
+        flags.update(METHODS[part])
+    cfg = GANConfig(**flags, seed=seed)
     if epochs is not None:
         cfg.epochs = epochs
     cfg.n_train = n_train
-    cfg.run_dir = cfg.figures_dir = str(quality_dir(out_dir) / name)
-    validate_config(cfg)
+    cfg.run_dir = cfg.figures_dir = str(quality_dir(out_dir) / run_name(name, seed))
     validate_config(cfg)
     return cfg
+
+
+def run_name(name, seed):
+    return name if seed == 0 else f"{name}-seed{seed}"
 
 
 def score(trainer, classifier, reference, n, seed, bn_batches=None):
@@ -85,10 +89,10 @@ def score(trainer, classifier, reference, n, seed, bn_batches=None):
 
 
 def run_method(name, at, n, epochs, retrain=False, out_dir=QUALITY_DIR, n_train=None,
-               classifier_path=CLASSIFIER_PATH):
+               classifier_path=CLASSIFIER_PATH, seed=0):
     """Trains one method's run, scoring it at the epochs in at; returns (and saves) its record."""
-    cfg = method_config(name, epochs, out_dir, n_train)
-    path = quality_dir(out_dir) / f"{name}.json"
+    cfg = method_config(name, epochs, out_dir, n_train, seed)
+    path = quality_dir(out_dir) / f"{run_name(name, seed)}.json"
     wanted = {"config": dataclasses.asdict(cfg), "at": at, "n": n}
     if path.exists() and not retrain:
         saved = json.loads(path.read_text())
@@ -120,7 +124,7 @@ def run_method(name, at, n, epochs, retrain=False, out_dir=QUALITY_DIR, n_train=
 
     metrics = fit(trainer, cfg, train_x, test_x, cfg.run_dir, on_epoch=on_epoch)
     seconds = [m["seconds"] for m in metrics]
-    result = {**wanted, "method": name, "points": points, "epoch_seconds_median": statistics.median(seconds),
+    result = {**wanted, "method": name, "seed": seed, "points": points, "epoch_seconds_median": statistics.median(seconds),
               "epoch_seconds_min": min(seconds), "threads": torch.get_num_threads()}
     save_json(path, result)
     return result
@@ -163,7 +167,8 @@ def format_table(results):
     lines = ["| method | " + " | ".join(f"{e} epochs: conf / IS / FID*" for e in at) + " | s/epoch (median) |",
              "|---|" + "---:|" * (len(at) + 1)]
     for r in results:
-        for label, key in ((r["method"], None), (f"{r['method']} + bn", "bn")):
+        name = run_name(r["method"], r.get("seed", 0))
+        for label, key in ((name, None), (f"{name} + bn", "bn")):
             points = {p["epoch"]: (p[key] if key else p) for p in r["points"] if not key or key in p}
             if not points:
                 continue
@@ -182,7 +187,8 @@ def plot_quality(results, path):
     for ax, (key, label, first, then, limits) in zip(axes, SCORES):
         for r in results:
             minutes = [p["minutes"] for p in r["points"]]
-            ax.plot(minutes, [p[key] for p in r["points"]], marker="o", label=r["method"])
+            ax.plot(minutes, [p[key] for p in r["points"]], marker="o",
+                    label=run_name(r["method"], r.get("seed", 0)))
         ax.axhline(first, color="grey", linestyle=":", linewidth=1, label="first target: today's scores")
         ax.axhline(then, color="grey", linestyle="--", linewidth=1, label="second target")
         if old:
@@ -208,6 +214,8 @@ def build_parser():
                         help="epochs at which the samples are scored (default: 10 20 30 40 50 55 60 75)")
     parser.add_argument("--epochs", type=int, default=None, help="train this many epochs (default: the method's)")
     parser.add_argument("--n", type=int, default=10000, help="samples scored at each point (default: 10000)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0],
+                        help="train each method with each of these seeds (default: 0)")
     parser.add_argument("--figure", default=None, help="also draw the scores against minutes into this PNG")
     parser.add_argument("--retrain", action="store_true", help="train again even where a saved record matches")
     parser.add_argument("--n-train", type=int, default=None, help="train on the first N images (default: all)")
@@ -243,8 +251,9 @@ def quality(args):
     for name in args.methods:
         method_config(name, args.epochs, args.out_dir, args.n_train)  # bad names refused before any training
     at = sorted(set(args.at))
-    results = [run_method(name, at, args.n, args.epochs, args.retrain, args.out_dir, args.n_train, args.classifier)
-               for name in args.methods]
+    results = [run_method(name, at, args.n, args.epochs, args.retrain, args.out_dir, args.n_train, args.classifier,
+                          seed)
+               for name in args.methods for seed in args.seeds]
     print(format_table(results))
     if args.figure:
         plot_quality(results, Path(args.figure))
