@@ -519,20 +519,24 @@ class VAETrainer:
         if self.prior is not None:
             check_mixture(self.prior, self.cfg.latent_dim)
 
-    @torch.no_grad()
     def after_training(self, train_x):
-        """After the last epoch: fit the mixture prior to the encodings μ(x) of (up to mixture_fit_n) training
-        images, or with --mixture-components 0 drop one fitted before. Returns what was done, for the log (the
-        checkpoint is then written again), or None."""
+        """After the last epoch: fit the mixture prior (fit_prior), or with --mixture-components 0 drop one
+        fitted before. Returns what was done, for the log (the checkpoint is then written again), or None."""
         if not self.cfg.mixture_components:
             dropped, self.prior = self.prior, None
             return "dropped the mixture fitted before (--mixture-components 0)" if dropped else None
+        return self.fit_prior(train_x, self.cfg.mixture_components, self.cfg.mixture_fit_n)
+
+    @torch.no_grad()
+    def fit_prior(self, train_x, components, fit_n):
+        """Fits a mixture of that many Gaussians to the encodings μ(x) of (up to) fit_n training images, drawn
+        with the run's seed; it becomes the sampler "mixture"."""
         self.model.eval()
         pick = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(self.cfg.seed))
-        x = train_x[pick[: self.cfg.mixture_fit_n]].to(self.device)
+        x = train_x[pick[:fit_n]].to(self.device)
         mu = torch.cat([self.model.encode(x[i : i + 1000])[0] for i in range(0, len(x), 1000)])
-        self.prior = fit_mixture(mu, self.cfg.mixture_components, seed=self.cfg.seed)
-        return f"fitted a mixture of {self.cfg.mixture_components} Gaussians to {len(x)} encodings μ(x)"
+        self.prior = fit_mixture(mu, components, seed=self.cfg.seed)
+        return f"fitted a mixture of {components} Gaussians to {len(x)} encodings μ(x)"
 
     def train_step(self, x):
         self.prior = None  # the encoder moves: a mixture fitted to its earlier encodings no longer fits them
@@ -568,12 +572,19 @@ class VAETrainer:
             f"test -ELBO {te['-elbo']:7.2f} (recon {te['recon']:6.2f}, KL {te['kl']:5.2f})"
         )
 
+    def samplers(self):
+        """What draws new images, by name, each described: z ~ N(0, I), then the mixture once it is fitted."""
+        names = {"standard": "z ~ N(0, I)"}
+        if self.prior:
+            names["mixture"] = f"z ~ mixture of {len(self.prior['weights'])}"
+        return names
+
     @torch.inference_mode()
-    def sample(self, n, generator=None, prior="standard"):
-        """n new images: z ~ N(0, I) (prior "standard") or z ~ the fitted mixture ("mixture"), through the
+    def sample(self, n, generator=None, sampler="standard"):
+        """n new images: z ~ N(0, I) (sampler "standard") or z ~ the fitted mixture ("mixture"), through the
         decoder alone (its Bernoulli means)."""
         self.model.eval()
-        if prior == "mixture":
+        if sampler == "mixture":
             if not self.prior:
                 raise ValueError("this VAE has no fitted mixture")
             z = sample_mixture(self.prior, n, generator).float()
@@ -612,7 +623,7 @@ class VAETrainer:
         if self.prior:
             k = len(self.prior["weights"])
             rows.append((f"new: z ~ mixture\nof {k} Gaussians", self.sample(16, torch.Generator().manual_seed(
-                self.cfg.seed), prior="mixture")))
+                self.cfg.seed), sampler="mixture")))
         title = f"VAE, p = {self.cfg.latent_dim}, KL weight {self.cfg.kl_weight:g}, {len(metrics)} epochs"
         plot_rows(rows, Path(figures_dir) / "vae.png", title)
         plot_curves(
@@ -749,15 +760,17 @@ class GANTrainer:
         return {}
 
     def after_training(self, train_x):
-        """With --bn-batches, the sampler's BatchNorm statistics recomputed for its own weights (BigGAN's
-        "standing statistics"); returns what was done, for the log, or None."""
-        if not self.cfg.bn_batches:
-            return None
+        """With --bn-batches, standing_statistics(); returns what was done, for the log, or None."""
+        return self.standing_statistics(self.cfg.bn_batches) if self.cfg.bn_batches else None
+
+    def standing_statistics(self, batches):
+        """The sampler's BatchNorm statistics recomputed for its own weights over that many batches of noise
+        (BigGAN's "standing statistics")."""
         generator = torch.Generator().manual_seed(self.cfg.seed)
         noise = (torch.randn(self.cfg.batch_size, self.cfg.noise_dim, generator=generator).to(self.device)
-                 for _ in range(self.cfg.bn_batches))
+                 for _ in range(batches))
         recompute_batchnorm(self.sampler, noise)
-        return f"recomputed the BatchNorm statistics of the sampler over {self.cfg.bn_batches} batches of noise"
+        return f"recomputed the BatchNorm statistics of the sampler over {batches} batches of noise"
 
     def stop_reason(self, train_stats):
         """Why training must stop after an epoch with these statistics (D has won, or diverged), or None."""
@@ -778,8 +791,12 @@ class GANTrainer:
             f"D(x) {tr['d_x']:.3f}  D(G(z)) {tr['d_g_z']:.3f}"
         )
 
+    def samplers(self):
+        """What draws new images, by name, described: the one generator, or its moving average."""
+        return {"G": "moving average of G" if self.G_ema else "G"}
+
     @torch.inference_mode()
-    def sample(self, n, generator=None):
+    def sample(self, n, generator=None, sampler="G"):
         """n new images G(z), z ~ N(0, I), G in eval mode."""
         return self.sampler(torch.randn(n, self.cfg.noise_dim, generator=generator).to(self.device))
 

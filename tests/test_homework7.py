@@ -704,6 +704,21 @@ def test_gan_finish_recomputes_the_samplers_statistics_only_when_asked():
         assert (done is None) == (bn_batches == 0) and torch.equal(before, after) == (bn_batches == 0)
 
 
+def test_each_trainer_names_what_draws_its_samples_and_draws_from_each():
+    gan = small_gan(batch_size=16)
+    assert gan.samplers() == {"G": "moving average of G"} and small_gan(ema=0).samplers() == {"G": "G"}
+    assert torch.equal(gan.sample(4, torch.Generator().manual_seed(0), "G"),
+                       gan.sample(4, torch.Generator().manual_seed(0)))
+    torch.manual_seed(0)
+    vae = hw.VAETrainer(hw.VAEConfig(latent_dim=2, hidden=16), CPU)
+    assert vae.samplers() == {"standard": "z ~ N(0, I)"}
+    done = vae.fit_prior(torch.rand(50, hw.IMAGE_DIM), components=3, fit_n=40)
+    assert done == "fitted a mixture of 3 Gaussians to 40 encodings μ(x)"
+    assert vae.samplers()["mixture"] == "z ~ mixture of 3" and vae.prior["means"].shape == (3, 2)
+    standard, mixture = (vae.sample(5, torch.Generator().manual_seed(0), name) for name in ("standard", "mixture"))
+    assert standard.shape == mixture.shape == (5, hw.IMAGE_DIM) and not torch.equal(standard, mixture)
+
+
 # ----------------------------------------------------------------------------- end to end
 def test_vae_end_to_end_writes_figures_checkpoint_and_samples(tmp_path, cli):
     status, out, _ = cli(main, "vae", "--n-train", "200", "--epochs", "2", *outputs(tmp_path))
@@ -953,17 +968,18 @@ def test_vae_samples_from_its_fitted_mixture(tmp_path, cli):
     trainer = hw.trainer_from_checkpoint(hw.load_checkpoint(path, "vae"), CPU, path)
     for name, value in prior.items():  # the round trip keeps the mixture bit for bit
         assert torch.equal(trainer.prior[name], value), name
-    images = trainer.sample(500, torch.Generator().manual_seed(1), prior="mixture")
+    images = trainer.sample(500, torch.Generator().manual_seed(1), sampler="mixture")
     assert images.shape == (500, hw.IMAGE_DIM) and images.dtype == torch.float32
     assert 0 <= images.min() and images.max() <= 1
     assert not torch.equal(images, trainer.sample(500, torch.Generator().manual_seed(1)))  # not N(0, I)
 
+    assert trainer.samplers() == {"standard": "z ~ N(0, I)", "mixture": "z ~ mixture of 5"}
     for prior_flag, expected in (("mixture", "mixture"), ("standard", "standard"), (None, ts.DEFAULT_PRIOR)):
         argv = ["sample", "vae", "--checkpoint", path, "--n", "20", "--out", tmp_path / f"{prior_flag}.npy"]
         status, out, _ = cli(main, *argv, *(["--prior", prior_flag] if prior_flag else []))
-        assert status == 0 and f"prior {expected}" in out
+        assert status == 0 and trainer.samplers()[expected] in out
     mixture_images = np.load(tmp_path / "mixture.npy")
-    expected = trainer.sample(20, torch.Generator().manual_seed(0), prior="mixture").numpy()
+    expected = trainer.sample(20, torch.Generator().manual_seed(0), sampler="mixture").numpy()
     assert np.array_equal(mixture_images, expected)
 
     # the figure: the assignment's three rows and the mixture's, 0.75 inch each at 100 dpi, 0.5 inch of title
@@ -983,7 +999,7 @@ def test_a_vae_without_a_mixture_refuses_prior_mixture(tmp_path, cli):
     assert status == 2 and "no fitted mixture" in err and err.count("\n") == 1
     assert not (tmp_path / "s.npy").exists()
     status, out, _ = cli(main, "sample", "vae", "--checkpoint", path, "--n", "5", "--out", tmp_path / "s.npy")
-    assert status == 0 and "prior standard" in out  # the default falls back to the prior it has
+    assert status == 0 and "z ~ N(0, I)" in out  # the default falls back to the prior it has
     status, _, err = cli(main, "sample", "gan", "--prior", "standard", "--out", tmp_path / "g.npy")
     assert status == 2 and "only the VAE" in err
 

@@ -161,24 +161,30 @@ def matmul_seconds(products, repeats=200):
     return (time.perf_counter() - start) / repeats
 
 
+def timed_steps(trainer_cls):
+    """The trainer class whose train_step also adds up the seconds it takes, in step_seconds."""
+    class TimedSteps(trainer_cls):
+        step_seconds = 0.0
+
+        def train_step(self, x):
+            start = time.perf_counter()
+            stats = super().train_step(x)
+            self.step_seconds += time.perf_counter() - start
+            return stats
+
+    return TimedSteps
+
+
 def epoch_parts(name, train_x, test_x, cfg, run_dir, epochs=3):
     """Seconds of one whole epoch of fit() (the fastest of the epochs after the first) and of its parts: the
     training steps inside it, the trainer's evaluate() and the checkpoint's save (each timed on its own)."""
     cfg = dataclasses.replace(cfg, epochs=epochs, run_dir=str(run_dir))
     torch.manual_seed(cfg.seed)
-    trainer = TRAINERS[name][1](cfg, torch.device("cpu"))
-    step, in_steps, ends = trainer.train_step, [0.0], []
-
-    def timed_step(x):  # fit() calls trainer.train_step: time each call
-        start = time.perf_counter()
-        stats = step(x)
-        in_steps[0] += time.perf_counter() - start
-        return stats
-
-    trainer.train_step = timed_step
+    trainer = timed_steps(TRAINERS[name][1])(cfg, torch.device("cpu"))
+    ends = []
     with contextlib.redirect_stdout(io.StringIO()):  # fit()'s line per epoch
         metrics = fit(trainer, cfg, train_x, test_x, run_dir,
-                      on_epoch=lambda *_: ends.append((time.perf_counter(), in_steps[0])))
+                      on_epoch=lambda *_: ends.append((time.perf_counter(), trainer.step_seconds)))
     whole, steps = min((b[0] - a[0], b[1] - a[1]) for a, b in zip(ends, ends[1:]))
     evaluate, checkpoint = math.inf, math.inf
     for _ in range(3):

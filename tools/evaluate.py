@@ -18,10 +18,10 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from homework7 import (CHECKPOINT_FILE, IMAGE_DIM, IMAGE_SIDE, MNIST_SHA256, Parser, UsageError, VAETrainer,
+from homework7 import (CHECKPOINT_FILE, IMAGE_DIM, IMAGE_SIDE, MNIST_SHA256, Parser, UsageError,
                        atomic_write, check_replaceable, first_line, load_images, load_mnist, make_adam, run_cli,
                        save_json)
-from tools.sample import PRIORS, add_checkpoint_flags, checkpoint_trainer, draw_samples
+from tools.sample import add_checkpoint_flags, checkpoint_trainer, draw_samples
 
 CLASSIFIER_PATH = "runs/classifier.pt"  # where the trained classifier is cached
 CLASSIFIER_VERSION = 2  # bump when the classifier or its training changes: cached copies are rebuilt
@@ -206,20 +206,6 @@ def real_references(classifier, device):
     return reference, sample_scores(*classify(classifier, real_x), reference)
 
 
-def sampler_label(trainer, prior=None):
-    """What draws a trained model's samples, in words (prior: the VAE's "standard" or "mixture")."""
-    if isinstance(trainer, VAETrainer):
-        return f"z ~ mixture of {len(trainer.prior['weights'])}" if prior == "mixture" else "z ~ N(0, I)"
-    return "moving average of G" if trainer.G_ema else "G"
-
-
-def available_priors(trainer):
-    """The priors a trained model can sample from: (None,) for the GAN, the VAE's standard and fitted ones."""
-    if not isinstance(trainer, VAETrainer):
-        return (None,)
-    return PRIORS if trainer.prior else ("standard",)
-
-
 def evaluate_trainer(trainer, test_x, classifier_path, n=10000, iwae_k=1000, iwae_n=1000, seed=0, log=print,
                      references=None, priors=None):
     """The evaluation table of a trained model, with 10,000 real training images as the reference row
@@ -229,10 +215,11 @@ def evaluate_trainer(trainer, test_x, classifier_path, n=10000, iwae_k=1000, iwa
     reference, real_scores = references or real_references(classifier, trainer.device)
     report = {"model": trainer.name, "n_samples": n, "classifier_accuracy": accuracy, "real": real_scores,
               "samples": {}}
-    for prior in priors or available_priors(trainer):
-        samples = draw_samples(trainer, n, seed, **({"prior": prior} if prior else {}))
-        report["samples"][sampler_label(trainer, prior)] = sample_scores(*classify(classifier, samples), reference)
-    if isinstance(trainer, VAETrainer):
+    samplers = trainer.samplers()
+    for sampler in priors or samplers:
+        samples = draw_samples(trainer, n, seed, sampler)
+        report["samples"][samplers[sampler]] = sample_scores(*classify(classifier, samples), reference)
+    if trainer.name == "vae":  # its test-set bounds; the IWAE bound is computed on the VAE itself
         torch.manual_seed(seed)
         report["test_elbo"] = trainer.evaluate(test_x)["-elbo"]
         if iwae_k > 0:

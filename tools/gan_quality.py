@@ -78,12 +78,14 @@ def run_name(name, seed):
     return name if seed == 0 else f"{name}-seed{seed}"
 
 
-def score(trainer, classifier, reference, n, seed, bn_batches=None):
-    """The scores of n samples of a copy of the trainer as after_training() leaves it (bn_batches: override)."""
+def score(trainer, train_x, classifier, reference, n, seed, standing_batches=None):
+    """The scores of n samples of a copy of the trainer as after_training() leaves it, or with its BatchNorm
+    statistics recomputed over standing_batches batches of noise instead."""
     scored = copy.deepcopy(trainer)  # training goes on with the original, untouched
-    if bn_batches is not None:
-        scored.cfg.bn_batches = bn_batches
-    scored.after_training(None)
+    if standing_batches:
+        scored.standing_statistics(standing_batches)
+    else:
+        scored.after_training(train_x)
     scores = sample_scores(*classify(classifier, draw_samples(scored, n, seed)), reference)
     return {k: v for k, v in scores.items() if k != "histogram"}
 
@@ -115,9 +117,10 @@ def run_method(name, at, n, epochs, retrain=False, out_dir=QUALITY_DIR, n_train=
             return
         began = time.perf_counter()
         minutes = (began - start - scoring[0]) / 60
-        point = {"epoch": epoch, "minutes": round(minutes, 3), **score(trainer, classifier, reference, n, cfg.seed)}
+        point = {"epoch": epoch, "minutes": round(minutes, 3), **score(trainer, train_x, classifier, reference, n, cfg.seed)}
         if not cfg.bn_batches:
-            point["bn"] = score(trainer, classifier, reference, n, cfg.seed, bn_batches=METHODS["bn"]["bn_batches"])
+            point["bn"] = score(trainer, train_x, classifier, reference, n, cfg.seed,
+                                standing_batches=METHODS["bn"]["bn_batches"])
         points.append(point)
         print(f"{name} epoch {epoch}: {point}", flush=True)
         scoring[0] += time.perf_counter() - began

@@ -40,18 +40,20 @@ def checkpoint_trainer(args):
         raise UsageError("--prior: only the VAE has a choice of prior")
     path = Path(args.checkpoint or f"runs/{args.model}/checkpoint.pt")
     trainer = trainer_from_checkpoint(load_checkpoint(path, args.model), resolve_device(args.device), path)
-    if args.prior == "mixture" and not trainer.prior:
+    if args.prior and args.prior not in trainer.samplers():
         raise UsageError(f"{path}: this VAE has no fitted mixture; use --prior standard")
     return trainer, path
 
 
-def draw_samples(trainer, n, seed, **prior):
+def draw_samples(trainer, n, seed, sampler=None):
     """n new images (an n×784 float32 tensor in [0,1], on the CPU) from a trained model, drawn 1000 at a time
-    from a seeded generator into one array that the tensor shares (prior: the VAE's "standard" or "mixture")."""
+    from a seeded generator into one array that the tensor shares (sampler: one of trainer.samplers(), by
+    default its first)."""
+    sampler = sampler or next(iter(trainer.samplers()))
     generator = torch.Generator().manual_seed(seed)
     images = np.empty((n, IMAGE_DIM), dtype=np.float32)
     for start in range(0, n, 1000):
-        chunk = trainer.sample(min(1000, n - start), generator, **prior)
+        chunk = trainer.sample(min(1000, n - start), generator, sampler)
         images[start : start + len(chunk)] = chunk.cpu().numpy()
     return torch.from_numpy(images)
 
@@ -66,13 +68,12 @@ def sample_command(args):
     check_replaceable(args.out, NPY_FILE)
     check_memory(4 * IMAGE_DIM * args.n, f"--n {args.n}")
     trainer, _ = checkpoint_trainer(args)
-    prior = {}
-    if args.model == "vae":
-        prior = {"prior": args.prior or (DEFAULT_PRIOR if trainer.prior else "standard")}
-    images = draw_samples(trainer, args.n, args.seed, **prior)
+    samplers = trainer.samplers()
+    sampler = args.prior or (DEFAULT_PRIOR if DEFAULT_PRIOR in samplers else next(iter(samplers)))
+    images = draw_samples(trainer, args.n, args.seed, sampler)
     atomic_write(args.out, lambda f: np.save(f, images.numpy()), NPY_FILE)
-    print(f"wrote {args.n} {args.model} samples ({args.n}×{IMAGE_DIM}, float32 in [0,1]"
-          f"{', prior ' + prior['prior'] if prior else ''}) to {args.out}")
+    print(f"wrote {args.n} {args.model} samples ({args.n}×{IMAGE_DIM}, float32 in [0,1], {samplers[sampler]}) "
+          f"to {args.out}")
     return 0
 
 

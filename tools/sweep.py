@@ -20,7 +20,7 @@ import torch
 
 from homework7 import (Parser, RunConfig, UsageError, VAEConfig, add_config_flags, load_images, make_config, plot_rows,
                        run_cli, save_json, train)
-from tools.evaluate import CLASSIFIER_PATH, evaluate_trainer, load_classifier, real_references, sampler_label
+from tools.evaluate import CLASSIFIER_PATH, evaluate_trainer, load_classifier, real_references
 
 
 def sweep(given, latent_dims, kl_weights, epochs_list, components, n, classifier_path, fit_sizes=None):
@@ -57,8 +57,7 @@ def sweep(given, latent_dims, kl_weights, epochs_list, components, n, classifier
             generator = torch.Generator().manual_seed(cfg.seed)  # the figure: the last mixture fitted, no refit
             rows += [(f"p = {p}, w = {w:g}:\nreconstruction", trainer.reconstruct(test_x[:16])),
                      ("new: z ~ N(0, I)", trainer.sample(16, generator)),
-                     (f"new: mixture of {trainer.cfg.mixture_components}",
-                      trainer.sample(16, generator, prior="mixture"))]
+                     (f"new: {trainer.samplers()['mixture']}", trainer.sample(16, generator, "mixture"))]
     plot_rows(rows, figures_dir / "vae_sweep.png",
               f"VAE with latent dimension p and KL weight w ({epochs_list[-1]} epochs)")
     print(format_sweep(table))
@@ -88,17 +87,16 @@ def score_priors(trainer, train_x, test_x, components, fit_sizes, n, classifier_
                               references=references, priors=("standard",))
     run = {**run, "test_elbo": report["test_elbo"]}
     rows = [{**run, "prior": "standard", "components": None, "fit_n": None, "fit_seconds": None,
-             **report["samples"][sampler_label(trainer, "standard")]}]
+             **report["samples"][trainer.samplers()["standard"]]}]
     for k in components:
         for fit_n in fit_sizes:
-            cfg.mixture_components, cfg.mixture_fit_n = k, fit_n
             start = time.perf_counter()
-            trainer.after_training(train_x)
+            trainer.fit_prior(train_x, k, fit_n)
             fit_seconds = round(time.perf_counter() - start, 2)
             report = evaluate_trainer(trainer, test_x, classifier_path, n=n, iwae_k=0, seed=cfg.seed,
                                       references=references, priors=("mixture",))
             rows.append({**run, "prior": "mixture", "components": k, "fit_n": min(fit_n, len(train_x)),
-                         "fit_seconds": fit_seconds, **report["samples"][sampler_label(trainer, "mixture")]})
+                         "fit_seconds": fit_seconds, **report["samples"][trainer.samplers()["mixture"]]})
     return rows
 
 
