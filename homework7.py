@@ -127,6 +127,8 @@ class GANConfig(RunConfig):
                                  "that it follows G early on (0 = off)")
     bn_batches: int = arg(200, "after training, recompute the sampler's BatchNorm statistics over this many "
                              "batches of noise (0 = keep those averaged from G's)")
+    g_noise: str = arg("fresh", "G's minibatch of noise: fresh, as in Algorithm 1, or shared with D's step just "
+                                "before, whose G(z) it reuses", choices=("fresh", "shared"))
     objective: str = arg(
         "non-saturating",
         "the paper's D with G's minimax log(1-D(G(z))) or non-saturating -log D(G(z)); or hinge for both",
@@ -690,13 +692,11 @@ class GANTrainer:
     def noise(self, m):
         return torch.randn(m, self.cfg.noise_dim, device=self.device)
 
-    def d_step(self, x):
-        """Ascend log D(x) + log(1 − D(G(z))) on a minibatch of real images and of noise (minus R1 when due)."""
+    def d_step(self, x, fake):
+        """Ascend log D(x) + log(1 − D(G(z))) on a minibatch of real images x and of fakes G(z) (minus R1 when
+        due); only D's parameters move."""
         cfg = self.cfg
-        self.G.train()
         self.D.train()
-        with torch.no_grad():
-            fake = self.G(self.noise(len(x)))
         penalize = cfg.r1 > 0 and self.d_steps % cfg.r1_every == 0
         real = x.detach().requires_grad_(True) if penalize else x
         real_logits, fake_logits = self.D.logits(real), self.D.logits(fake)
@@ -715,12 +715,11 @@ class GANTrainer:
         self.d_steps += 1
         return stats
 
-    def g_step(self, m):
-        """Descend G's objective on a fresh minibatch of m noise vectors; only G's parameters move."""
-        self.G.train()
+    def g_step(self, fake):
+        """Descend G's objective on a minibatch of fakes G(z), made with their graph; only G's parameters move."""
         self.D.train()
         self.D.requires_grad_(False)  # gradients flow through D into G, but D's own are not needed
-        loss = generator_loss(self.D.logits(self.G(self.noise(m))), self.cfg.objective)
+        loss = generator_loss(self.D.logits(fake), self.cfg.objective)
         self.opt_G.zero_grad(set_to_none=True)
         loss.backward()
         self.opt_G.step()
@@ -747,9 +746,16 @@ class GANTrainer:
                 ema.copy_(current)
 
     def train_step(self, x):
-        stats = self.d_step(x)
-        if self.d_steps % self.cfg.k == 0:
-            stats["g_loss"] = self.g_step(len(x))
+        """One step of D, then, after every k of them, one of G: on a fresh minibatch of noise (Algorithm 1),
+        or with --g-noise shared on D's own, whose G(z) it reuses (one pass of G fewer)."""
+        self.G.train()
+        g_step_follows = (self.d_steps + 1) % self.cfg.k == 0
+        shared = g_step_follows and self.cfg.g_noise == "shared"
+        with torch.set_grad_enabled(shared):  # G(z)'s graph is kept only for G's step to reuse
+            fake = self.G(self.noise(len(x)))
+        stats = self.d_step(x, fake.detach())
+        if g_step_follows:
+            stats["g_loss"] = self.g_step(fake if shared else self.G(self.noise(len(x))))
         return stats
 
     @torch.inference_mode()

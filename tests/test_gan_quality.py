@@ -75,3 +75,14 @@ def test_step_cost_times_each_method_on_its_own_batches_and_keeps_the_fastest_ro
     seconds = gq.epoch_seconds(["old", "batch-500"], torch.from_numpy(images[:600]), steps=4, rounds=2)
     assert timed == [100, 500, 100, 500]  # alternating over the methods, round by round
     assert seconds == pytest.approx({"old": 0.005 * 600 / 100, "batch-500": 0.005 * 600 / 500})
+
+
+def test_the_seed_table_gives_each_scores_mean_and_spread_over_seeds():
+    def record(method, seed, conf, fid):
+        return {"method": method, "seed": seed, "at": [10, 20],
+                "points": [{"epoch": 10, "confident": conf, "inception_score": 9.0, "fid": fid}]}
+    results = [record("new", 0, 0.80, 6.0), record("new", 1, 0.86, 9.0), record("new", 2, 0.83, 7.5),
+               record("old", 0, 0.5, 50.0)]  # one seed: no spread to give
+    lines = gq.format_seed_table(results).splitlines()
+    assert len(lines) == 3 and lines[2].startswith("| new | 3 |")
+    assert "0.830 / 9.00 / 7.5 (0.060 / 0.00 / 3.0)" in lines[2] and lines[2].endswith("|  |")  # none at 20

@@ -588,11 +588,28 @@ def test_d_step_moves_only_d_and_g_step_only_g():
     gan = small_gan()
     x = torch.rand(16, hw.IMAGE_DIM)
     g0, d0 = snapshot(gan.G), snapshot(gan.D)
-    gan.d_step(x)
+    gan.d_step(x, gan.G(gan.noise(16)).detach())
     assert all(changed(d0, gan.D)) and not any(changed(g0, gan.G))
     g1, d1 = snapshot(gan.G), snapshot(gan.D)
-    gan.g_step(16)
+    gan.g_step(gan.G(gan.noise(16)))
     assert all(changed(g1, gan.G)) and not any(changed(d1, gan.D))
+
+
+def test_shared_noise_reuses_ds_fakes_for_g_and_fresh_noise_draws_new_ones():
+    x = torch.rand(16, hw.IMAGE_DIM)
+    # per step: whether each pass of G kept its graph, and whether G took a step
+    expected = {("fresh", 1): [([False, True], True)] * 2, ("shared", 1): [([True], True)] * 2,
+                ("shared", 2): [([False], False), ([True], True)]}
+    for (g_noise, k), steps in expected.items():
+        gan = small_gan(g_noise=g_noise, k=k)
+        passes = []
+        gan.G.register_forward_hook(lambda module, inputs, output: passes.append(output.requires_grad))
+        seen = []
+        for _ in steps:
+            passes.clear()
+            stats = gan.train_step(x)
+            seen.append((list(passes), "g_loss" in stats))
+        assert seen == steps, (g_noise, k)
 
 
 def adam_steps(optimizer):

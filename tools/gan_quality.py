@@ -43,7 +43,8 @@ METHODS = {
     "batch-250": {"batch_size": 250, "lr": 6.3e-4, "ema": 0.99975},  # lr × √2.5, decay^2.5: the same span in images
     "batch-500": {"batch_size": 500, "lr": 8.9e-4, "ema": 0.9995},  # lr × √5, decay^5
     "batch-1000": {"batch_size": 1000, "lr": 1.26e-3, "ema": 0.999},  # lr × √10, decay^10
-    "hinge": {"objective": "hinge"},  # D: E relu(1 − a(x)) + E relu(1 + a(G(z))); G: −E a(G(z))
+    "hinge": {"objective": "hinge"},
+    "shared-noise": {"g_noise": "shared"},  # G's step reuses D's G(z): one pass of G fewer per step  # D: E relu(1 − a(x)) + E relu(1 + a(G(z))); G: −E a(G(z))
 }
 QUALITY_DIR = Path("runs/gan_quality")
 # (key, title, the issue's first target: today's scores, its second target, the axis's shown range)
@@ -181,6 +182,31 @@ def format_table(results):
     return "\n".join(lines)
 
 
+def format_seed_table(results):
+    """One row per method run with several seeds, at each epoch: the mean of each score over the seeds, and
+    its spread (largest minus smallest): conf / IS / FID*, then the spreads in brackets."""
+    at, by_method = results[0]["at"], {}
+    for r in results:
+        by_method.setdefault(r["method"], []).append({p["epoch"]: p for p in r["points"]})
+    lines = ["| method | seeds | " + " | ".join(f"{e} epochs: mean conf / IS / FID* (spread)" for e in at) + " |",
+             "|---|---:|" + "---:|" * len(at)]
+    for method, runs in by_method.items():
+        if len(runs) < 2:
+            continue
+        cells = []
+        for e in at:
+            values = [[run[e][key] for run in runs if e in run] for key in ("confident", "inception_score", "fid")]
+            if len(values[0]) < len(runs):
+                cells.append("")
+                continue
+            means = [statistics.mean(v) for v in values]
+            spreads = [max(v) - min(v) for v in values]
+            cells.append(f"{means[0]:.3f} / {means[1]:.2f} / {means[2]:.1f} "
+                         f"({spreads[0]:.3f} / {spreads[1]:.2f} / {spreads[2]:.1f})")
+        lines.append(f"| {method} | {len(runs)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
 def plot_quality(results, path):
     """The three scores against minutes of training, one line per run, with the issue's two targets: today's
     scores in half of the old default's time, then the higher scores."""
@@ -258,6 +284,8 @@ def quality(args):
                           seed)
                for name in args.methods for seed in args.seeds]
     print(format_table(results))
+    if len(args.seeds) > 1:
+        print(format_seed_table(results))
     if args.figure:
         plot_quality(results, Path(args.figure))
         print(f"figure in {args.figure}")
