@@ -1,4 +1,5 @@
 """tools/bench.py: what it counts (its times are measurements, not behaviour, and are not asserted)."""
+import pytest
 import homework7 as hw
 import tools.bench as bench
 
@@ -44,3 +45,18 @@ def test_endless_minibatches_show_every_image_once_an_epoch():
     epochs = [torch.cat([next(batches) for _ in range(3)]).squeeze(1) for _ in range(2)]  # 4 + 4 + 2 a time
     assert all(sorted(e.tolist()) == list(range(10)) for e in epochs)
     assert not torch.equal(epochs[0], epochs[1])  # shuffled anew each epoch
+
+
+def test_batch_seconds_converts_steps_to_epochs_at_each_size_and_keeps_the_fastest_round(images, monkeypatch):
+    import torch
+    timed = []
+
+    def project_steps(name, train_x, steps, cfg):  # a clock: 1 ms per image in round 1, 0.5 ms after
+        timed.append(cfg.batch_size)
+        return steps * cfg.batch_size * (1e-3 if len(timed) <= 2 else 5e-4)
+
+    monkeypatch.setattr(bench, "project_steps", project_steps)
+    seconds = bench.batch_seconds("vae", torch.from_numpy(images[:1000]), [100, 300], steps=5, rounds=2)
+    assert timed == [100, 300, 100, 300]
+    # 1,000 images: 10 batches of 100; 4 of 300 (the last of 100), each timed as a full one
+    assert seconds == pytest.approx({100: 5e-4 * 100 * 10, 300: 5e-4 * 300 * 4})

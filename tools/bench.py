@@ -3,6 +3,7 @@ limit of torch.mm alone on the same matrix products; peak memory of a one-epoch 
 
 Usage:
   python -m tools.bench [--models vae gan] [--steps 300]      prints a Markdown table
+  python -m tools.bench --models vae --batch-sizes 100 250 500   seconds per epoch at each batch size
 """
 import contextlib
 import dataclasses
@@ -92,6 +93,18 @@ def project_steps(name, train_x, steps, cfg):
     seconds = time_loop(lambda x: meter.add(trainer.train_step(x)), endless_minibatches(train_x, cfg.batch_size), steps)
     meter.means()  # the one read-back a progress update does
     return seconds
+
+
+def batch_seconds(name, train_x, batch_sizes, steps, rounds=3):
+    """Seconds per epoch of the model's bare training steps at each batch size (its other flags the defaults),
+    from `steps` steps, the fastest of `rounds` rounds alternating over the sizes."""
+    best = dict.fromkeys(batch_sizes, math.inf)
+    for _ in range(rounds):
+        for batch_size in batch_sizes:
+            cfg = dataclasses.replace(TRAINERS[name][0](), batch_size=batch_size)
+            seconds = project_steps(name, train_x, steps, cfg)
+            best[batch_size] = min(best[batch_size], seconds / steps * len(batch_bounds(len(train_x), batch_size)))
+    return best
 
 
 def endless_minibatches(x, batch_size):
@@ -210,11 +223,20 @@ def peak_memory_mb(name, tmp_dir):
     return int(done.stdout.rsplit("peak KiB", 1)[1]) / 1024
 
 
-def bench(models, steps):
-    """Images per second of this project's steps, of the plain loop, and of the torch.mm limit."""
+def bench(models, steps, batch_sizes=None):
+    """Images per second of this project's steps, of the plain loop, and of the torch.mm limit; or, with
+    batch_sizes, the seconds per epoch of the project's steps at each."""
     if steps < 1:
         raise UsageError(f"--steps {steps}: must be at least 1")
+    if batch_sizes and min(batch_sizes) < 2:
+        raise UsageError("--batch-sizes: each must be at least 2")
     train_x, test_x = load_images(RunConfig())
+    if batch_sizes:
+        print(f"bench: {torch.get_num_threads()} threads, {steps} timed steps per batch size, fastest of 3 rounds")
+        for name in models:
+            for batch_size, seconds in batch_seconds(name, train_x, batch_sizes, steps).items():
+                print(f"{name} batch {batch_size}: {seconds:.2f} s per epoch of {len(train_x):,} images")
+        return 0
     batches = ", ".join(f"{name} {TRAINERS[name][0]().batch_size}" for name in models)
     print(f"bench: {torch.get_num_threads()} threads, PyTorch {torch.__version__}, each model's default batch size "
           f"({batches}), {steps} timed steps each, fastest of 3")
@@ -261,11 +283,14 @@ def build_parser():
     parser.add_argument("--models", nargs="+", choices=TRAINERS, default=list(TRAINERS),
                         help="which models (default: vae gan)")
     parser.add_argument("--steps", type=int, default=300, help="timed training steps per loop (default: 300)")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=None, metavar="B",
+                        help="instead of the table: seconds per epoch of the bare steps at each batch size, "
+                             "timed side by side (default: off)")
     return parser
 
 
 def main(argv=None):
-    return run_cli(build_parser(), argv, lambda args: bench(args.models, args.steps))
+    return run_cli(build_parser(), argv, lambda args: bench(args.models, args.steps, args.batch_sizes))
 
 
 if __name__ == "__main__":
