@@ -1,5 +1,6 @@
 """tools/bench.py: what it counts (its times are measurements, not behaviour, and are not asserted)."""
 import pytest
+
 import homework7 as hw
 import tools.bench as bench
 
