@@ -86,3 +86,18 @@ def test_the_seed_table_gives_each_scores_mean_and_spread_over_seeds():
     lines = gq.format_seed_table(results).splitlines()
     assert len(lines) == 3 and lines[2].startswith("| new | 3 |")
     assert "0.830 / 9.00 / 7.5 (0.060 / 0.00 / 3.0)" in lines[2] and lines[2].endswith("|  |")  # none at 20
+
+
+def test_the_figure_draws_each_methods_mean_over_seeds_against_step_cost_minutes(tmp_path):
+    def record(method, seed, conf):
+        points = [{"epoch": e, "minutes": 99.0, "confident": conf + e / 1000, "inception_score": 9.0, "fid": 5.0}
+                  for e in (10, 20)]
+        return {"method": method, "seed": seed, "at": [10, 20], "threads": 1, "points": points}
+    results = [record("new", 0, 0.80), record("new", 1, 0.90), record("new+batch-1000", 0, 0.85)]
+    fig = gq.plot_quality(results, tmp_path / "q.png", epoch_seconds={"new": 3.0, "new+batch-1000": 1.5})
+    new, batch_1000, target = fig.axes[0].lines
+    assert list(new.get_xdata()) == [0.5, 1.0] and list(batch_1000.get_xdata()) == [0.25, 0.5]  # e × s / 60
+    assert list(new.get_ydata()) == pytest.approx([0.86, 0.87]) and new.get_label() == "new (2 seeds)"
+    assert list(target.get_ydata()) == [0.89, 0.89] and (tmp_path / "q.png").stat().st_size > 10_000
+    recorded = gq.plot_quality(results, tmp_path / "r.png").axes[0].lines[0]
+    assert list(recorded.get_xdata()) == [99.0, 99.0]  # without a step cost: the minutes recorded
