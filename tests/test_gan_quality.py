@@ -101,3 +101,14 @@ def test_the_figure_draws_each_methods_mean_over_seeds_against_step_cost_minutes
     assert list(target.get_ydata()) == [0.89, 0.89] and (tmp_path / "q.png").stat().st_size > 10_000
     recorded = gq.plot_quality(results, tmp_path / "r.png").axes[0].lines[0]
     assert list(recorded.get_xdata()) == [99.0, 99.0]  # without a step cost: the minutes recorded
+
+
+def test_a_second_run_of_the_same_method_and_seed_is_refused(tmp_path, stub_classifier, images, monkeypatch, capsys):
+    monkeypatch.setattr(gq, "real_references",
+                        lambda classifier, device: (gq.classify(classifier, torch.from_numpy(images[:500]))[1], None))
+    argv = ["--methods", "old", "--epochs", "1", "--at", "1", "--n", "100", "--n-train", "200",
+            "--out-dir", str(tmp_path), "--classifier", str(stub_classifier)]
+    with hw.run_dir_taken(gq.method_config("old", 1, tmp_path, 200).run_dir):  # a run of it is training
+        assert gq.main(argv) == 2
+    assert "another run is training there" in capsys.readouterr().err
+    assert not (gq.quality_dir(tmp_path) / "old.json").exists()

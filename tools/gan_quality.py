@@ -22,7 +22,7 @@ import torch
 from matplotlib.figure import Figure
 
 from homework7 import (GANConfig, GANTrainer, Parser, UsageError, check_dir, fit, load_checkpoint,
-                       load_images, resolve_device, run_cli, save_figure, save_json,
+                       load_images, resolve_device, run_cli, run_dir_taken, save_figure, save_json,
                        trainer_from_checkpoint, validate_config)
 from tools.bench import endless_minibatches, time_loop
 from tools.evaluate import CLASSIFIER_PATH, classify, load_classifier, real_references, sample_scores
@@ -126,7 +126,8 @@ def run_method(name, at, n, epochs, retrain=False, out_dir=QUALITY_DIR, n_train=
         print(f"{name} epoch {epoch}: {point}", flush=True)
         scoring[0] += time.perf_counter() - began
 
-    metrics = fit(trainer, cfg, train_x, test_x, cfg.run_dir, on_epoch=on_epoch)
+    with run_dir_taken(cfg.run_dir):  # a second run of the same method and seed is refused, as for homework7.py
+        metrics = fit(trainer, cfg, train_x, test_x, cfg.run_dir, on_epoch=on_epoch)
     seconds = [m["seconds"] for m in metrics]
     result = {**wanted, "method": name, "seed": seed, "points": points, "epoch_seconds_median": statistics.median(seconds),
               "epoch_seconds_min": min(seconds), "threads": torch.get_num_threads()}
