@@ -112,3 +112,19 @@ def test_a_second_run_of_the_same_method_and_seed_is_refused(tmp_path, stub_clas
         assert gq.main(argv) == 2
     assert "another run is training there" in capsys.readouterr().err
     assert not (gq.quality_dir(tmp_path) / "old.json").exists()
+
+
+def test_saved_records_give_the_tables_without_training(tmp_path, capsys):
+    def record(method, seed, at):
+        points = [{"epoch": e, "minutes": e / 10, "confident": 0.8, "inception_score": 9.0, "fid": 5.0} for e in at]
+        return {"method": method, "seed": seed, "at": at, "threads": 1, "points": points,
+                "epoch_seconds_median": 3.0}
+    paths = []
+    for i, r in enumerate([record("new", 0, [60, 80]), record("new", 1, [60, 80]), record("new+x", 0, [60, 90])]):
+        paths.append(tmp_path / f"{i}.json")
+        paths[-1].write_text(json.dumps(r))
+    assert gq.main(["--records", *map(str, paths), "--figure", str(tmp_path / "q.png")]) == 0
+    out = capsys.readouterr().out
+    assert "| method | 60 epochs: conf / IS / FID* | 80 epochs: conf / IS / FID* | 90 epochs" in out  # every epoch
+    assert "| new+x | 0.800 / 9.00 / 5.0 |  | 0.800 / 9.00 / 5.0 | 3.00 |" in out
+    assert "| new | 2 | 0.800 / 9.00 / 5.0 (0.000 / 0.00 / 0.0)" in out and (tmp_path / "q.png").exists()

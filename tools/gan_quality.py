@@ -168,7 +168,7 @@ def r1_batch_coupling(D, x):
 
 def format_table(results):
     """One row per method (and per method + bn), scores at each epoch: confident / IS / FID*."""
-    at = results[0]["at"]
+    at = sorted({e for r in results for e in r["at"]})
     lines = ["| method | " + " | ".join(f"{e} epochs: conf / IS / FID*" for e in at) + " | s/epoch (median) |",
              "|---|" + "---:|" * (len(at) + 1)]
     for r in results:
@@ -186,7 +186,7 @@ def format_table(results):
 def format_seed_table(results):
     """One row per method run with several seeds, at each epoch: the mean of each score over the seeds, and
     its spread (largest minus smallest): conf / IS / FID*, then the spreads in brackets."""
-    at, by_method = results[0]["at"], {}
+    at, by_method = sorted({e for r in results for e in r["at"]}), {}
     for r in results:
         by_method.setdefault(r["method"], []).append({p["epoch"]: p for p in r["points"]})
     lines = ["| method | seeds | " + " | ".join(f"{e} epochs: mean conf / IS / FID* (spread)" for e in at) + " |",
@@ -254,6 +254,8 @@ def build_parser():
     parser.add_argument("--n", type=int, default=10000, help="samples scored at each point (default: 10000)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0],
                         help="train each method with each of these seeds (default: 0)")
+    parser.add_argument("--records", nargs="+", metavar="JSON", default=None,
+                        help="instead of training: the tables and the figure of these saved records (NAME.json)")
     parser.add_argument("--figure", default=None, help="also draw the scores against minutes into this PNG")
     parser.add_argument("--retrain", action="store_true", help="train again even where a saved record matches")
     parser.add_argument("--n-train", type=int, default=None, help="train on the first N images (default: all)")
@@ -274,6 +276,9 @@ def main(argv=None):
 
 
 def quality(args):
+    if args.records:
+        results = [json.loads(Path(path).read_text()) for path in args.records]
+        args.methods = list(dict.fromkeys(r["method"] for r in results))
     step_cost = None
     if args.step_cost:
         train_x = load_images(method_config("old"))[0]
@@ -288,17 +293,17 @@ def quality(args):
         test_x = load_images(trainer.cfg)[1]
         print(json.dumps(r1_batch_coupling(trainer.D, test_x[: trainer.cfg.batch_size])))
         return 0
-    if args.n < 1 or any(e < 1 for e in args.at):
-        raise UsageError("--n and each --at must be at least 1")
-    for name in args.methods:
-        method_config(name, args.epochs, args.out_dir, args.n_train)  # bad names refused before any training
-    at = sorted(set(args.at))
-    results = [run_method(name, at, args.n, args.epochs, args.retrain, args.out_dir, args.n_train, args.classifier,
-                          seed)
-               for name in args.methods for seed in args.seeds]
+    if not args.records:
+        if args.n < 1 or any(e < 1 for e in args.at):
+            raise UsageError("--n and each --at must be at least 1")
+        for name in args.methods:
+            method_config(name, args.epochs, args.out_dir, args.n_train)  # bad names refused before any training
+        at = sorted(set(args.at))
+        results = [run_method(name, at, args.n, args.epochs, args.retrain, args.out_dir, args.n_train,
+                              args.classifier, seed)
+                   for name in args.methods for seed in args.seeds]
     print(format_table(results))
-    if len(args.seeds) > 1:
-        print(format_seed_table(results))
+    print(format_seed_table(results))
     if args.figure:
         plot_quality(results, Path(args.figure), step_cost)
         print(f"figure in {args.figure}")
