@@ -98,7 +98,8 @@ class VAEConfig(RunConfig):
     """The VAE: encoder 784→hidden→2p (tanh, dropout), decoder p→hidden→784 sigmoids."""
 
     epochs: int = arg(60, "passes over the training set")
-    lr: float = arg(2e-3, "Adam learning rate")
+    batch_size: int = arg(500, "minibatch size M")
+    lr: float = arg(4.5e-3, "Adam learning rate")
     latent_dim: int = arg(32, "p, the dimension of the latent code z")
     hidden: int = arg(200, "hidden units of encoder and decoder")
     dropout: float = arg(0.1, "dropout rate on the encoder's hidden layer")
@@ -129,10 +130,10 @@ class GANConfig(RunConfig):
                              "batches of noise (0 = keep those averaged from G's)")
     g_noise: str = arg("fresh", "G's minibatch of noise: fresh, as in Algorithm 1, or shared with D's step just "
                                 "before, whose G(z) it reuses", choices=("fresh", "shared"))
-    objective: str = arg(
+    generator_loss: str = arg(
         "non-saturating",
-        "the paper's D with G's minimax log(1-D(G(z))) or non-saturating -log D(G(z)); or hinge for both",
-        choices=("non-saturating", "minimax", "hinge"),
+        "G's objective: minimax, log(1-D(G(z))), or non-saturating, -log D(G(z))",
+        choices=("non-saturating", "minimax"),
     )
 
 
@@ -371,24 +372,18 @@ def vae_loss(x, x_logits, mu, logvar, kl_weight=1.0):
 
 # Goodfellow et al. Algorithm 1, D ascends  log D(x) + log(1 − D(G(z)));  with D = sigmoid(a):
 #   −log D(x) = softplus(−a_real),   −log(1 − D(G(z))) = softplus(a_fake)
-# With --objective hinge (Lim & Ye 2017), D descends  E relu(1 − a_real) + E relu(1 + a_fake)  instead.
-def discriminator_loss(real_logits, fake_logits, objective="non-saturating"):
+def discriminator_loss(real_logits, fake_logits):
     """(D's loss, its real part, its fake part), minibatch means."""
-    if objective == "hinge":
-        loss_real, loss_fake = F.relu(1 - real_logits).mean(), F.relu(1 + fake_logits).mean()
-    else:
-        loss_real, loss_fake = F.softplus(-real_logits).mean(), F.softplus(fake_logits).mean()
+    loss_real = F.softplus(-real_logits).mean()
+    loss_fake = F.softplus(fake_logits).mean()
     return loss_real + loss_fake, loss_real, loss_fake
 
 
 # G descends  log(1 − D(G(z))) = −softplus(a_fake)         (minimax, Algorithm 1)
 #   or, as the paper advises in practice,  −log D(G(z)) = softplus(−a_fake)   (non-saturating)
-#   or, with the hinge objective,  −a_fake
-def generator_loss(fake_logits, objective="non-saturating"):
-    if objective == "minimax":
+def generator_loss(fake_logits, kind="non-saturating"):
+    if kind == "minimax":
         return -F.softplus(fake_logits).mean()
-    if objective == "hinge":
-        return -fake_logits.mean()
     return F.softplus(-fake_logits).mean()
 
 
@@ -700,7 +695,7 @@ class GANTrainer:
         penalize = cfg.r1 > 0 and self.d_steps % cfg.r1_every == 0
         real = x.detach().requires_grad_(True) if penalize else x
         real_logits, fake_logits = self.D.logits(real), self.D.logits(fake)
-        loss, loss_real, loss_fake = discriminator_loss(real_logits, fake_logits, cfg.objective)
+        loss, loss_real, loss_fake = discriminator_loss(real_logits, fake_logits)
         stats = {
             "d_loss": loss.detach(), "d_real_loss": loss_real.detach(), "d_fake_loss": loss_fake.detach(),
             "d_x": torch.sigmoid(real_logits).mean().detach(), "d_g_z": torch.sigmoid(fake_logits).mean().detach(),
@@ -719,7 +714,7 @@ class GANTrainer:
         """Descend G's objective on a minibatch of fakes G(z), made with their graph; only G's parameters move."""
         self.D.train()
         self.D.requires_grad_(False)  # gradients flow through D into G, but D's own are not needed
-        loss = generator_loss(self.D.logits(fake), self.cfg.objective)
+        loss = generator_loss(self.D.logits(fake), self.cfg.generator_loss)
         self.opt_G.zero_grad(set_to_none=True)
         loss.backward()
         self.opt_G.step()

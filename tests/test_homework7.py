@@ -292,7 +292,7 @@ BAD_INPUTS = [  # (id, argv with {d} for the directory of bad files, words the o
     ("r1 every 0", "gan --r1-every 0", "--r1-every 0"),
     ("ema ramp-up negative", "gan --ema-rampup -1", "--ema-rampup -1.0"),
     ("bn batches negative", "gan --bn-batches -1", "--bn-batches -1"),
-    ("unknown loss", "gan --objective wasserstein", "invalid choice: 'wasserstein'"),
+    ("unknown loss", "gan --generator-loss wasserstein", "invalid choice: 'wasserstein'"),
     ("device tpu", "vae --device tpu", "unknown device 'tpu'"),
     ("device cuda:-1", "gan --device cuda:-1", "device 'cuda:-1'"),
     ("sample n 0", "sample vae --checkpoint {d}/vae.pt --n 0", "--n 0: must be at least 1"),
@@ -401,7 +401,7 @@ def test_cuda_asked_for_where_there_is_none(cli):
 
 
 def test_a_diverging_run_stops_with_a_clear_line(tmp_path, small_npy, cli):
-    status, _, err = cli(main, "vae", "--data", small_npy, "--lr", "1e30", *outputs(tmp_path))
+    status, _, err = cli(main, "vae", "--data", small_npy, "--batch-size", "100", "--lr", "1e30", *outputs(tmp_path))
     assert status == 2
     assert "loss became NaN or infinite in epoch 1" in err and "no checkpoint" in err
 
@@ -780,7 +780,7 @@ def test_the_script_runs_as_a_program_and_reports_errors_without_a_traceback(tmp
     status, _, err = python_run([ROOT / "homework7.py", "vae", "--data", tmp_path / "none.npy"], tmp_path)
     assert status == 2 and "no such file" in err and "Traceback" not in err
     status, out, _ = python_run([ROOT / "homework7.py", "gan", "--help"], tmp_path)
-    assert status == 0 and "--objective" in out and "(default: 1)" in out
+    assert status == 0 and "--generator-loss" in out and "(default: 1)" in out
 
 
 # ----------------------------------------------------------------------------- Ctrl-C and --resume
@@ -840,7 +840,7 @@ def test_a_loss_turning_nan_keeps_the_last_good_checkpoint(tmp_path, small_npy, 
         return stats if len(calls) <= 3 else {**stats, "-elbo": torch.tensor(float("nan"))}
 
     monkeypatch.setattr(hw.VAETrainer, "train_step", step)
-    status, _, err = cli(main, "vae", "--data", small_npy, "--epochs", "3", *outputs(tmp_path))
+    status, _, err = cli(main, "vae", "--data", small_npy, "--batch-size", "100", "--epochs", "3", *outputs(tmp_path))
     assert status == 2 and "NaN or infinite in epoch 2" in err and "checkpoint of epoch 1 is kept" in err
     assert hw.load_checkpoint(tmp_path / "run" / "checkpoint.pt")["epoch"] == 1
 
@@ -1165,7 +1165,7 @@ def test_leftovers_of_a_killed_run_are_removed_and_said(tmp_path, small_npy, cli
 @pytest.mark.parametrize("how", ["ctrl-c", "diverged"])
 def test_a_new_run_stopped_in_its_first_epoch_leaves_the_previous_run_as_it_was(how, tmp_path, small_npy,
                                                                                 monkeypatch, cli):
-    common = ["vae", "--data", small_npy, *outputs(tmp_path)]
+    common = ["vae", "--data", small_npy, "--batch-size", "100", *outputs(tmp_path)]  # 3 steps an epoch
     assert cli(main, *common, "--epochs", "1")[0] == 0
     before = tree(tmp_path / "run")
     with monkeypatch.context() as patch:

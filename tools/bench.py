@@ -151,7 +151,8 @@ def step_products(name, cfg):
         return linear_products(linears(VAE(cfg.latent_dim, cfg.hidden, cfg.dropout)), b, False)
     G, D = linears(Generator(cfg.noise_dim, cfg.hidden)), linears(Discriminator(cfg.hidden, cfg.dropout))
     g_forward = [(b, m.in_features, m.out_features) for m in G]
-    d_step = g_forward + 2 * linear_products(D, b, False)  # G(z) without gradients; D on real, then on fake
+    # G(z) without gradients (with --g-noise shared, G's step below makes it); D on real, then on fake
+    d_step = (g_forward if cfg.g_noise == "fresh" else []) + 2 * linear_products(D, b, False)
     # G's step: gradients flow through D into G, but D's own weight gradients are not needed
     g_step = linear_products(G, b, False) + linear_products(D, b, True, weight_grads=False)
     return d_step + g_step

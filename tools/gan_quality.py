@@ -31,10 +31,10 @@ from tools.sample import draw_samples
 # GANConfig's defaults before issue 15, with the methods it added switched off
 OLD_DEFAULT = {"epochs": 75, "batch_size": 100, "lr": 4e-4, "beta1": 0.5, "noise_dim": 100, "hidden": 256,
                "dropout": 0.5, "k": 1, "r1": 0.0, "r1_every": 16, "ema": 0.9999, "ema_rampup": 0.0, "bn_batches": 0,
-               "objective": "non-saturating"}
+               "generator_loss": "non-saturating"}
 # each method: the flags it changes from the old default. Top-k G updates, two time scales (D at twice G's rate),
-# a learning-rate decay and instance noise were measured too, at commit 925065a, and removed since: none won
-# (tools/README.md, "The GAN's training methods").
+# a learning-rate decay and instance noise were measured too, at commit 925065a, and removed since: none won;
+# so was the hinge objective, at commit a416054 (tools/RESULTS.md).
 METHODS = {
     "old": {},
     "r1": {"r1": 0.01, "r1_every": 16},  # R1 γ 0.01 on every 16th D step, weighted by 16
@@ -43,7 +43,6 @@ METHODS = {
     "batch-250": {"batch_size": 250, "lr": 6.3e-4, "ema": 0.99975},  # lr × √2.5, decay^2.5: the same span in images
     "batch-500": {"batch_size": 500, "lr": 8.9e-4, "ema": 0.9995},  # lr × √5, decay^5
     "batch-1000": {"batch_size": 1000, "lr": 1.26e-3, "ema": 0.999},  # lr × √10, decay^10
-    "hinge": {"objective": "hinge"},
     "shared-noise": {"g_noise": "shared"},  # G's step reuses D's G(z): one pass of G fewer per step  # D: E relu(1 − a(x)) + E relu(1 + a(G(z))); G: −E a(G(z))
 }
 QUALITY_DIR = Path("runs/gan_quality")
@@ -59,7 +58,7 @@ def quality_dir(out_dir):
 
 def method_config(name, epochs=None, out_dir=QUALITY_DIR, n_train=None, seed=0):
     """The config of a method: a+b joins methods' flags on the old default, or on today's GANConfig defaults
-    when the name begins with 'new' (new, new+hinge, ...). Seeds other than 0 run in NAME-seedS."""
+    when the name begins with 'new' (new, new+shared-noise, ...). Seeds other than 0 run in NAME-seedS."""
     parts = name.split("+")
     flags = {} if parts[0] == "new" else dict(OLD_DEFAULT)
     for part in parts[1:] if parts[0] == "new" else parts:
