@@ -128,8 +128,9 @@ class GANConfig(RunConfig):
                                  "that it follows G early on (0 = off)")
     bn_batches: int = arg(200, "after training, recompute the sampler's BatchNorm statistics over this many "
                              "batches of noise (0 = keep those averaged from G's)")
-    g_noise: str = arg("fresh", "G's minibatch of noise: fresh, as in Algorithm 1, or shared with D's step just "
-                                "before, whose G(z) it reuses", choices=("fresh", "shared"))
+    g_noise: str = arg("shared", "G's minibatch of noise: shared with D's step just before, whose G(z) it reuses "
+                                 "(one pass of G fewer), or fresh, drawn anew as in Algorithm 1",
+                       choices=("shared", "fresh"))
     generator_loss: str = arg(
         "non-saturating",
         "G's objective: minimax, log(1-D(G(z))), or non-saturating, -log D(G(z))",
@@ -741,8 +742,8 @@ class GANTrainer:
                 ema.copy_(current)
 
     def train_step(self, x):
-        """One step of D, then, after every k of them, one of G: on a fresh minibatch of noise (Algorithm 1),
-        or with --g-noise shared on D's own, whose G(z) it reuses (one pass of G fewer)."""
+        """One step of D, then, after every k of them, one of G: on the minibatch of noise of D's step, whose
+        G(z) it reuses (one pass of G fewer), or with --g-noise fresh on one drawn anew, as in Algorithm 1."""
         self.G.train()
         g_step_follows = (self.d_steps + 1) % self.cfg.k == 0
         shared = g_step_follows and self.cfg.g_noise == "shared"

@@ -59,7 +59,7 @@ def plain_vae_steps(train_x, steps, cfg):
 def plain_gan_steps(train_x, steps, cfg):
     """The newcomer's GAN loop (pytorch/examples DCGAN style): the same models with nn.Dropout, DataLoader,
     nn.BCELoss on D's probabilities with label tensors, default Adam, .item() of both losses every step;
-    like this project (and Algorithm 1) it draws fresh noise for G's step."""
+    like this project (and the DCGAN example) G's step reuses the fakes of D's step."""
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(train_x), batch_size=cfg.batch_size,
                                          shuffle=True)
     G, D = Generator(cfg.noise_dim, cfg.hidden), with_stock_dropout(Discriminator(cfg.hidden, cfg.dropout))
@@ -72,12 +72,12 @@ def plain_gan_steps(train_x, steps, cfg):
         D.zero_grad()
         loss_real = bce(D(x), ones)
         loss_real.backward()
-        fake = G(torch.randn(len(x), cfg.noise_dim))
+        fake = G(torch.randn(len(x), cfg.noise_dim))  # with its graph: G's step below reuses it
         loss_fake = bce(D(fake.detach()), zeros)
         loss_fake.backward()
         opt_D.step()
         G.zero_grad()
-        loss_G = bce(D(G(torch.randn(len(x), cfg.noise_dim))), ones)  # a fresh minibatch, as Algorithm 1
+        loss_G = bce(D(fake), ones)
         loss_G.backward()
         opt_G.step()
         return (loss_real + loss_fake).item(), loss_G.item()

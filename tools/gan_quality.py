@@ -31,7 +31,7 @@ from tools.sample import draw_samples
 # GANConfig's defaults before issue 15, with the methods it added switched off
 OLD_DEFAULT = {"epochs": 75, "batch_size": 100, "lr": 4e-4, "beta1": 0.5, "noise_dim": 100, "hidden": 256,
                "dropout": 0.5, "k": 1, "r1": 0.0, "r1_every": 16, "ema": 0.9999, "ema_rampup": 0.0, "bn_batches": 0,
-               "generator_loss": "non-saturating"}
+               "generator_loss": "non-saturating", "g_noise": "fresh"}
 # each method: the flags it changes from the old default. Top-k G updates, two time scales (D at twice G's rate),
 # a learning-rate decay and instance noise were measured too, at commit 925065a, and removed since: none won;
 # so was the hinge objective, at commit a416054 (tools/RESULTS.md).
@@ -43,7 +43,8 @@ METHODS = {
     "batch-250": {"batch_size": 250, "lr": 6.3e-4, "ema": 0.99975},  # lr × √2.5, decay^2.5: the same span in images
     "batch-500": {"batch_size": 500, "lr": 8.9e-4, "ema": 0.9995},  # lr × √5, decay^5
     "batch-1000": {"batch_size": 1000, "lr": 1.26e-3, "ema": 0.999},  # lr × √10, decay^10
-    "shared-noise": {"g_noise": "shared"},  # G's step reuses D's G(z): one pass of G fewer per step  # D: E relu(1 − a(x)) + E relu(1 + a(G(z))); G: −E a(G(z))
+    "shared-noise": {"g_noise": "shared"},  # G's step reuses D's G(z): one pass of G fewer per step
+    "fresh-noise": {"g_noise": "fresh"},  # G's step on a minibatch of noise of its own, as in Algorithm 1
 }
 QUALITY_DIR = Path("runs/gan_quality")
 # (key, title, the target: what 110 epochs of the default of commit e980f84 gave, the axis's shown range)
@@ -229,7 +230,7 @@ def plot_quality(results, path, epoch_seconds=None):
             if len(runs) > 1:
                 ax.fill_between(minutes, [min(v) for v in values], [max(v) for v in values], alpha=0.2)
         ax.axhline(target, color="grey", linestyle="--", linewidth=1, label="target")
-        threads = results[0]["threads"]
+        threads = torch.get_num_threads() if epoch_seconds else results[0]["threads"]
         source = "step cost timed side by side" if epoch_seconds else "as recorded"
         ax.set_xlabel(f"minutes of training ({threads} thread{'s' if threads > 1 else ''}, {source})")
         ax.set_title(label)
