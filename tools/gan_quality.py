@@ -61,8 +61,9 @@ def method_config(name, epochs=None, out_dir=QUALITY_DIR, n_train=None, seed=0):
     """The config of a method: a+b joins methods' flags on the old default, or on today's GANConfig defaults
     when the name begins with 'new' (new, new+shared-noise, ...). Seeds other than 0 run in NAME-seedS."""
     parts = name.split("+")
-    flags = {} if parts[0] == "new" else dict(OLD_DEFAULT)
-    for part in parts[1:] if parts[0] == "new" else parts:
+    on_new = parts[0] == "new"
+    flags = {} if on_new else dict(OLD_DEFAULT)
+    for part in parts[1:] if on_new else parts:
         if part not in METHODS:
             raise UsageError(f"unknown method {part!r}: use new or {', '.join(METHODS)}, joined by +")
         flags.update(METHODS[part])
@@ -118,7 +119,8 @@ def run_method(name, at, n, epochs, retrain=False, out_dir=QUALITY_DIR, n_train=
             return
         began = time.perf_counter()
         minutes = (began - start - scoring[0]) / 60
-        point = {"epoch": epoch, "minutes": round(minutes, 3), **score(trainer, train_x, classifier, reference, n, cfg.seed)}
+        point = {"epoch": epoch, "minutes": round(minutes, 3),
+                 **score(trainer, train_x, classifier, reference, n, cfg.seed)}
         if not cfg.bn_batches:
             point["bn"] = score(trainer, train_x, classifier, reference, n, cfg.seed,
                                 standing_batches=METHODS["bn"]["bn_batches"])
@@ -129,7 +131,8 @@ def run_method(name, at, n, epochs, retrain=False, out_dir=QUALITY_DIR, n_train=
     with run_dir_taken(cfg.run_dir):  # a second run of the same method and seed is refused, as for homework7.py
         metrics = fit(trainer, cfg, train_x, test_x, cfg.run_dir, on_epoch=on_epoch)
     seconds = [m["seconds"] for m in metrics]
-    result = {**wanted, "method": name, "seed": seed, "points": points, "epoch_seconds_median": statistics.median(seconds),
+    result = {**wanted, "method": name, "seed": seed, "points": points,
+              "epoch_seconds_median": statistics.median(seconds),
               "epoch_seconds_min": min(seconds), "threads": torch.get_num_threads()}
     save_json(path, result)
     return result
@@ -166,9 +169,22 @@ def r1_batch_coupling(D, x):
     return {"summed_logits": norm(summed), "own_logit": norm(own), "difference": norm(summed - own)}
 
 
+def scored_epochs(results):
+    """Every epoch at which any of the records was scored, in order."""
+    return sorted({e for r in results for e in r["at"]})
+
+
+def runs_by_method(results):
+    """The records grouped by method (one per seed), each as {epoch: its scored point}."""
+    by_method = {}
+    for r in results:
+        by_method.setdefault(r["method"], []).append({p["epoch"]: p for p in r["points"]})
+    return by_method
+
+
 def format_table(results):
     """One row per method (and per method + bn), scores at each epoch: confident / IS / FID*."""
-    at = sorted({e for r in results for e in r["at"]})
+    at = scored_epochs(results)
     lines = ["| method | " + " | ".join(f"{e} epochs: conf / IS / FID*" for e in at) + " | s/epoch (median) |",
              "|---|" + "---:|" * (len(at) + 1)]
     for r in results:
@@ -186,12 +202,10 @@ def format_table(results):
 def format_seed_table(results):
     """One row per method run with several seeds, at each epoch: the mean of each score over the seeds, and
     its spread (largest minus smallest): conf / IS / FID*, then the spreads in brackets."""
-    at, by_method = sorted({e for r in results for e in r["at"]}), {}
-    for r in results:
-        by_method.setdefault(r["method"], []).append({p["epoch"]: p for p in r["points"]})
+    at = scored_epochs(results)
     lines = ["| method | seeds | " + " | ".join(f"{e} epochs: mean conf / IS / FID* (spread)" for e in at) + " |",
              "|---|---:|" + "---:|" * len(at)]
-    for method, runs in by_method.items():
+    for method, runs in runs_by_method(results).items():
         if len(runs) < 2:
             continue
         cells = []
@@ -214,9 +228,7 @@ def plot_quality(results, path, epoch_seconds=None):
     seeds), or epochs × epoch_seconds[method], the step cost timed side by side, where that is given."""
     fig = Figure(figsize=(12, 4), dpi=100, layout="constrained")
     axes = fig.subplots(1, 3)
-    by_method = {}
-    for r in results:
-        by_method.setdefault(r["method"], []).append({p["epoch"]: p for p in r["points"]})
+    by_method = runs_by_method(results)
     for ax, (key, label, target, limits) in zip(axes, SCORES):
         for method, runs in by_method.items():
             epochs = sorted(set.intersection(*(set(run) for run in runs)))
