@@ -20,7 +20,6 @@ Training can be stopped with Ctrl-C and continued with --resume.
 
 # ----------------------------------------------------------------------------- imports
 import argparse
-import codecs
 import contextlib
 import copy
 import dataclasses
@@ -35,16 +34,9 @@ import struct
 import sys
 import tempfile
 import time
-import unicodedata
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-
-try:  # neither is on Windows
-    import fcntl  # the run directory's lock
-    import resource  # the process's memory limit
-except ImportError:
-    fcntl = resource = None
 
 import numpy as np
 import torch
@@ -276,17 +268,6 @@ def minibatches(x, batch_size):
 
 
 # ----------------------------------------------------------------------------- models
-class Dropout(nn.Dropout):
-    """nn.Dropout with its mask drawn by torch.rand: the same distribution, but on a CPU about 4× faster
-    than the bernoulli_ kernel nn.Dropout uses (0.2 ms against 0.8 ms for 100 images of 784 pixels)."""
-
-    def forward(self, x):
-        if not self.training or self.p == 0:
-            return x
-        keep = torch.rand_like(x) >= self.p  # each unit kept with probability 1 − p
-        return x * (keep / (1 - self.p))  # one mask of 0 and 1/(1 − p): one multiply forward and backward
-
-
 class VAE(nn.Module):
     """Encoder Q_φ(z|x) = N(μ, diag σ²) and decoder P_θ(x|z) = Π Bernoulli(sigmoid(logits))."""
 
@@ -359,6 +340,16 @@ class Discriminator(nn.Module):
         """The probability that x is real."""
         return torch.sigmoid(self.logits(x))
 
+class Dropout(nn.Dropout):
+    """nn.Dropout with its mask drawn by torch.rand: the same distribution, but on a CPU about 4× faster
+    than the bernoulli_ kernel nn.Dropout uses (0.2 ms against 0.8 ms for 100 images of 784 pixels)."""
+
+    def forward(self, x):
+        if not self.training or self.p == 0:
+            return x
+        keep = torch.rand_like(x) >= self.p  # each unit kept with probability 1 − p
+        return x * (keep / (1 - self.p))  # one mask of 0 and 1/(1 − p): one multiply forward and backward
+
 
 # ----------------------------------------------------------------------------- losses
 # Kingma & Welling Eq. 10, negated and per image, with the KL term weighted by w:
@@ -398,107 +389,11 @@ def r1_penalty(real_logits, real, gamma):
     return 0.5 * gamma * grad.pow(2).sum(1).mean()
 
 
-# ----------------------------------------------------------------------------- the VAE's fitted prior
-# Ex-post density estimation (Ghosh et al., ICLR 2020, §4): after training, fit a Gaussian mixture
-#   q(z) = Σ_k π_k N(z | m_k, S_k)
-# to the encoder means μ(x) of the training images; new images are z ~ q(z) through the decoder alone.
-def fit_mixture(z, k, iterations=100, tol=1e-3, seed=0, reg=1e-6):
-    """EM for a full-covariance Gaussian mixture on the rows of z (N×p), seeded by k-means++ and 10 k-means
-    steps; stops when the mean log-likelihood gains less than tol. Returns float64 tensors
-    {"weights": k, "means": k×p, "covariances": k×p×p}."""
-    z = z.detach().double().cpu()
-    n, p = z.shape
-    zz = outer_products(z)  # N×p²
-    centres = kmeans(z, k, torch.Generator().manual_seed(seed))
-    resp = F.one_hot(torch.cdist(z, centres).argmin(1), k).double()  # N×k responsibilities r_ik
-    log_likelihood = -math.inf
-    for _ in range(iterations):
-        # M step: π_k = N_k / N,  m_k = Σ_i r_ik z_i / N_k,  S_k = Σ_i r_ik z_i z_iᵀ / N_k − m_k m_kᵀ + reg·I
-        n_k = resp.sum(0) + 1e-10
-        means = resp.T @ z / n_k[:, None]
-        second_moments = (resp.T @ zz).reshape(k, p, p) / n_k[:, None, None]
-        covariances = second_moments - means[:, :, None] * means[:, None, :] + reg * torch.eye(p, dtype=z.dtype)
-        prior = {"weights": n_k / n, "means": means, "covariances": covariances}
-        # E step: r_ik = π_k N(z_i | m_k, S_k) / Σ_j π_j N(z_i | m_j, S_j)
-        log_joint = component_log_probs(prior, z)  # N×k
-        resp = torch.softmax(log_joint, 1)
-        previous, log_likelihood = log_likelihood, torch.logsumexp(log_joint, 1).mean().item()
-        if log_likelihood - previous < tol:
-            break
-    return prior
-
-
-def kmeans(z, k, generator, steps=10):
-    """k centres: k-means++ (each new centre drawn with probability ∝ squared distance), then Lloyd steps."""
-    centres = z[torch.randint(len(z), (1,), generator=generator)]
-    d2 = torch.cdist(z, centres).squeeze(1).pow(2)
-    for _ in range(1, k):
-        new = z[torch.multinomial(d2 + 1e-30, 1, generator=generator)]
-        centres = torch.cat([centres, new])
-        d2 = torch.minimum(d2, torch.cdist(z, new).squeeze(1).pow(2))
-    for _ in range(steps):
-        nearest = F.one_hot(torch.cdist(z, centres).argmin(1), k).double()  # N×k
-        count = nearest.sum(0)
-        centres = torch.where(count[:, None] > 0, nearest.T @ z / count.clamp_min(1)[:, None], centres)
-    return centres
-
-
-def outer_products(z):
-    """z_i z_iᵀ for each row of z (N×p), flattened: N×p²."""
-    return (z[:, :, None] * z[:, None, :]).reshape(len(z), -1)
-
-
-def component_log_probs(prior, z):
-    """log π_k + log N(z_i | m_k, S_k) for each row z_i of z and each component k: N×k. With P_k = S_k⁻¹,
-    (z − m)ᵀ P (z − m) = zᵀPz − 2 zᵀPm + mᵀPm: three matrix products over all components at once."""
-    means, p = prior["means"], z.shape[1]
-    L = torch.linalg.cholesky(prior["covariances"])  # S_k = L_k L_kᵀ
-    P = torch.cholesky_inverse(L)  # k×p×p
-    Pm = (P @ means[:, :, None]).squeeze(2)  # k×p
-    quadratic = outer_products(z) @ P.reshape(len(means), p * p).T - 2 * z @ Pm.T + (means * Pm).sum(1)  # N×k
-    log_det = 2 * L.diagonal(dim1=1, dim2=2).log().sum(1)  # log |S_k|
-    return prior["weights"].log() - 0.5 * (quadratic + log_det + p * math.log(2 * math.pi))
-
-
-def mixture(prior):
-    """The fitted prior as a torch.distributions object (its log_prob is the mixture's density)."""
-    return torch.distributions.MixtureSameFamily(
-        torch.distributions.Categorical(probs=prior["weights"]),
-        torch.distributions.MultivariateNormal(prior["means"], covariance_matrix=prior["covariances"]))
-
-
-def sample_mixture(prior, n, generator=None):
-    """n draws z ~ q(z) (n×p float64): a component k ~ π, then z = m_k + L_k ε with L_k L_kᵀ = S_k and
-    ε ~ N(0, I)."""
-    k = torch.multinomial(prior["weights"], n, replacement=True, generator=generator)
-    eps = torch.randn(n, prior["means"].shape[1], 1, generator=generator, dtype=torch.float64)
-    return prior["means"][k] + (torch.linalg.cholesky(prior["covariances"])[k] @ eps).squeeze(2)
-
-
-def check_mixture(prior, p):
-    """Raises ValueError unless prior is a mixture in p dimensions that sample_mixture can draw from: the
-    shapes fit, every number is finite, the weights are a distribution, each covariance is positive definite."""
-    if not isinstance(prior, dict) or not all(isinstance(prior.get(key), torch.Tensor)
-                                              for key in ("weights", "means", "covariances")):
-        raise ValueError("the mixture lacks its weights, means or covariances")
-    weights, means, covariances = prior["weights"], prior["means"], prior["covariances"]
-    k = len(weights)
-    if weights.shape != (k,) or means.shape != (k, p) or covariances.shape != (k, p, p) or k == 0:
-        raise ValueError(f"the mixture's shapes do not fit p = {p}")
-    if not all(torch.isfinite(t).all() for t in (weights, means, covariances)):
-        raise ValueError("the mixture holds NaN or infinite numbers")
-    if (weights < 0).any() or abs(weights.sum().item() - 1) > 1e-6:
-        raise ValueError("the mixture's weights are not a distribution")
-    if torch.linalg.cholesky_ex(covariances.double()).info.any():
-        raise ValueError("a covariance of the mixture is not positive definite")
-
-
 # ----------------------------------------------------------------------------- training
 class VAETrainer:
     """Algorithm 1 of Kingma & Welling with L = 1 sample per image, Adam on θ and φ together."""
 
     name = "vae"
-    figures = ("vae.png", "vae_curves.png", "vae_interpolation.png", "vae_manifold.png")  # what write_figures writes
 
     def __init__(self, cfg, device):
         self.cfg, self.device = cfg, device
@@ -514,8 +409,6 @@ class VAETrainer:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.prior = state.get("prior")
-        if self.prior is not None:
-            check_mixture(self.prior, self.cfg.latent_dim)
 
     def after_training(self, train_x):
         """After the last epoch: fit the mixture prior (fit_prior), or with --mixture-components 0 drop one
@@ -534,7 +427,7 @@ class VAETrainer:
         x = train_x[pick[:fit_n]].to(self.device)
         mu = torch.cat([self.model.encode(x[i : i + 1000])[0] for i in range(0, len(x), 1000)])
         self.prior = fit_mixture(mu, components, seed=self.cfg.seed)
-        return f"fitted a mixture of {components} Gaussians to {len(x)} encodings μ(x)"
+        return f"fitted a mixture of {components} Gaussians to {len(x)} encodings mu(x)"
 
     def train_step(self, x):
         self.prior = None  # the encoder moves: a mixture fitted to its earlier encodings no longer fits them
@@ -643,7 +536,6 @@ class GANTrainer:
     """Algorithm 1 of Goodfellow et al.: k steps of D, then one of G, each on m images / m noise vectors."""
 
     name = "gan"
-    figures = ("gan.png", "gan_curves.png", "gan_progress.png")  # what write_figures writes
     n_fixed = 64  # fixed noise vectors for the figures
 
     def __init__(self, cfg, device):
@@ -868,27 +760,17 @@ class Meter:
 
 
 def resolve_device(name):
+    """The device --device names (auto: CUDA, then MPS, then the CPU), or one line where this machine lacks it."""
+    counts = {"cuda": torch.cuda.device_count(), "mps": int(torch.backends.mps.is_available()), "cpu": 1}
     if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
+        name = next(kind for kind, count in counts.items() if count)
     try:
         device = torch.device(name)
-    except RuntimeError:
-        raise UsageError(f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"device {name!r}: CUDA is not available here")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise UsageError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s), "
-                         f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise UsageError(f"device {name!r}: MPS is not available here")
-    if device.type == "mps" and device.index not in (None, 0):
-        raise UsageError(f"device {name!r}: there is one MPS device, mps or mps:0")
-    if device.type not in ("cpu", "cuda", "mps"):
-        raise UsageError(f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps")
+    except RuntimeError:  # not a device's name
+        device = None
+    if device is None or not 0 <= (device.index or 0) < counts.get(device.type, 0):
+        here = ["cpu"] + [f"cuda:{i}" for i in range(counts["cuda"])] + ["mps"] * counts["mps"]
+        raise UsageError(f"device {name!r}: not on this machine, which has {', '.join(here)} (or pass auto)")
     return device
 
 
@@ -899,7 +781,8 @@ def fit(trainer, cfg, train_x, test_x, run_dir, resume=False, log_every=25, on_e
     metrics, first_epoch = [], 1
     if resume:
         state = load_checkpoint(run_dir / "checkpoint.pt", trainer.name)
-        restore(trainer, state, run_dir / "checkpoint.pt", rng=True)
+        restore(trainer, state, run_dir / "checkpoint.pt")
+        set_rng_states(state["rng"])
         metrics, first_epoch = state["metrics"], state["epoch"] + 1
         print(f"{trainer.name}: resuming after epoch {state['epoch']} from {run_dir / 'checkpoint.pt'}")
     train_x, test_x = train_x.to(trainer.device), test_x.to(trainer.device)
@@ -946,307 +829,74 @@ def what_is_kept(run_dir):
     return f"the checkpoint of epoch {epoch} is kept in {run_dir}"
 
 
-# ----------------------------------------------------------------------------- signals, files and run directories
-STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")  # Ctrl-C; kill, timeout or a scheduler; a closed terminal
+# ----------------------------------------------------------------------------- the VAE's fitted prior
+# Ex-post density estimation (Ghosh et al., ICLR 2020, §4): after training, fit a Gaussian mixture
+#   q(z) = Σ_k π_k N(z | m_k, S_k)
+# to the encoder means μ(x) of the training images; new images are z ~ q(z) through the decoder alone.
+def fit_mixture(z, k, iterations=100, tol=1e-3, seed=0, reg=1e-6):
+    """EM for a full-covariance Gaussian mixture on the rows of z (N×p), seeded by k-means++ and 10 k-means
+    steps; stops when the mean log-likelihood gains less than tol. Returns float64 tensors
+    {"weights": k, "means": k×p, "covariances": k×p×p}."""
+    z = z.detach().double().cpu()
+    n, p = z.shape
+    zz = outer_products(z)  # N×p²
+    centres = kmeans(z, k, torch.Generator().manual_seed(seed))
+    resp = F.one_hot(torch.cdist(z, centres).argmin(1), k).double()  # N×k responsibilities r_ik
+    log_likelihood = -math.inf
+    for _ in range(iterations):
+        # M step: π_k = N_k / N,  m_k = Σ_i r_ik z_i / N_k,  S_k = Σ_i r_ik z_i z_iᵀ / N_k − m_k m_kᵀ + reg·I
+        n_k = resp.sum(0) + 1e-10
+        means = resp.T @ z / n_k[:, None]
+        second_moments = (resp.T @ zz).reshape(k, p, p) / n_k[:, None, None]
+        covariances = second_moments - means[:, :, None] * means[:, None, :] + reg * torch.eye(p, dtype=z.dtype)
+        prior = {"weights": n_k / n, "means": means, "covariances": covariances}
+        # E step: r_ik = π_k N(z_i | m_k, S_k) / Σ_j π_j N(z_i | m_j, S_j)
+        log_joint = component_log_probs(prior, z)  # N×k
+        resp = torch.softmax(log_joint, 1)
+        previous, log_likelihood = log_likelihood, torch.logsumexp(log_joint, 1).mean().item()
+        if log_likelihood - previous < tol:
+            break
+    return prior
 
 
-class Stopped(KeyboardInterrupt):
-    """A signal that ends the process, raised in the main thread wherever it is; the exit status is 128 + its
-    number (130 for SIGINT, 143 for SIGTERM, 129 for SIGHUP)."""
-
-    def __init__(self, signum):
-        super().__init__(signal.Signals(signum).name)
-        self.status = 128 + signum
-
-
-def stop_signals():
-    return [getattr(signal, name) for name in STOP_SIGNALS if hasattr(signal, name)]  # Windows has no SIGHUP
-
-
-class StopSignals:
-    """The one handler of every signal that ends a process. The first raises Stopped in the main thread, where
-    the program is, or, while files are being written (deferred()), as soon as they are in place. Those after
-    it are ignored, so that a second Ctrl-C cannot cut short the clean-up of the first."""
-
-    def __init__(self):
-        self.writing, self.pending = 0, None
-
-    def __call__(self, signum, frame):
-        for s in stop_signals():
-            signal.signal(s, signal.SIG_IGN)
-        if self.writing:
-            self.pending = signum
-        else:
-            raise Stopped(signum)
-
-    @contextlib.contextmanager
-    def deferred(self):
-        self.writing += 1
-        try:
-            yield
-        finally:
-            self.writing -= 1
-        if self.pending and not self.writing:
-            raise Stopped(self.pending)
+def kmeans(z, k, generator, steps=10):
+    """k centres: k-means++ (each new centre drawn with probability ∝ squared distance), then Lloyd steps."""
+    centres = z[torch.randint(len(z), (1,), generator=generator)]
+    d2 = torch.cdist(z, centres).squeeze(1).pow(2)
+    for _ in range(1, k):
+        new = z[torch.multinomial(d2 + 1e-30, 1, generator=generator)]
+        centres = torch.cat([centres, new])
+        d2 = torch.minimum(d2, torch.cdist(z, new).squeeze(1).pow(2))
+    for _ in range(steps):
+        nearest = F.one_hot(torch.cdist(z, centres).argmin(1), k).double()  # N×k
+        count = nearest.sum(0)
+        centres = torch.where(count[:, None] > 0, nearest.T @ z / count.clamp_min(1)[:, None], centres)
+    return centres
 
 
-@contextlib.contextmanager
-def stop_signals_handled():
-    """A StopSignals handles the stop signals while the block runs, except one the parent ignores (as nohup
-    ignores SIGHUP); the previous handlers come back after it, unless a signal came (then they stay ignored
-    until the exit)."""
-    handler, previous = StopSignals(), {s: signal.getsignal(s) for s in stop_signals()}
-    for s, before in previous.items():
-        if before is not signal.SIG_IGN:
-            signal.signal(s, handler)
-    try:
-        yield
-    finally:
-        for s, before in previous.items():
-            if signal.getsignal(s) is handler:
-                signal.signal(s, before)
+def outer_products(z):
+    """z_i z_iᵀ for each row of z (N×p), flattened: N×p²."""
+    return (z[:, :, None] * z[:, None, :]).reshape(len(z), -1)
 
 
-@contextlib.contextmanager
-def stop_signals_deferred():
-    """Holds the stop signals back while the block writes files, where a StopSignals handles them (the
-    signal may reach any thread of the process, but its handler runs in the main thread, so this is done
-    there, not with a signal mask)."""
-    handlers = [signal.getsignal(s) for s in stop_signals()]
-    handler = next((h for h in handlers if isinstance(h, StopSignals)), None)
-    with handler.deferred() if handler else contextlib.nullcontext():
-        yield
+def component_log_probs(prior, z):
+    """log π_k + log N(z_i | m_k, S_k) for each row z_i of z and each component k: N×k. With P_k = S_k⁻¹,
+    (z − m)ᵀ P (z − m) = zᵀPz − 2 zᵀPm + mᵀPm: three matrix products over all components at once."""
+    means, p = prior["means"], z.shape[1]
+    L = torch.linalg.cholesky(prior["covariances"])  # S_k = L_k L_kᵀ
+    P = torch.cholesky_inverse(L)  # k×p×p
+    Pm = (P @ means[:, :, None]).squeeze(2)  # k×p
+    quadratic = outer_products(z) @ P.reshape(len(means), p * p).T - 2 * z @ Pm.T + (means * Pm).sum(1)  # N×k
+    log_det = 2 * L.diagonal(dim1=1, dim2=2).log().sum(1)  # log |S_k|
+    return prior["weights"].log() - 0.5 * (quadratic + log_det + p * math.log(2 * math.pi))
 
 
-# What each kind of file this script writes begins with: a writer replaces only a file of the kind it writes.
-CHECKPOINT_FILE = ("PyTorch", b"PK\x03\x04")  # torch.save writes a zip archive
-NPY_FILE = ("NumPy .npy", NPY_MAGIC)
-PNG_FILE = ("PNG", b"\x89PNG\r\n\x1a\n")
-JSON_FILE = ("JSON", (b"{", b"["))
-
-
-def check_replaceable(path, kind):
-    """Refuses to write over anything at path but a regular file of the kind (name, first bytes) written
-    there: not a symlink, a FIFO, a device, a directory, nor a file of another kind (a model, a README)."""
-    path, (name, magic) = Path(path), kind
-    if path.is_symlink():
-        raise UsageError(f"{path} is a symbolic link; not replaced (write to another path)")
-    if path.exists():
-        if not path.is_file():
-            raise UsageError(f"{path} exists and is not a regular file; not replaced (write to another path)")
-        with open(path, "rb") as f:
-            if not f.read(16).startswith(magic):
-                raise UsageError(f"{path} exists and is not a {name} file; not replaced (write to another path)")
-
-
-def atomic_write(path, write, kind):
-    """Calls write(file) on a temporary file, then renames it over path: path is old or new, never half. It
-    replaces only what check_replaceable allows, and the stop signals wait until the file is in place."""
-    path, tmp = Path(path), None
-    check_replaceable(path, kind)
-    try:
-        with stop_signals_deferred():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            # a temporary name of its own beside path, so that two runs at once never write the same file
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-            with os.fdopen(fd, "wb") as f:
-                write(f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, 0o644)  # mkstemp's file is private to its owner; a normal file is not
-            os.replace(tmp, path)
-    except OSError as e:
-        if tmp:
-            Path(tmp).unlink(missing_ok=True)
-        kept = "; the previous file is kept" if path.is_file() else ""
-        raise UsageError(f"could not write {path}: {e.strerror or e}{kept}") from None
-    except BaseException:
-        if tmp:
-            Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def check_dir(directory, flag):
-    """Refuses, before any work, an output directory that could not be made or written."""
-    if not str(directory):
-        raise UsageError(f"{flag} '': must name a directory")
-    for path in (Path(directory), *Path(directory).parents):
-        if path.is_symlink() and not path.exists():
-            raise UsageError(f"{flag} {directory}: {path} is a symbolic link to nothing")
-        if path.exists():
-            if not path.is_dir():
-                raise UsageError(f"{flag} {directory}: {path} is a file, not a directory")
-            if not os.access(path, os.W_OK):
-                raise UsageError(f"{flag} {directory}: {path} is not writable")
-            return
-
-
-@contextlib.contextmanager
-def run_dir_taken(run_dir):
-    """Marks run_dir as this run's while the block runs, and refuses a second run there: a lock on the
-    directory itself (flock; none on Windows), which the system drops when the process ends, even by SIGKILL.
-    What a killed run left there is cleaned first, and said: its temporary files, and config.json and
-    metrics.json where they no longer match the checkpoint."""
-    run_dir = Path(run_dir)
-    made = not run_dir.exists()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(run_dir, os.O_RDONLY) if fcntl else None
-    try:
-        try:
-            if fcntl:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise UsageError(f"{run_dir}: another run is training there; wait for it to end, or pass another "
-                             "--run-dir") from None
-        leftovers = sorted(run_dir.glob(".*.tmp"))
-        for path in leftovers:
-            path.unlink()
-        if leftovers:
-            print(f"removed {len(leftovers)} temporary file(s) that a killed run left in {run_dir}: "
-                  f"{', '.join(p.name for p in leftovers)}")
-        try:
-            state = load_checkpoint(run_dir / "checkpoint.pt")
-            trainer_from_checkpoint(state, torch.device("cpu"), run_dir / "checkpoint.pt")  # all of it readable
-        except UsageError:  # none, or one this run cannot read: a new run replaces it, --resume says why not
-            state = None
-        if state and save_run_files(run_dir, state["model"], dataclasses.asdict(state["config"]), state["metrics"]):
-            print(f"rewrote config.json and metrics.json in {run_dir} to match its checkpoint (a run was killed "
-                  "between writing them)")
-        yield
-    finally:
-        if fd is not None:
-            os.close(fd)
-        if made and not any(run_dir.iterdir()):  # a run that saved nothing leaves no directory behind
-            run_dir.rmdir()
-
-
-def save_json(path, obj):
-    atomic_write(path, lambda f: f.write(json.dumps(obj, indent=1).encode()), JSON_FILE)
-
-
-def save_checkpoint(run_dir, trainer, cfg, epoch, metrics):
-    """model(s), optimizer(s), config, epoch, metrics and RNG state: all that --resume needs; then config.json
-    and metrics.json from it, the stop signals held back until all three are written."""
-    state = {
-        "format": CHECKPOINT_FORMAT, "model": trainer.name, "config": dataclasses.asdict(cfg), "epoch": epoch,
-        "metrics": metrics,
-        "trainer": trainer.state_dict(), "rng": rng_states(),
-    }
-    with stop_signals_deferred():
-        atomic_write(Path(run_dir) / "checkpoint.pt", lambda f: torch.save(state, f), CHECKPOINT_FILE)
-        save_run_files(run_dir, trainer.name, state["config"], metrics)
-
-
-def save_run_files(run_dir, model, config, metrics):
-    """config.json and metrics.json, readable copies of the checkpoint's config (a dict) and metrics, each
-    written where it differs; returns whether any was."""
-    wrote = False
-    for name, obj in (("config.json", {"model": model, **config}), ("metrics.json", metrics)):
-        path = Path(run_dir) / name
-        try:
-            same = json.loads(path.read_text()) == obj
-        except (OSError, ValueError):
-            same = False
-        if not same:
-            save_json(path, obj)
-            wrote = True
-    return wrote
-
-
-def rng_states():
-    """The state of every random generator a run draws from: the CPU's, and each GPU's where there is one."""
-    states = {"cpu": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        states["cuda"] = torch.cuda.get_rng_state_all()
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        states["mps"] = torch.mps.get_rng_state()
-    return states
-
-
-def set_rng_states(states):
-    """Restores what rng_states() saved, so a resumed run draws the noise an uninterrupted one would."""
-    torch.set_rng_state(states["cpu"])
-    if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
-    if "mps" in states and torch.backends.mps.is_available():
-        torch.mps.set_rng_state(states["mps"])
-
-
-CHECKPOINT_KEYS = {"format": int, "model": str, "config": dict, "epoch": int, "metrics": list, "trainer": dict,
-                   "rng": dict}  # what a checkpoint holds, and of which type
-
-
-def load_checkpoint(path, model=None):
-    """The checkpoint at path, checked once, here, against what the code needs from it: its keys and their
-    types, a model of this script, a config this version accepts (returned as a config object)."""
-    path = Path(path)
-    if not path.exists():
-        raise UsageError(f"{path}: no checkpoint here (train first, or pass --checkpoint / --run-dir)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many kinds for a corrupt file
-        # torch's advice for a file that holds other objects, to load it with weights_only=False, would run
-        # code from a pickle: it is not passed on
-        reason = "it holds objects other than tensors and plain data" if "weights_only" in str(e) else first_line(e)
-        raise UsageError(f"{path}: not a readable checkpoint ({reason})") from None
-    if not isinstance(state, dict) or "model" not in state or "trainer" not in state:
-        raise UsageError(f"{path}: not a homework7 checkpoint")
-    if state.get("format") != CHECKPOINT_FORMAT:
-        raise UsageError(f"{path}: written by another version of homework7.py (checkpoint format "
-                         f"{state.get('format', 1)}, this one reads {CHECKPOINT_FORMAT}); train it again")
-    wrong = [key for key, kind in CHECKPOINT_KEYS.items() if not isinstance(state.get(key), kind)]
-    if wrong:
-        raise UsageError(f"{path}: a damaged checkpoint ({', '.join(wrong)} missing or of the wrong type)")
-    if state["model"] not in TRAINERS:
-        raise UsageError(f"{path}: a damaged checkpoint (model {state['model']!r} is neither vae nor gan)")
-    if not 1 <= state["epoch"] == len(state["metrics"]):
-        raise UsageError(f"{path}: a damaged checkpoint (epoch {state['epoch']}, but metrics of "
-                         f"{len(state['metrics'])} epochs)")
-    cpu_rng = state["rng"].get("cpu")
-    if not isinstance(cpu_rng, torch.Tensor) or cpu_rng.shape != torch.get_rng_state().shape:
-        raise UsageError(f"{path}: a damaged checkpoint (the state of its random generator)")
-    if model and state["model"] != model:
-        raise UsageError(f"{path}: a {state['model']} checkpoint, not a {model} one")
-    state["config"] = saved_config(TRAINERS[state["model"]][0], state["config"], path)
-    return state
-
-
-def saved_config(config_cls, saved, path):
-    """The config stored in a checkpoint as a config object: refused if another version of this script wrote
-    it, or if a value has the wrong type or fails validate_config."""
-    fields = {f.name: f for f in dataclasses.fields(config_cls)}
-    if set(saved) != set(fields):
-        odd = sorted(set(saved) ^ set(fields))
-        raise UsageError(f"{path}: written by another version of homework7.py (config fields differ: "
-                         f"{', '.join(odd)}); train it again")
-    for name, value in saved.items():
-        kind, default = fields[name].type, fields[name].default
-        numeric = kind is float and type(value) is int  # JSON-like data: 1 stands for 1.0
-        if not (type(value) is kind or numeric or (value is None and default is None)):
-            raise UsageError(f"{path}: a damaged checkpoint (config {name} = {value!r} should be a {kind.__name__})")
-    cfg = config_cls(**saved)
-    try:
-        validate_config(cfg)
-    except UsageError as e:
-        raise UsageError(f"{path}: a damaged checkpoint (config {e})") from None
-    return cfg
-
-
-def trainer_from_checkpoint(state, device, path):
-    return restore(TRAINERS[state["model"]][1](state["config"], device), state, path)
-
-
-def restore(trainer, state, path, rng=False):
-    """The trainer with the checkpoint's weights, optimizer states and (rng=True) random generators, or a
-    clear line where they do not fit it."""
-    try:
-        trainer.load_state_dict(state["trainer"])
-        if rng:
-            set_rng_states(state["rng"])
-    except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as e:
-        raise UsageError(f"{path}: a damaged checkpoint, or one written by another version of homework7.py "
-                         f"({first_line(e)}); train it again") from None
-    return trainer
+def sample_mixture(prior, n, generator=None):
+    """n draws z ~ q(z) (n×p float64): a component k ~ π, then z = m_k + L_k ε with L_k L_kᵀ = S_k and
+    ε ~ N(0, I)."""
+    k = torch.multinomial(prior["weights"], n, replacement=True, generator=generator)
+    eps = torch.randn(n, prior["means"].shape[1], 1, generator=generator, dtype=torch.float64)
+    return prior["means"][k] + (torch.linalg.cholesky(prior["covariances"])[k] @ eps).squeeze(2)
 
 
 # ----------------------------------------------------------------------------- figures
@@ -1263,7 +913,7 @@ def tile(images, ncols, pad=2):
 
 
 def save_figure(fig, path):
-    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=fig.dpi), PNG_FILE)
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=fig.dpi))
 
 
 def plot_rows(rows, path, title):
@@ -1310,7 +960,127 @@ def plot_curves(metrics, series, path, ylabel=""):
     save_figure(fig, path)
 
 
-# ----------------------------------------------------------------------------- CLI
+# ----------------------------------------------------------------------------- checkpoints and stops
+def atomic_write(path, write):
+    """Calls write(file) on a temporary file beside path, then renames it over path: path holds the old file
+    or the new one, never half of one. Where writing fails (a full disk), the previous file stays."""
+    path, tmp = Path(path), None
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # a name of its own
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp's file is private to its owner; a normal file is not
+        os.replace(tmp, path)
+    except BaseException as e:  # a stop signal too: no temporary file is left behind
+        if tmp:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            kept = "; the previous file is kept" if path.is_file() else ""
+            raise UsageError(f"could not write {path}: {e.strerror or e}{kept}") from None
+        raise
+
+
+def save_json(path, obj):
+    atomic_write(path, lambda f: f.write(json.dumps(obj, indent=1).encode()))
+
+
+def save_checkpoint(run_dir, trainer, cfg, epoch, metrics):
+    """Model(s), optimizer(s), config, epoch, metrics and RNG states: all that --resume needs; then readable
+    copies of its config and metrics, config.json and metrics.json."""
+    state = {"format": CHECKPOINT_FORMAT, "model": trainer.name, "config": dataclasses.asdict(cfg), "epoch": epoch,
+             "metrics": metrics, "trainer": trainer.state_dict(), "rng": rng_states()}
+    atomic_write(Path(run_dir) / "checkpoint.pt", lambda f: torch.save(state, f))
+    save_json(Path(run_dir) / "config.json", {"model": trainer.name, **state["config"]})
+    save_json(Path(run_dir) / "metrics.json", metrics)
+
+
+def rng_states():
+    """The state of every random generator a run draws from: the CPU's, and each GPU's where there is one."""
+    states = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        states["mps"] = torch.mps.get_rng_state()
+    return states
+
+
+def set_rng_states(states):
+    """Restores what rng_states() saved, so a resumed run draws the noise an uninterrupted one would."""
+    torch.set_rng_state(states["cpu"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+    if "mps" in states and torch.backends.mps.is_available():
+        torch.mps.set_rng_state(states["mps"])
+
+
+def load_checkpoint(path, model=None):
+    """The checkpoint at path, its config as a config object; one line where it is not this version's or model's."""
+    path = Path(path)
+    if not path.exists():
+        raise UsageError(f"{path}: no checkpoint here (train first, or pass --checkpoint / --run-dir)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many kinds for a corrupt file
+        # torch's advice for a file of other objects, to load it with weights_only=False, would run a pickle's code
+        reason = "it holds objects other than tensors and plain data" if "weights_only" in str(e) else first_line(e)
+        raise UsageError(f"{path}: not a readable checkpoint ({reason})") from None
+    if not isinstance(state, dict) or state.get("model") not in TRAINERS:
+        raise UsageError(f"{path}: not a homework7 checkpoint")
+    config_cls = TRAINERS[state["model"]][0]
+    if state.get("format") != CHECKPOINT_FORMAT or set(state["config"]) != {f.name for f in
+                                                                           dataclasses.fields(config_cls)}:
+        raise UsageError(f"{path}: written by another version of homework7.py; train it again")
+    if model and state["model"] != model:
+        raise UsageError(f"{path}: a {state['model']} checkpoint, not a {model} one")
+    state["config"] = config_cls(**state["config"])
+    return state
+
+
+def trainer_from_checkpoint(state, device, path):
+    return restore(TRAINERS[state["model"]][1](state["config"], device), state, path)
+
+
+def restore(trainer, state, path):
+    """The trainer with the checkpoint's weights and optimizer states, or one line where they do not fit it."""
+    try:
+        trainer.load_state_dict(state["trainer"])
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as e:
+        raise UsageError(f"{path}: a damaged checkpoint, or one written by another version of homework7.py "
+                         f"({first_line(e)}); train it again") from None
+    return trainer
+
+
+# Ctrl-C; kill, timeout or a scheduler; a closed terminal (Windows has no SIGHUP)
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
+def stop(signum, frame):
+    """The one handler of the stop signals: the first raises KeyboardInterrupt(its number) in the main thread,
+    wherever it is; those after it are ignored, so that a second Ctrl-C cannot cut short the way out."""
+    for s in STOP_SIGNALS:
+        signal.signal(s, signal.SIG_IGN)
+    raise KeyboardInterrupt(signum)
+
+
+@contextlib.contextmanager
+def stop_signals_handled():
+    """stop() handles the stop signals while the block runs, except one the parent ignores (as nohup ignores
+    SIGHUP); the previous handlers come back after it, unless a signal came."""
+    previous = {s: signal.getsignal(s) for s in STOP_SIGNALS}
+    for s, before in previous.items():
+        if before is not signal.SIG_IGN:
+            signal.signal(s, stop)
+    try:
+        yield
+    finally:
+        for s, before in previous.items():
+            if signal.getsignal(s) is stop:
+                signal.signal(s, before)
+
+
+# ----------------------------------------------------------------------------- command line
 class Parser(argparse.ArgumentParser):
     """argparse, with a bad flag answered in one line (the usage is one --help away) and exit status 2, and
     no abbreviated flags (--epoch is a typo, not --epochs)."""
@@ -1406,12 +1176,6 @@ def train(name, cfg, resume=False):
     """Trains one model as cfg says and writes its figures; returns (trainer, test images on its device)."""
     device = resolve_device(cfg.device)
     trainer_cls = TRAINERS[name][1]
-    check_dir(cfg.run_dir, "--run-dir")
-    check_dir(cfg.figures_dir, "--figures-dir")
-    outputs = [(Path(cfg.run_dir) / "checkpoint.pt", CHECKPOINT_FILE), *((Path(cfg.run_dir) / f, JSON_FILE) for f in
-               ("config.json", "metrics.json")), *((Path(cfg.figures_dir) / f, PNG_FILE) for f in trainer_cls.figures)]
-    for path, kind in outputs:
-        check_replaceable(path, kind)
     train_x, test_x = load_images(cfg)
     n_fit = min(len(train_x), getattr(cfg, "mixture_fit_n", 0))
     if getattr(cfg, "mixture_components", 0) > n_fit:
@@ -1420,8 +1184,7 @@ def train(name, cfg, resume=False):
                          "(or 0 for no mixture)")
     if name == "gan" and len(train_x) < 2:
         raise UsageError("the GAN needs at least 2 training images (BatchNorm normalises over a minibatch)")
-    check_memory(training_bytes(trainer_cls, cfg, len(train_x)), f"training this {name}")
-    with run_dir_taken(cfg.run_dir):
+    with output_dirs(("--run-dir", cfg.run_dir), ("--figures-dir", cfg.figures_dir)):
         print(f"{name}: {len(train_x)} training and {len(test_x)} test images on {device}; run dir {cfg.run_dir}")
         torch.manual_seed(cfg.seed)  # initial weights, data order, dropout and noise
         trainer = trainer_cls(cfg, device)
@@ -1439,55 +1202,31 @@ def train(name, cfg, resume=False):
     return trainer, test_x
 
 
-def training_bytes(trainer_cls, cfg, n_train):
-    """About the memory a training run holds at once: every tensor of the trainer four times over (weights,
-    gradients, Adam's two moments), the training images, and for the VAE the mixture fit's N×p² outer
-    products and its k covariances and their inverses."""
-    with torch.device("meta"):  # the networks' shapes, without their memory
-        tensors = trainer_cls(cfg, torch.device("meta")).state_dict()
-    count = sum(t.numel() for d in tensors.values() if isinstance(d, dict) for t in d.values()
-                if isinstance(t, torch.Tensor))
-    n_bytes = 16 * count + 4 * IMAGE_DIM * n_train
-    if getattr(cfg, "mixture_components", 0):
-        p2 = cfg.latent_dim ** 2
-        n_bytes += 8 * p2 * (2 * min(n_train, cfg.mixture_fit_n) + 3 * cfg.mixture_components)
-    return n_bytes
-
-
-def memory_limit():
-    """The bytes this process may hold: the machine's memory, or the limit set on the process where that is
-    lower (None where neither is known)."""
-    limits = []
+@contextlib.contextmanager
+def output_dirs(*flagged_dirs):
+    """Makes each (flag, directory) before any work, or says in one line why it cannot be used; when the block
+    ends, those it made that stayed empty are removed, so that a run that wrote nothing leaves nothing."""
+    made = [p for _, d in flagged_dirs for p in (Path(d), *Path(d).parents) if not p.exists()]  # deepest first
     try:
-        limits.append(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
-    except (AttributeError, ValueError, OSError):  # no sysconf on Windows
-        pass
-    if resource:
-        for which in (resource.RLIMIT_AS, resource.RLIMIT_DATA):
-            soft = resource.getrlimit(which)[0]
-            if soft != resource.RLIM_INFINITY:
-                limits.append(soft)
-    return min(limits, default=None)
-
-
-def check_memory(n_bytes, what):
-    """Refuses, before any work, what needs more memory than this process can have."""
-    limit = memory_limit()
-    if limit and n_bytes > limit:
-        raise UsageError(f"{what} needs about {gib(n_bytes)} of memory, more than the {gib(limit)} this process "
-                         "can have; choose smaller sizes")
-
-
-def gib(n_bytes):
-    """A size in GiB, to three digits where that is small (2.92 GiB), in whole GiB beyond (1,234 GiB)."""
-    return f"{n_bytes / 2**30:.3g} GiB" if n_bytes < 100 * 2**30 else f"{n_bytes / 2**30:,.0f} GiB"
+        for flag, directory in flagged_dirs:
+            try:
+                Path(directory).mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise UsageError(f"{flag} {directory}: {e.strerror or e}") from None
+            if not os.access(directory, os.W_OK | os.X_OK):
+                raise UsageError(f"{flag} {directory}: not writable")
+        yield
+    finally:
+        for path in made:
+            with contextlib.suppress(OSError):  # one that holds files stays
+                path.rmdir()
 
 
 def train_command(name, given, resume):
     cfg = make_config(TRAINERS[name][0], given, name, resume)
     try:
         train(name, cfg, resume)
-    except KeyboardInterrupt as e:  # Ctrl-C, or Stopped by another stop signal
+    except KeyboardInterrupt as e:  # Ctrl-C, or another stop signal
         status, why = stopped_by(e)
         print(f"\n{name}: {why}; {what_is_kept(cfg.run_dir)}; continue with: python homework7.py {name} --resume",
               file=sys.stderr)
@@ -1496,37 +1235,19 @@ def train_command(name, given, resume):
 
 
 def stopped_by(error):
-    """(exit status, words for the log) of a KeyboardInterrupt: Ctrl-C's own, or Stopped by another signal."""
-    status = getattr(error, "status", 130)
-    return status, "interrupted" if status == 130 else f"stopped by {error}"
-
-
-# What a console without Greek letters or mathematical signs (Windows' cp1252, ASCII) prints in their place.
-ASCII_SPELLING = {"−": "-", "×": "x", "·": "*", "≥": ">=", "≤": "<=", "≈": "~", "‖": "||", "→": "->", "⊙": "*",
-                  "∇": "grad ", "Σ": "sum ", "—": "--", "–": "-", "…": "..."}
-
-
-def ascii_spelling(error):
-    """A codecs error handler: each character the output's encoding lacks, spelled in ASCII (μ → mu,
-    ≥ → >=, z₂ → z2), so that no line a command prints ends in UnicodeEncodeError."""
-    def spell(c):
-        if c in ASCII_SPELLING:
-            return ASCII_SPELLING[c]
-        if unicodedata.name(c, "").startswith("GREEK"):
-            return unicodedata.name(c).split()[-1].lower()  # GREEK SMALL LETTER MU → mu
-        return unicodedata.normalize("NFKD", c).encode("ascii", "ignore").decode() or "?"  # ₂ → 2, é → e
-    return "".join(map(spell, error.object[error.start : error.end])), error.end
+    """(exit status 128 + the signal's number, words for the log) of the KeyboardInterrupt of a stop signal."""
+    signum = error.args[0] if error.args else signal.SIGINT  # stop() passes the number, Python's own Ctrl-C none
+    return 128 + signum, "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
 
 
 def run_cli(parser, argv, command):
     """Parses argv and runs command(args), for every command of this script and of tools/: whatever the
-    console's encoding, what they print is written (ascii_spelling); bad input or memory that runs out ends
-    in one line and exit status 2; a stop signal (stop_signals_handled) in one line and status 128 + its
-    number: 130 for Ctrl-C, 143 for SIGTERM, 129 for SIGHUP."""
-    codecs.register_error("ascii_spelling", ascii_spelling)
+    console's encoding, what they print is written (a character it lacks as ?); bad input or memory that
+    runs out ends in one line and exit status 2; a stop signal in one line and status 128 + its number: 130
+    for Ctrl-C, 143 for SIGTERM, 129 for SIGHUP."""
     for stream in (sys.stdout, sys.stderr):
         if hasattr(stream, "reconfigure"):
-            stream.reconfigure(errors="ascii_spelling")
+            stream.reconfigure(errors="replace")
     args = parser.parse_args(argv)
     try:
         with stop_signals_handled():
@@ -1539,7 +1260,7 @@ def run_cli(parser, argv, command):
             raise
         print(f"{parser.prog}: error: out of memory ({first_line(e)}); choose smaller sizes", file=sys.stderr)
         return 2
-    except KeyboardInterrupt as e:  # Ctrl-C, or Stopped by another stop signal
+    except KeyboardInterrupt as e:  # Ctrl-C, or another stop signal
         status, why = stopped_by(e)
         print(f"\n{parser.prog}: {why}", file=sys.stderr)
         return status

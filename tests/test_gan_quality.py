@@ -104,17 +104,6 @@ def test_the_figure_draws_each_methods_mean_over_seeds_against_step_cost_minutes
     assert list(recorded.get_xdata()) == [99.0, 99.0]  # without a step cost: the minutes recorded
 
 
-def test_a_second_run_of_the_same_method_and_seed_is_refused(tmp_path, stub_classifier, images, monkeypatch, capsys):
-    monkeypatch.setattr(gq, "real_references",
-                        lambda classifier, device: (gq.classify(classifier, torch.from_numpy(images[:500]))[1], None))
-    argv = ["--methods", "old", "--epochs", "1", "--at", "1", "--n", "100", "--n-train", "200",
-            "--out-dir", str(tmp_path), "--classifier", str(stub_classifier)]
-    with hw.run_dir_taken(gq.method_config("old", 1, tmp_path, 200).run_dir):  # a run of it is training
-        assert gq.main(argv) == 2
-    assert "another run is training there" in capsys.readouterr().err
-    assert not (gq.quality_dir(tmp_path) / "old.json").exists()
-
-
 def test_saved_records_give_the_tables_without_training(tmp_path, capsys):
     def record(method, seed, at):
         points = [{"epoch": e, "minutes": e / 10, "confident": 0.8, "inception_score": 9.0, "fid": 5.0} for e in at]

@@ -32,6 +32,7 @@ def page_text(pages):
 
 def fake_figures(figures, names):
     images = torch.rand(16, hw.IMAGE_DIM)
+    figures.mkdir(parents=True, exist_ok=True)
     for name in names:
         hw.plot_grid(images, figures / name, name)
 

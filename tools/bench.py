@@ -193,6 +193,7 @@ def epoch_parts(name, train_x, test_x, cfg, run_dir, epochs=3):
     """Seconds of one whole epoch of fit() (the fastest of the epochs after the first) and of its parts: the
     training steps inside it, the trainer's evaluate() and the checkpoint's save (each timed on its own)."""
     cfg = dataclasses.replace(cfg, epochs=epochs, run_dir=str(run_dir))
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     trainer = timed_steps(TRAINERS[name][1])(cfg, torch.device("cpu"))
     ends = []

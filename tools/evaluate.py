@@ -18,9 +18,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from homework7 import (CHECKPOINT_FILE, IMAGE_DIM, IMAGE_SIDE, MNIST_SHA256, Parser, UsageError,
-                       atomic_write, check_replaceable, first_line, load_images, load_mnist, make_adam, run_cli,
-                       save_json)
+from homework7 import (IMAGE_DIM, IMAGE_SIDE, MNIST_SHA256, Parser, UsageError, first_line, load_images, load_mnist,
+                       make_adam, run_cli, save_json)
+from tools.outputs import CHECKPOINT_FILE, check_replaceable, write_output
 from tools.sample import add_checkpoint_flags, checkpoint_trainer, draw_samples
 
 CLASSIFIER_PATH = "runs/classifier.pt"  # where the trained classifier is cached
@@ -122,7 +122,8 @@ def load_classifier(path, device, log=print):
         raise UsageError(f"the MNIST classifier reached only {accuracy:.4f} test accuracy "
                          f"(< {CLASSIFIER_MIN_ACCURACY}); its scores would not be trusted")
     state = {"stamp": stamp, "model": classifier.state_dict(), "accuracy": accuracy}
-    atomic_write(path, lambda f: torch.save(state, f), CHECKPOINT_FILE)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_output(path, lambda f: torch.save(state, f), CHECKPOINT_FILE)
     return classifier.to(device), accuracy
 
 
@@ -248,16 +249,16 @@ def format_report(report):
 def score_notes(report):
     """What the table's numbers mean, and the VAE's likelihood bounds, as lines of text."""
     lines = [f"{report['n_samples']} samples judged by an MNIST CNN with test accuracy "
-             f"{report['classifier_accuracy']:.4f}; confident: p(y|x) ≥ {CONFIDENT}; covered: ≥ {COVERED:.0%} of "
+             f"{report['classifier_accuracy']:.4f}; confident: p(y|x) >= {CONFIDENT}; covered: >= {COVERED:.0%} of "
              "samples; IS in [1, 10]",
              "* FID here uses that CNN's 128 penultimate features against the MNIST test set: "
              "not comparable with Inception-v3 FID"]
     if "test_elbo" in report:
-        lines.append(f"test −ELBO {report['test_elbo']:.2f} nats per image")
+        lines.append(f"test -ELBO {report['test_elbo']:.2f} nats per image")
     if "iwae" in report:
         w = report["iwae"]
-        lines.append(f"on the first {w['n_images']} test images: −ELBO {w['elbo']:.2f}, "
-                     f"IWAE bound (K={w['k']}) −log p(x) ≤ {w['nll']:.2f} nats per image")
+        lines.append(f"on the first {w['n_images']} test images: -ELBO {w['elbo']:.2f}, "
+                     f"IWAE bound (K={w['k']}) -log p(x) <= {w['nll']:.2f} nats per image")
     return lines
 
 

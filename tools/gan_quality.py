@@ -21,9 +21,8 @@ from pathlib import Path
 import torch
 from matplotlib.figure import Figure
 
-from homework7 import (GANConfig, GANTrainer, Parser, UsageError, check_dir, fit, load_checkpoint,
-                       load_images, resolve_device, run_cli, run_dir_taken, save_figure, save_json,
-                       trainer_from_checkpoint, validate_config)
+from homework7 import (GANConfig, GANTrainer, Parser, UsageError, fit, load_checkpoint, load_images, output_dirs,
+                       resolve_device, run_cli, save_figure, save_json, trainer_from_checkpoint, validate_config)
 from tools.bench import endless_minibatches, time_loop
 from tools.evaluate import CLASSIFIER_PATH, classify, load_classifier, real_references, sample_scores
 from tools.sample import draw_samples
@@ -103,7 +102,6 @@ def run_method(name, at, n, epochs, retrain=False, out_dir=QUALITY_DIR, n_train=
         if {k: saved.get(k) for k in wanted} == wanted:
             return saved
         print(f"{path}: recorded for another config, --at or --n; training again")
-    check_dir(cfg.run_dir, "run dir")
     device = resolve_device(cfg.device)
     classifier = load_classifier(classifier_path, device)[0]
     reference = real_references(classifier, device)[0]
@@ -119,7 +117,7 @@ def run_method(name, at, n, epochs, retrain=False, out_dir=QUALITY_DIR, n_train=
             return
         began = time.perf_counter()
         minutes = (began - start - scoring[0]) / 60
-        point = {"epoch": epoch, "minutes": round(minutes, 3),
+        point = {"epoch": epoch, "minutes": minutes,  # unrounded: two points never tie, however fast the machine
                  **score(trainer, train_x, classifier, reference, n, cfg.seed)}
         if not cfg.bn_batches:
             point["bn"] = score(trainer, train_x, classifier, reference, n, cfg.seed,
@@ -128,7 +126,7 @@ def run_method(name, at, n, epochs, retrain=False, out_dir=QUALITY_DIR, n_train=
         print(f"{name} epoch {epoch}: {point}", flush=True)
         scoring[0] += time.perf_counter() - began
 
-    with run_dir_taken(cfg.run_dir):  # a second run of the same method and seed is refused, as for homework7.py
+    with output_dirs(("run dir", cfg.run_dir)):
         metrics = fit(trainer, cfg, train_x, test_x, cfg.run_dir, on_epoch=on_epoch)
     seconds = [m["seconds"] for m in metrics]
     result = {**wanted, "method": name, "seed": seed, "points": points,

@@ -18,7 +18,8 @@ from matplotlib.backends.backend_pdf import PdfPages
 from matplotlib.figure import Figure
 
 import homework7 as hw
-from homework7 import Parser, RunConfig, UsageError, atomic_write, check_replaceable, run_cli
+from homework7 import Parser, RunConfig, UsageError, atomic_write, output_dirs, run_cli
+from tools.outputs import PDF_FILE, ZIP_FILE, check_replaceable
 from tools.evaluate import score_notes, score_rows
 
 PAGE_W, PAGE_H = 8.27, 11.69  # A4, inches
@@ -26,8 +27,6 @@ MARGIN = 0.75  # inches on every side
 TEXT_W = PAGE_W - 2 * MARGIN
 
 # (problem heading, model, its figure, caption): the figures the assignment asks for
-PDF_FILE = ("PDF", b"%PDF-")  # what the report's outputs begin with: an earlier report's are replaced, nothing else
-ZIP_FILE = ("zip", b"PK\x03\x04")
 PROBLEMS = [
     ("1 Variational Auto-Encoders", "vae", "vae.png",
      "Figure 1. Top row: 16 existing MNIST images x (the test set). Second row: their reconstructions "
@@ -176,9 +175,10 @@ def report(users, out_dir, figures_dir, runs_dir):
     for path, kind in ((pdf, PDF_FILE), (script, script_file), (archive, ZIP_FILE)):  # all checked before any write
         check_replaceable(path, kind)
     pages = build_pages(users, figures_dir, runs_dir)
-    atomic_write(pdf, lambda f: write_pdf(f, pages), PDF_FILE)
-    atomic_write(script, lambda f: f.write(source), script_file)
-    atomic_write(archive, lambda f: write_zip(f, [pdf, script]), ZIP_FILE)
+    with output_dirs(("--out-dir", out_dir)):
+        atomic_write(pdf, lambda f: write_pdf(f, pages))
+        atomic_write(script, lambda f: f.write(source))
+        atomic_write(archive, lambda f: write_zip(f, [pdf, script]))
     print(f"wrote {pdf} ({len(pages)} pages), {script} and {out_dir / f'{stem}.zip'}")
     return 0
 

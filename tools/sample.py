@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from homework7 import (IMAGE_DIM, NPY_FILE, TRAINERS, Parser, UsageError, atomic_write, check_memory,
-                       check_replaceable, load_checkpoint, resolve_device, run_cli, trainer_from_checkpoint)
+from homework7 import (IMAGE_DIM, TRAINERS, Parser, UsageError, load_checkpoint, resolve_device, run_cli,
+                       trainer_from_checkpoint)
+from tools.outputs import NPY_FILE, check_replaceable, write_output
 
 PRIORS = ("standard", "mixture")  # the VAE's new images: z ~ N(0, I), or z ~ the mixture fitted to μ(x)
 DEFAULT_PRIOR = "mixture"  # the one whose samples scored better
@@ -66,13 +67,12 @@ def sample_command(args):
         why = "is not a directory" if out_dir.exists() else "does not exist"
         raise UsageError(f"--out {args.out}: {out_dir} {why}")
     check_replaceable(args.out, NPY_FILE)
-    check_memory(4 * IMAGE_DIM * args.n, f"--n {args.n}")
     trainer, _ = checkpoint_trainer(args)
     samplers = trainer.samplers()
     sampler = args.prior or (DEFAULT_PRIOR if DEFAULT_PRIOR in samplers else next(iter(samplers)))
     images = draw_samples(trainer, args.n, args.seed, sampler)
-    atomic_write(args.out, lambda f: np.save(f, images.numpy()), NPY_FILE)
-    print(f"wrote {args.n} {args.model} samples ({args.n}×{IMAGE_DIM}, float32 in [0,1], {samplers[sampler]}) "
+    write_output(args.out, lambda f: np.save(f, images.numpy()), NPY_FILE)
+    print(f"wrote {args.n} {args.model} samples ({args.n}x{IMAGE_DIM}, float32 in [0,1], {samplers[sampler]}) "
           f"to {args.out}")
     return 0
 

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from homework7 import (Parser, RunConfig, UsageError, VAEConfig, add_config_flags, load_images, make_config, plot_rows,
-                       run_cli, save_json, train)
+from homework7 import (Parser, RunConfig, UsageError, VAEConfig, add_config_flags, load_images, make_config,
+                       output_dirs, plot_rows, run_cli, save_json, train)
 from tools.evaluate import CLASSIFIER_PATH, evaluate_trainer, load_classifier, real_references
 
 
@@ -58,8 +58,9 @@ def sweep(given, latent_dims, kl_weights, epochs_list, components, n, classifier
             rows += [(f"p = {p}, w = {w:g}:\nreconstruction", trainer.reconstruct(test_x[:16])),
                      ("new: z ~ N(0, I)", trainer.sample(16, generator)),
                      (f"new: {trainer.samplers()['mixture']}", trainer.sample(16, generator, "mixture"))]
-    plot_rows(rows, figures_dir / "vae_sweep.png",
-              f"VAE with latent dimension p and KL weight w ({epochs_list[-1]} epochs)")
+    with output_dirs(("--figures-dir", figures_dir)):
+        plot_rows(rows, figures_dir / "vae_sweep.png",
+                  f"VAE with latent dimension p and KL weight w ({epochs_list[-1]} epochs)")
     print(format_sweep(table))
     return 0
 
