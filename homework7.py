@@ -29,6 +29,7 @@ import io
 import json
 import math
 import os
+import shlex
 import signal
 import struct
 import sys
@@ -38,13 +39,17 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-import torch
-import torch.nn.functional as F
-from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
-from torch import nn
-from tqdm import tqdm
+try:  # torch takes a second or more to load: a Ctrl-C then ends in one line too
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+    from torch import nn
+    from tqdm import tqdm
+except KeyboardInterrupt:
+    print("\nhomework7.py: interrupted while starting", file=sys.stderr)
+    sys.exit(130)
 
 # ----------------------------------------------------------------------------- config
 IMAGE_SIDE = 28  # MNIST images are 28×28 ...
@@ -59,25 +64,33 @@ MNIST_SHA256 = {  # each file as published with MNIST (data/README.md says where
 }
 IDX_IMAGES, IDX_LABELS = b"\x00\x00\x08\x03", b"\x00\x00\x08\x01"  # IDX magic numbers: uint8, 3 axes or 1
 NPY_MAGIC = b"\x93NUMPY"  # how a .npy file begins
-CHECKPOINT_FORMAT = 2  # bump when what a checkpoint holds changes (2: the fitted prior, every RNG state)
+CHECKPOINT_FORMAT = 3  # bump when what a checkpoint holds changes (3: the GAN's standing statistics on their own)
 GAN_COLLAPSE_D_FAKE = 1e-3  # stop when D(G(z)) stays below this for a whole epoch
 GAN_DIVERGED_D_LOSS = 100.0  # stop when D's loss averages above this over an epoch (1.39 at D's equilibrium)
 
 
-def arg(default, help, **argparse_kwargs):
-    """A config field whose one-line help is also its command-line help."""
-    return field(default=default, metadata={"help": help, **argparse_kwargs})
+def arg(default, help, within=None, **argparse_kwargs):
+    """A config field whose one-line help is also its command-line help; a number's range, within, is written
+    as in mathematics ("[0, 1)", "(0, inf)"), said in that help and checked before any work (validate_config)."""
+    return field(default=default, metadata={"help": help, "within": within, **argparse_kwargs})
+
+
+def lies_within(value, interval):
+    """Whether the number value lies in the interval, written as in mathematics: "[1, 1e6]", "[0, 1)"."""
+    low, high = (float(end) for end in interval[1:-1].split(","))
+    above = low <= value if interval[0] == "[" else low < value
+    return above and (value <= high if interval[-1] == "]" else value < high)
 
 
 @dataclass
 class RunConfig:
     """What every training run shares."""
 
-    epochs: int = arg(30, "passes over the training set")
-    batch_size: int = arg(100, "minibatch size M")
-    lr: float = arg(1e-3, "Adam learning rate")
-    seed: int = arg(0, "random seed (data order, initial weights, noise)")
-    n_train: int = arg(None, "use only the first N training images (default: all)", type=int)
+    epochs: int = arg(30, "passes over the training set", "[1, 1e6]")
+    batch_size: int = arg(100, "minibatch size M", "[1, 1e6]")
+    lr: float = arg(1e-3, "Adam learning rate", "(0, inf)")
+    seed: int = arg(0, "random seed (data order, initial weights, noise)", "[0, 4294967295]")
+    n_train: int = arg(None, "use only the first N training images (default: all)", "[1, 1e9]", type=int)
     data: str = arg("", "training images: .npy (N×784 or N×28×28) or IDX file; '' = MNIST from data/")
     test_data: str = arg("", "test images for --data; '' holds out the last 10% of --data")
     device: str = arg("auto", "cpu, cuda, cuda:N, mps, or auto (CUDA, then MPS, then CPU)")
@@ -89,37 +102,42 @@ class RunConfig:
 class VAEConfig(RunConfig):
     """The VAE: encoder 784→hidden→2p (tanh, dropout), decoder p→hidden→784 sigmoids."""
 
-    epochs: int = arg(60, "passes over the training set")
-    batch_size: int = arg(500, "minibatch size M")
-    lr: float = arg(4.5e-3, "Adam learning rate")
-    latent_dim: int = arg(32, "p, the dimension of the latent code z")
-    hidden: int = arg(200, "hidden units of encoder and decoder")
-    dropout: float = arg(0.1, "dropout rate on the encoder's hidden layer")
-    kl_weight: float = arg(0.5, "weight of the KL term of Eq. 10 against reconstruction")
+    epochs: int = arg(60, "passes over the training set", "[1, 1e6]")
+    batch_size: int = arg(500, "minibatch size M", "[1, 1e6]")
+    lr: float = arg(4.5e-3, "Adam learning rate", "(0, inf)")
+    latent_dim: int = arg(32, "p, the dimension of the latent code z", "[1, 1e9]")
+    hidden: int = arg(200, "hidden units of encoder and decoder", "[1, 1e9]")
+    dropout: float = arg(0.1, "dropout rate on the encoder's hidden layer", "[0, 1)")
+    kl_weight: float = arg(0.5, "weight of the KL term of Eq. 10 against reconstruction", "[0, inf)")
     mixture_components: int = arg(200, "components of the Gaussian mixture fitted to the encodings μ(x) after "
-                                      "training, a second prior to sample from (0 = none)")
-    mixture_fit_n: int = arg(20000, "fit the mixture to the encodings of at most this many training images")
+                                      "training, a second prior to sample from (0 = none)", "[0, 1e6]")
+    mixture_fit_n: int = arg(20000, "fit the mixture to the encodings of at most this many training images",
+                             "[1, 1e9]")
 
 
 @dataclass
 class GANConfig(RunConfig):
     """The GAN: G with 4 linear layers, D with input dropout and 3 linear layers."""
 
-    epochs: int = arg(60, "passes of D over the training set")
-    batch_size: int = arg(500, "minibatch size m, of real images and of noise vectors")
-    lr: float = arg(8.9e-4, "Adam learning rate of both G and D")
-    beta1: float = arg(0.5, "Adam beta1 of both G and D")
-    noise_dim: int = arg(100, "dimension of G's Gaussian noise z")
-    hidden: int = arg(256, "hidden units of G and D")
-    dropout: float = arg(0.5, "rate of D's input dropout layer")
-    k: int = arg(1, "discriminator steps per generator step (Algorithm 1's k)")
-    r1: float = arg(0.01, "γ of the R1 penalty γ/2 · ‖∇ₓ a(x)‖² on D's logit a over real images (0 = off)")
-    r1_every: int = arg(16, "apply R1 on every this many D steps, weighted by it (lazy regularisation)")
-    ema: float = arg(0.9995, "decay of a moving average of G's weights that draws the samples (0 = off)")
+    epochs: int = arg(60, "passes of D over the training set", "[1, 1e6]")
+    batch_size: int = arg(500, "minibatch size m, of real images and of noise vectors (BatchNorm needs 2)",
+                          "[2, 1e6]")
+    lr: float = arg(8.9e-4, "Adam learning rate of both G and D", "(0, inf)")
+    beta1: float = arg(0.5, "Adam beta1 of both G and D", "[0, 1)")
+    noise_dim: int = arg(100, "dimension of G's Gaussian noise z", "[1, 1e9]")
+    hidden: int = arg(256, "hidden units of G and D", "[1, 1e9]")
+    dropout: float = arg(0.5, "rate of D's input dropout layer", "[0, 1)")
+    k: int = arg(1, "discriminator steps per generator step (Algorithm 1's k)", "[1, 1e6]")
+    r1: float = arg(0.01, "γ of the R1 penalty γ/2 · ‖∇ₓ a(x)‖² on D's logit a over real images (0 = off)",
+                    "[0, inf)")
+    r1_every: int = arg(16, "apply R1 on every this many D steps, weighted by it (lazy regularisation)",
+                        "[1, 1e6]")
+    ema: float = arg(0.9995, "decay of a moving average of G's weights that draws the samples (0 = off)",
+                     "[0, 1)")
     ema_rampup: float = arg(0.1, "the moving average spans at most this share of G's steps so far, so "
-                                 "that it follows G early on (0 = off)")
+                                 "that it follows G early on (0 = off)", "[0, inf)")
     bn_batches: int = arg(200, "after training, recompute the sampler's BatchNorm statistics over this many "
-                             "batches of noise (0 = keep those averaged from G's)")
+                             "batches of noise (0 = keep those averaged from G's)", "[0, 1e5]")
     g_noise: str = arg("shared", "G's minibatch of noise: shared with D's step just before, whose G(z) it reuses "
                                  "(one pass of G fewer), or fresh, drawn anew as in Algorithm 1",
                        choices=("shared", "fresh"))
@@ -140,18 +158,9 @@ def first_line(error):
 
 
 # ----------------------------------------------------------------------------- data
-def read_bytes(path):
-    try:
-        return Path(path).read_bytes()
-    except FileNotFoundError:
-        raise UsageError(f"{path}: no such file") from None
-    except OSError as e:
-        raise UsageError(f"{path}: cannot read: {e.strerror or e}") from None
-
-
 def read_idx(path, magic, sha256=None):
     """An IDX file (LeCun's MNIST format, optionally gzipped) as a uint8 array, its SHA-256 checked if given."""
-    raw = read_bytes(path)
+    raw = Path(path).read_bytes()
     if sha256 and hashlib.sha256(raw).hexdigest() != sha256:
         raise UsageError(f"{path}: SHA-256 checksum mismatch (corrupt, or not the original MNIST file)")
     return parse_idx(gunzip(raw, path), magic, path)
@@ -198,12 +207,9 @@ def load_mnist(split, data_dir=MNIST_DIR):
 def read_image_file(path):
     """Images from a .npy file (the assignment's mnist_train_images.npy) or an IDX image file (optionally
     gzipped), told apart by name and first bytes, as an N×784 float32 tensor."""
-    raw = read_bytes(path)
+    raw = Path(path).read_bytes()
     if str(path).lower().endswith(".npy") or raw.startswith(NPY_MAGIC):
-        try:
-            array = np.load(io.BytesIO(raw), allow_pickle=False)
-        except (OSError, ValueError, EOFError) as e:
-            raise UsageError(f"{path}: not a readable .npy file: {e}") from None
+        array = parse_npy(raw, path)
     else:
         raw = gunzip(raw, path)
         if not raw.startswith(IDX_IMAGES[:3]):
@@ -211,6 +217,24 @@ def read_image_file(path):
                              "--data takes the assignment's .npy (N×784 or N×28×28) or an IDX file")
         array = parse_idx(raw, IDX_IMAGES, path)
     return images_to_tensor(array, path)
+
+
+def parse_npy(raw, path):
+    """The array in the bytes of a .npy file, its header checked against the bytes that follow it before any
+    memory is taken for it (NumPy's format: a magic string and version, a header of shape and dtype, the data)."""
+    f = io.BytesIO(raw)
+    try:
+        version = np.lib.format.read_magic(f)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran_order, dtype = read_header(f)
+    except (ValueError, EOFError) as e:
+        raise UsageError(f"{path}: not a readable .npy file ({first_line(e)})") from None
+    if dtype.hasobject:
+        raise UsageError(f"{path}: not a .npy file of pixels (it holds Python objects)")
+    if len(raw) - f.tell() != math.prod(shape) * dtype.itemsize:
+        raise UsageError(f"{path}: truncated or corrupt: header says {'×'.join(map(str, shape))} of {dtype}, file has "
+                         f"{len(raw) - f.tell()} bytes of data")
+    return np.frombuffer(raw, dtype, math.prod(shape), f.tell()).reshape(shape, order="F" if fortran_order else "C")
 
 
 def images_to_tensor(array, source):
@@ -227,10 +251,10 @@ def images_to_tensor(array, source):
         if not np.isfinite(array).all():
             raise UsageError(f"{source}: holds NaN or infinite pixels")
         if array.min() < 0 or array.max() > 1:
-            raise UsageError(f"{source}: float pixels must lie in [0, 1], got [{array.min():g}, {array.max():g}]")
+            raise UsageError(f"{source}: float pixels must lie in [0, 1], got [{array.min():.9g}, {array.max():.9g}]")
     else:
         raise UsageError(f"{source}: pixels must be numbers, got dtype {array.dtype}")
-    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32).reshape(len(array), IMAGE_DIM))
+    return torch.from_numpy(np.array(array, dtype=np.float32).reshape(len(array), IMAGE_DIM))  # a writable copy
 
 
 def load_images(cfg):
@@ -426,7 +450,11 @@ class VAETrainer:
         pick = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(self.cfg.seed))
         x = train_x[pick[:fit_n]].to(self.device)
         mu = torch.cat([self.model.encode(x[i : i + 1000])[0] for i in range(0, len(x), 1000)])
-        self.prior = fit_mixture(mu, components, seed=self.cfg.seed)
+        try:
+            self.prior = fit_mixture(mu, components, seed=self.cfg.seed)
+        except torch.linalg.LinAlgError:  # a covariance that float64 cannot hold: encodings of a diverged encoder
+            raise UsageError("the mixture could not be fitted to these encodings; train with a lower --lr, or "
+                             "pass --mixture-components 0") from None
         return f"fitted a mixture of {components} Gaussians to {len(x)} encodings mu(x)"
 
     def train_step(self, x):
@@ -451,8 +479,8 @@ class VAETrainer:
         return meter.means()
 
     def stop_reason(self, train_stats):
-        """Why training must stop after an epoch with these statistics, or None: fit() stops on a NaN loss
-        for both models; the VAE has no reason of its own."""
+        """Why training must stop after an epoch with these statistics, or None: fit() stops on NaN for both
+        models; the VAE has no reason of its own."""
         return None
 
     def epoch_line(self, record):
@@ -523,8 +551,9 @@ class VAETrainer:
             Path(figures_dir) / "vae_curves.png",
             ylabel="nats per image",
         )
-        pairs = self.interpolate(test_x[0:16:2], test_x[1:16:2])
-        plot_rows([(f"test {2 * i} → {2 * i + 1}", row) for i, row in enumerate(pairs)],
+        ends = (torch.arange(16) % len(test_x)).tolist()  # test images 0 → 1, 2 → 3, ..., 14 → 15 (fewer: again)
+        lines = self.interpolate(test_x[ends[0::2]], test_x[ends[1::2]])
+        plot_rows([(f"test {a} → {b}", line) for a, b, line in zip(ends[0::2], ends[1::2], lines)],
                   Path(figures_dir) / "vae_interpolation.png",
                   "VAE: decoded straight lines between the encodings μ of two test digits")
         if self.cfg.latent_dim == 2:
@@ -552,6 +581,7 @@ class GANTrainer:
         self.fixed_z = torch.randn(self.n_fixed, cfg.noise_dim, generator=torch.Generator().manual_seed(cfg.seed))
         self.d_steps = 0
         self.snapshots = {}  # epoch → G(fixed z[:16]), for figures/gan_progress.png
+        self.standing = None  # after training: a copy of the sampler with its BatchNorm statistics recomputed
 
     def state_dict(self):
         return {
@@ -559,6 +589,7 @@ class GANTrainer:
             "opt_G": self.opt_G.state_dict(), "opt_D": self.opt_D.state_dict(),
             "d_steps": self.d_steps, "snapshots": self.snapshots,
             **({"G_ema": self.G_ema.state_dict()} if self.G_ema else {}),
+            **({"G_standing": self.standing.state_dict()} if self.standing else {}),
         }
 
     def load_state_dict(self, state):
@@ -570,12 +601,16 @@ class GANTrainer:
         self.snapshots = dict(state["snapshots"])
         if self.G_ema:
             self.G_ema.load_state_dict(state["G_ema"])
+        self.standing = None
+        if "G_standing" in state:
+            self.standing = copy.deepcopy(self.G_ema or self.G)
+            self.standing.load_state_dict(state["G_standing"])
 
     @property
     def sampler(self):
-        """The generator that draws the samples, in eval mode: G, or its moving average."""
-        G = self.G_ema if self.G_ema else self.G
-        return G.eval()
+        """The generator that draws the samples, in eval mode: G or its moving average, or after training that
+        one with its BatchNorm statistics recomputed."""
+        return (self.standing or self.G_ema or self.G).eval()
 
     def noise(self, m):
         return torch.randn(m, self.cfg.noise_dim, device=self.device)
@@ -636,6 +671,7 @@ class GANTrainer:
     def train_step(self, x):
         """One step of D, then, after every k of them, one of G: on the minibatch of noise of D's step, whose
         G(z) it reuses (one pass of G fewer), or with --g-noise fresh on one drawn anew, as in Algorithm 1."""
+        self.standing = None  # G moves on: statistics recomputed for its earlier weights no longer fit them
         self.G.train()
         g_step_follows = (self.d_steps + 1) % self.cfg.k == 0
         shared = g_step_follows and self.cfg.g_noise == "shared"
@@ -658,12 +694,12 @@ class GANTrainer:
         return self.standing_statistics(self.cfg.bn_batches) if self.cfg.bn_batches else None
 
     def standing_statistics(self, batches):
-        """The sampler's BatchNorm statistics recomputed for its own weights over that many batches of noise
-        (BigGAN's "standing statistics")."""
+        """A copy of the sampler, its BatchNorm statistics recomputed for its own weights over that many batches
+        of noise (BigGAN's "standing statistics"), draws the samples until training goes on."""
         generator = torch.Generator().manual_seed(self.cfg.seed)
         noise = (torch.randn(self.cfg.batch_size, self.cfg.noise_dim, generator=generator).to(self.device)
                  for _ in range(batches))
-        recompute_batchnorm(self.sampler, noise)
+        self.standing = recompute_batchnorm(copy.deepcopy(self.G_ema or self.G), noise)
         return f"recomputed the BatchNorm statistics of the sampler over {batches} batches of noise"
 
     def stop_reason(self, train_stats):
@@ -794,13 +830,12 @@ def fit(trainer, cfg, train_x, test_x, run_dir, resume=False, log_every=25, on_e
         for step, x in enumerate(bar, 1):
             meter.add(trainer.train_step(x))
             if step % log_every == 0 or step == n_batches:
-                running = meter.means()
-                if not all(math.isfinite(v) for v in running.values()):
-                    raise TrainingStopped(f"the loss became NaN or infinite in epoch {epoch}", run_dir)
-                bar.set_postfix({k: f"{v:.3g}" for k, v in running.items()}, refresh=False)
+                bar.set_postfix({k: f"{v:.3g}" for k, v in meter.means().items()}, refresh=False)
         train_stats = meter.means_and_maxima()
         record = {"epoch": epoch, "seconds": 0.0, "train": meter.means(), "test": trainer.evaluate(test_x)}
         record["seconds"] = round(time.perf_counter() - start, 3)
+        if not all_finite([record, trainer.state_dict()]):  # what is saved as good, fitted to and drawn, is finite
+            raise TrainingStopped(f"a loss, a test metric or a weight became NaN or infinite in epoch {epoch}", run_dir)
         reason = trainer.stop_reason(train_stats)
         if reason:
             raise TrainingStopped(f"epoch {epoch}: {reason}", run_dir)
@@ -813,6 +848,17 @@ def fit(trainer, cfg, train_x, test_x, run_dir, resume=False, log_every=25, on_e
     return metrics
 
 
+def all_finite(obj):
+    """Whether every number in obj (tensors, floats, and dicts and lists of them) is finite."""
+    if isinstance(obj, torch.Tensor):
+        return not obj.is_floating_point() or bool(torch.isfinite(obj).all())
+    if isinstance(obj, float):
+        return math.isfinite(obj)
+    if isinstance(obj, (dict, list, tuple)):
+        return all(map(all_finite, obj.values() if isinstance(obj, dict) else obj))
+    return True
+
+
 class TrainingStopped(UsageError):
     """Training diverged; the checkpoint of the last good epoch stays on disk."""
 
@@ -820,13 +866,14 @@ class TrainingStopped(UsageError):
         super().__init__(f"training stopped: {reason}; {what_is_kept(run_dir)}")
 
 
-def what_is_kept(run_dir):
-    """What a run that stopped leaves in run_dir for --resume, as a phrase."""
+def what_is_kept(run_dir, command=None):
+    """What a run that stopped leaves in run_dir, as a phrase; with its command, how to continue from it."""
     try:
         epoch = load_checkpoint(Path(run_dir) / "checkpoint.pt")["epoch"]
     except UsageError:
         return "no epoch finished, so there is no checkpoint"
-    return f"the checkpoint of epoch {epoch} is kept in {run_dir}"
+    advice = f"; continue with: {command} --resume --run-dir {shlex.quote(str(run_dir))}" if command else ""
+    return f"the checkpoint of epoch {epoch} is kept in {run_dir}{advice}"
 
 
 # ----------------------------------------------------------------------------- the VAE's fitted prior
@@ -1098,8 +1145,9 @@ def add_config_flags(parser, config_cls, skip=()):
         if f.name in skip:
             continue
         kwargs = {"type": f.type, "metavar": f.name.upper(), **f.metadata}
-        default = "" if f.default is None else f" (default: {f.default!r})"
-        kwargs["help"] = (kwargs["help"] + default).replace("%", "%%")
+        within = kwargs.pop("within")
+        said = ([] if f.default is None else [f"default: {f.default!r}"]) + ([f"within {within}"] if within else [])
+        kwargs["help"] = (kwargs["help"] + (f" ({'; '.join(said)})" if said else "")).replace("%", "%%")
         parser.add_argument("--" + f.name.replace("_", "-"), default=argparse.SUPPRESS, **kwargs)
 
 
@@ -1139,37 +1187,15 @@ def make_config(config_cls, given, name, resume=False):
 
 
 def validate_config(cfg):
-    checks = [
-        ("epochs", cfg.epochs >= 1, "must be at least 1"),
-        ("batch_size", cfg.batch_size >= 1, "must be at least 1"),
-        ("lr", cfg.lr > 0 and math.isfinite(cfg.lr), "must be a positive number"),
-        ("n_train", cfg.n_train is None or cfg.n_train >= 1, "must be at least 1"),
-        ("hidden", cfg.hidden >= 1, "must be at least 1"),
-        ("dropout", 0 <= cfg.dropout < 1, "must lie in [0, 1)"),
-        ("test_data", cfg.data or not cfg.test_data, "needs --data (MNIST from data/ has its own test set)"),
-    ]
-    if isinstance(cfg, VAEConfig):
-        checks += [
-            ("latent_dim", cfg.latent_dim >= 1, "must be at least 1"),
-            ("kl_weight", cfg.kl_weight >= 0 and math.isfinite(cfg.kl_weight), "must be 0 or more"),
-            ("mixture_components", cfg.mixture_components >= 0, "must be 0 or more"),
-            ("mixture_fit_n", cfg.mixture_fit_n >= 1, "must be at least 1"),
-        ]
-    if isinstance(cfg, GANConfig):
-        checks += [
-            ("noise_dim", cfg.noise_dim >= 1, "must be at least 1"),
-            ("beta1", 0 <= cfg.beta1 < 1, "must lie in [0, 1)"),
-            ("ema", 0 <= cfg.ema < 1, "must lie in [0, 1)"),
-            ("k", cfg.k >= 1, "must be at least 1"),
-            ("r1", cfg.r1 >= 0 and math.isfinite(cfg.r1), "must be 0 or more"),
-            ("r1_every", cfg.r1_every >= 1, "must be at least 1"),
-            ("ema_rampup", cfg.ema_rampup >= 0 and math.isfinite(cfg.ema_rampup), "must be 0 or more"),
-            ("bn_batches", cfg.bn_batches >= 0, "must be 0 or more"),
-            ("batch_size", cfg.batch_size >= 2, "must be at least 2 (BatchNorm needs two images)"),
-        ]
-    for name, ok, why in checks:
-        if not ok:
-            raise UsageError(f"--{name.replace('_', '-')} {getattr(cfg, name)}: {why}")
+    """Refuses, before any work, a number outside its field's range, and flags that do not go together."""
+    for f in dataclasses.fields(cfg):
+        value, within = getattr(cfg, f.name), f.metadata.get("within")
+        if within and value is not None and not lies_within(value, within):
+            raise UsageError(f"--{f.name.replace('_', '-')} {value}: must lie within {within}")
+    if cfg.test_data and not cfg.data:
+        raise UsageError("--test-data needs --data (MNIST from data/ has its own test set)")
+    if not cfg.figures_dir:
+        raise UsageError("--figures-dir '': must name a directory")
 
 
 def train(name, cfg, resume=False):
@@ -1180,8 +1206,8 @@ def train(name, cfg, resume=False):
     n_fit = min(len(train_x), getattr(cfg, "mixture_fit_n", 0))
     if getattr(cfg, "mixture_components", 0) > n_fit:
         raise UsageError(f"--mixture-components {cfg.mixture_components}: more components than the {n_fit} "
-                         f"training encodings the mixture is fitted to; pass --mixture-components {n_fit // 10} "
-                         "(or 0 for no mixture)")
+                         f"training encodings the mixture is fitted to; pass --mixture-components {n_fit} or fewer "
+                         "(0: no mixture)")
     if name == "gan" and len(train_x) < 2:
         raise UsageError("the GAN needs at least 2 training images (BatchNorm normalises over a minibatch)")
     with output_dirs(("--run-dir", cfg.run_dir), ("--figures-dir", cfg.figures_dir)):
@@ -1192,6 +1218,8 @@ def train(name, cfg, resume=False):
         metrics = fit(trainer, cfg, train_x, test_x, cfg.run_dir, resume=resume)
         finish_start = time.perf_counter()
         done = trainer.after_training(train_x)  # the VAE's mixture, the GAN's BatchNorm statistics: into the checkpoint
+        if not all_finite(trainer.state_dict()):
+            raise TrainingStopped(f"after training, {done}: it holds NaN or infinite numbers", cfg.run_dir)
         if done:
             print(f"{name}: {done} in {time.perf_counter() - finish_start:.1f} s")
             save_checkpoint(cfg.run_dir, trainer, cfg, metrics[-1]["epoch"], metrics)
@@ -1228,8 +1256,7 @@ def train_command(name, given, resume):
         train(name, cfg, resume)
     except KeyboardInterrupt as e:  # Ctrl-C, or another stop signal
         status, why = stopped_by(e)
-        print(f"\n{name}: {why}; {what_is_kept(cfg.run_dir)}; continue with: python homework7.py {name} --resume",
-              file=sys.stderr)
+        print(f"\n{name}: {why}; {what_is_kept(cfg.run_dir, f'python homework7.py {name}')}", file=sys.stderr)
         return status
     return 0
 
@@ -1242,28 +1269,32 @@ def stopped_by(error):
 
 def run_cli(parser, argv, command):
     """Parses argv and runs command(args), for every command of this script and of tools/: whatever the
-    console's encoding, what they print is written (a character it lacks as ?); bad input or memory that
-    runs out ends in one line and exit status 2; a stop signal in one line and status 128 + its number: 130
-    for Ctrl-C, 143 for SIGTERM, 129 for SIGHUP."""
+    console's encoding, what they print is written (a character it lacks as ?); bad input, a file that cannot
+    be read or written, and memory that runs out end in one line and exit status 2; a stop signal in one line
+    and status 128 + its number: 130 for Ctrl-C, 143 for SIGTERM, 129 for SIGHUP."""
     for stream in (sys.stdout, sys.stderr):
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="replace")
-    args = parser.parse_args(argv)
     try:
         with stop_signals_handled():
-            return command(args)
+            return command(parser.parse_args(argv))
     except UsageError as e:
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
-        return 2
+    except OSError as e:  # one of the files the command names (a named file's error says which), or its output
+        if e.filename is None:  # the output: nothing more is written to it, not even at the exit
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            if isinstance(e, BrokenPipeError):  # its reader has gone (| head): end quietly, as a Unix filter does
+                return 128 + 13  # SIGPIPE's status
+        print(f"{parser.prog}: error: {e.filename or 'the output'}: {e.strerror or e}", file=sys.stderr)
     except (MemoryError, RuntimeError) as e:
         if not out_of_memory(e):
             raise
         print(f"{parser.prog}: error: out of memory ({first_line(e)}); choose smaller sizes", file=sys.stderr)
-        return 2
     except KeyboardInterrupt as e:  # Ctrl-C, or another stop signal
         status, why = stopped_by(e)
         print(f"\n{parser.prog}: {why}", file=sys.stderr)
         return status
+    return 2
 
 
 def out_of_memory(error):

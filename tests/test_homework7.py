@@ -178,6 +178,15 @@ def make_bad_inputs(tmp_path, images, checkpoints):
     (d / "x.csv").write_text("0,0,0\n")
     (d / "X.NPY").write_bytes((d / "over_one.npy").read_bytes())
     torch.save(argparse.Namespace(epochs=1), d / "pickled.pt")  # loads only with weights_only=False
+    # .npy files whose header says what the next step cannot take
+    (d / "npz.npy").write_bytes((d / "x.npz").read_bytes())
+    raw = (d / "over_one.npy").read_bytes()
+    (d / "lies.npy").write_bytes(raw.replace(b"(10, 784)", b"(10000000000, 784)", 1))
+    header = b"{'descr': '<f4', 'fortran_order': False, 'shape': (10, 784), }" + b" " * 30000 + b"\n"
+    (d / "long_header.npy").write_bytes(b"\x93NUMPY\x02\x00" + len(header).to_bytes(4, "little") + header + raw[128:])
+    just_over = images[:10].copy()
+    just_over[0, 0] = np.float32(1.0000001)
+    np.save(d / "just_over_one.npy", just_over)
     # outputs that must not be replaced
     os.mkfifo(d / "fifo.npy")
     (d / "target.npy").write_bytes((d / "over_one.npy").read_bytes())
@@ -200,7 +209,7 @@ def make_bad_inputs(tmp_path, images, checkpoints):
 BAD_INPUTS = [  # (id, argv with {d} for the directory of bad files, words the one line must hold)
     ("strings", "vae --data {d}/strings.npy", "pixels must be numbers, got dtype <U1"),
     ("complex", "vae --data {d}/complex.npy", "pixels must be numbers, got dtype complex64"),
-    ("objects", "vae --data {d}/objects.npy", "not a readable .npy file"),
+    ("objects", "vae --data {d}/objects.npy", "it holds Python objects"),
     ("nan", "vae --data {d}/nan.npy", "NaN or infinite"),
     ("inf", "gan --data {d}/inf.npy", "NaN or infinite"),
     ("float over 1", "vae --data {d}/over_one.npy", "float pixels must lie in [0, 1]"),
@@ -213,18 +222,18 @@ BAD_INPUTS = [  # (id, argv with {d} for the directory of bad files, words the o
     ("no images", "vae --data {d}/empty.npy", "holds no images"),
     ("no test set", "vae --data {d}/one_image.npy", "too few images to hold out a test set"),
     ("bad test data", "vae --data {d}/over_one.npy --test-data {d}/nan.npy", "over_one.npy: float pixels"),
-    ("truncated npy", "vae --data {d}/truncated.npy", "not a readable .npy file"),
+    ("truncated npy", "vae --data {d}/truncated.npy", "truncated or corrupt: header says 10×784 of float32"),
     ("zero-byte npy", "vae --data {d}/zero_bytes.npy", "not a readable .npy file"),
     ("text as npy", "vae --data {d}/text.npy", "not a readable .npy file"),
-    ("missing file", "vae --data {d}/missing.npy", "no such file"),
-    ("directory as npy", "vae --data {d}/directory.npy", "cannot read: Is a directory"),
-    ("directory as idx", "vae --data {d}/directory-idx3-ubyte", "cannot read"),
+    ("missing file", "vae --data {d}/missing.npy", "missing.npy: No such file or directory"),
+    ("directory as npy", "vae --data {d}/directory.npy", "directory.npy: Is a directory"),
+    ("directory as idx", "vae --data {d}/directory-idx3-ubyte", "Is a directory"),
     ("idx count lies", "vae --data {d}/idx_count-idx3-ubyte", "header says 1000×28×28"),
     ("idx magic lies", "vae --data {d}/idx_magic-idx3-ubyte", "magic number 0x00000803 expected"),
     ("idx header cut", "vae --data {d}/idx_short-idx3-ubyte", "not an IDX image file"),
     ("idx truncated", "gan --data {d}/idx_truncated-idx3-ubyte", "truncated or corrupt"),
     ("truncated gz", "vae --data {d}/truncated-idx3-ubyte.gz", "corrupt gzip data"),
-    ("unreadable file", "vae --data {d}/unreadable-idx3-ubyte", "cannot read: Permission denied"),
+    ("unreadable file", "vae --data {d}/unreadable-idx3-ubyte", "unreadable-idx3-ubyte: Permission denied"),
     ("other model's checkpoint", "sample vae --checkpoint {d}/gan.pt", "a gan checkpoint, not a vae one"),
     ("truncated checkpoint", "sample vae --checkpoint {d}/truncated.pt", "not a readable checkpoint"),
     ("zero-byte checkpoint", "sample gan --checkpoint {d}/zero_bytes.pt", "not a readable checkpoint"),
@@ -238,19 +247,19 @@ BAD_INPUTS = [  # (id, argv with {d} for the directory of bad files, words the o
     ("--out under a file", "sample vae --checkpoint {d}/vae.pt --out {d}/not_a_dir/s.npy", "not a directory"),
     ("--run-dir under a file", "vae --n-train 300 --run-dir {d}/not_a_dir/run", "--run-dir"),
     ("--figures-dir under a file", "gan --n-train 50 --figures-dir {d}/not_a_dir/f", "--figures-dir"),
-    ("epochs 0", "vae --epochs 0", "--epochs 0: must be at least 1"),
-    ("epochs negative", "gan --epochs -3", "--epochs -3: must be at least 1"),
+    ("epochs 0", "vae --epochs 0", "--epochs 0: must lie within [1, 1e6]"),
+    ("epochs negative", "gan --epochs -3", "--epochs -3: must lie within [1, 1e6]"),
     ("epochs not a number", "vae --epochs ten", "invalid int value: 'ten'"),
     ("batch size 0", "vae --batch-size 0", "--batch-size 0"),
-    ("GAN batch of 1", "gan --batch-size 1", "BatchNorm"),
-    ("lr 0", "vae --lr 0", "--lr 0.0: must be a positive number"),
+    ("GAN batch of 1", "gan --batch-size 1", "--batch-size 1: must lie within [2, 1e6]"),
+    ("lr 0", "vae --lr 0", "--lr 0.0: must lie within (0, inf)"),
     ("lr negative", "gan --lr -0.001", "--lr -0.001"),
     ("lr nan", "vae --lr nan", "--lr nan"),
     ("lr inf", "gan --lr inf", "--lr inf"),
-    ("n-train 0", "vae --n-train 0", "--n-train 0: must be at least 1"),
+    ("n-train 0", "vae --n-train 0", "--n-train 0: must lie within [1, 1e9]"),
     ("GAN on 1 image", "gan --n-train 1", "at least 2 training images"),
     ("hidden 0", "gan --hidden 0", "--hidden 0"),
-    ("dropout 1", "vae --dropout 1", "--dropout 1.0: must lie in [0, 1)"),
+    ("dropout 1", "vae --dropout 1", "--dropout 1.0: must lie within [0, 1)"),
     ("dropout nan", "gan --dropout nan", "--dropout nan"),
     ("latent dim 0", "vae --latent-dim 0", "--latent-dim 0"),
     ("kl weight negative", "vae --kl-weight -1", "--kl-weight -1.0"),
@@ -271,8 +280,8 @@ BAD_INPUTS = [  # (id, argv with {d} for the directory of bad files, words the o
     ("unknown loss", "gan --generator-loss wasserstein", "invalid choice: 'wasserstein'"),
     ("device tpu", "vae --device tpu", "device 'tpu': not on this machine"),
     ("device cuda:-1", "gan --device cuda:-1", "device 'cuda:-1'"),
-    ("sample n 0", "sample vae --checkpoint {d}/vae.pt --n 0", "--n 0: must be at least 1"),
-    ("sample n negative", "sample gan --checkpoint {d}/gan.pt --n -5", "--n -5"),
+    ("sample n 0", "sample vae --checkpoint {d}/vae.pt --n 0", "argument --n: 0: must lie within [1, 1e9]"),
+    ("sample n negative", "sample gan --checkpoint {d}/gan.pt --n -5", "--n: -5: must lie within [1, 1e9]"),
     ("unknown flag", "vae --epoch 3", "unrecognized arguments: --epoch 3"),
     ("unknown command", "train", "invalid choice: 'train'"),
     # outputs: only a regular file of the kind written is replaced
@@ -291,13 +300,20 @@ BAD_INPUTS = [  # (id, argv with {d} for the directory of bad files, words the o
     ("hidden 10^8", "vae --hidden 100000000", "out of memory ("),
     ("latent dim 10^9", "vae --latent-dim 1000000000", "out of memory ("),
     ("GAN hidden 10^6", "gan --hidden 1000000", "out of memory ("),
-    ("sample n 10^11", "sample vae --checkpoint {d}/vae.pt --n 100000000000", "out of memory ("),
+    ("sample n 10^9", "sample vae --checkpoint {d}/vae.pt --n 1000000000", "out of memory ("),
     # values that were taken without a word, and misleading messages
     ("--test-data without --data", "vae --test-data {d}/over_one.npy", "--test-data"),
     ("--data .npz", "vae --data {d}/x.npz", "neither a .npy file nor an IDX image file"),
     ("--data .npy.gz", "vae --data {d}/x.npy.gz", "neither a .npy file nor an IDX image file"),
     ("--data .csv", "vae --data {d}/x.csv", "neither a .npy file nor an IDX image file"),
     ("--data .NPY", "vae --data {d}/X.NPY", "float pixels must lie in [0, 1]"),
+    ("npz named .npy", "vae --data {d}/npz.npy", "not a readable .npy file (the magic string is not correct"),
+    ("npy header lies", "vae --data {d}/lies.npy", "header says 10000000000×784 of float32, file has 313"),
+    ("npy header too long", "vae --data {d}/long_header.npy", "not a readable .npy file (Header info length"),
+    ("pixel 1.0000001", "vae --data {d}/just_over_one.npy", "must lie in [0, 1], got [0, 1.00000012]"),
+    ("seed 2^64", "vae --seed 18446744073709551616", "--seed 18446744073709551616: must lie within [0, 4294967295]"),
+    ("sample seed 2^64", "sample gan --checkpoint {d}/gan.pt --seed 18446744073709551616", "[0, 4294967295]"),
+    ("name too long", "vae --data {d}/" + "x" * 300 + ".npy", "File name too long"),
 ]
 
 
@@ -343,7 +359,7 @@ def test_bad_input_gets_one_line_status_2_and_changes_no_file(argv, words, tmp_p
 
         def read_bytes(path):
             if path.stat().st_mode & 0o400 == 0:
-                raise PermissionError(13, "Permission denied")
+                raise PermissionError(13, "Permission denied", str(path))
             return real_read_bytes(path)
         monkeypatch.setattr(Path, "read_bytes", read_bytes)
     before = tree(d)
@@ -366,7 +382,7 @@ def test_cuda_asked_for_where_there_is_none(cli):
 def test_a_diverging_run_stops_with_a_clear_line(tmp_path, small_npy, cli):
     status, _, err = cli(main, "vae", "--data", small_npy, "--batch-size", "100", "--lr", "1e30", *outputs(tmp_path))
     assert status == 2
-    assert "loss became NaN or infinite in epoch 1" in err and "no checkpoint" in err
+    assert "NaN or infinite in epoch 1" in err and "no checkpoint" in err
 
 
 # ----------------------------------------------------------------------------- the VAE
@@ -680,8 +696,11 @@ def test_gan_finish_recomputes_the_samplers_statistics_only_when_asked():
         gan.train_step(x)
         before = gan.G_ema.state_dict()["net.1.running_mean"].clone()
         done = gan.after_training(x)
-        after = gan.G_ema.state_dict()["net.1.running_mean"]
+        after = gan.sampler.state_dict()["net.1.running_mean"]
         assert (done is None) == (bn_batches == 0) and torch.equal(before, after) == (bn_batches == 0)
+        assert torch.equal(gan.G_ema.state_dict()["net.1.running_mean"], before)  # training's average untouched
+        gan.train_step(x)
+        assert gan.sampler is gan.G_ema  # training goes on: the recomputed statistics no longer fit
 
 
 def test_each_trainer_names_what_draws_its_samples_and_draws_from_each():
@@ -741,9 +760,9 @@ def test_gan_end_to_end_writes_figures_checkpoint_and_samples(tmp_path, small_np
 
 def test_the_script_runs_as_a_program_and_reports_errors_without_a_traceback(tmp_path, python_run):
     status, _, err = python_run([ROOT / "homework7.py", "vae", "--data", tmp_path / "none.npy"], tmp_path)
-    assert status == 2 and "no such file" in err and "Traceback" not in err
+    assert status == 2 and "none.npy: No such file or directory" in err and "Traceback" not in err
     status, out, _ = python_run([ROOT / "homework7.py", "gan", "--help"], tmp_path)
-    assert status == 0 and "--generator-loss" in out and "(default: 1)" in out
+    assert status == 0 and "--generator-loss" in out and "(default: 1; within [1, 1e6])" in out
 
 
 # ----------------------------------------------------------------------------- Ctrl-C and --resume
@@ -876,7 +895,7 @@ def test_a_console_without_greek_letters_prints_what_it_can(tmp_path, small_npy,
 
 def test_the_script_imports_only_what_the_design_card_allows():
     source = (ROOT / "homework7.py").read_text()
-    imported = {line.split()[1].split(".")[0] for line in source.splitlines()
+    imported = {line.split()[1].split(".")[0] for line in map(str.strip, source.splitlines())
                 if line.startswith(("import ", "from "))}
     assert imported - set(sys.stdlib_module_names) == {"numpy", "torch", "matplotlib", "tqdm"}
 
@@ -1068,7 +1087,8 @@ def test_ctrl_c_on_a_real_training_process(tmp_path, small_npy, interrupt_child)
     assert status == 130 and "Traceback" not in err
     [line] = [line for line in err.splitlines() if line]
     assert re.fullmatch(f"vae: interrupted; the checkpoint of epoch [0-9]+ is kept in {re.escape(str(tmp_path))}/run; "
-                        "continue with: python homework7.py vae --resume", line), line
+                        f"continue with: python homework7.py vae --resume --run-dir {re.escape(str(tmp_path))}/run",
+                        line), line
     state = hw.load_checkpoint(tmp_path / "run" / "checkpoint.pt", "vae")  # complete, not half written
     assert state["epoch"] >= 3 and len(json.loads((tmp_path / "run" / "metrics.json").read_text())) >= 3
     assert not list(tmp_path.rglob(".*.tmp"))
@@ -1084,8 +1104,10 @@ def test_help_explains_every_flag_with_its_default(model, capsys):
     for f in dataclasses.fields(hw.TRAINERS[model][0]):
         flag = f"--{f.name.replace('_', '-')}{f.name.upper()}"
         assert flag in out, flag
-        help_text = f.metadata["help"] + ("" if f.default is None else f" (default: {f.default!r})")
-        assert "".join(help_text.split()) in out, help_text
+        said = [f.metadata["help"], *([f"default: {f.default!r}"] if f.default is not None else []),
+                *([f"within {f.metadata['within']}"] if f.metadata["within"] else [])]
+        for words in said:
+            assert "".join(words.split()) in out, (flag, words)
     assert "--resume" in out
 
 
@@ -1157,7 +1179,7 @@ def test_every_stop_signal_ends_a_real_run_in_one_line_and_keeps_its_last_epoch(
     [line] = [line for line in err.splitlines() if line]
     assert code == status and re.fullmatch(f"{words}; the checkpoint of epoch [0-9]+ is kept in "
                                            f"{re.escape(str(tmp_path))}/run; continue with: python homework7.py vae "
-                                           "--resume", line), err
+                                           f"--resume --run-dir {re.escape(str(tmp_path))}/run", line), err
     assert hw.load_checkpoint(tmp_path / "run" / "checkpoint.pt", "vae")["epoch"] >= 2
     assert not list(tmp_path.rglob(".*.tmp"))
 

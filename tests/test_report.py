@@ -78,4 +78,4 @@ def test_a_corrupt_or_hand_edited_eval_json_is_left_out_with_one_line(tmp_path, 
     status, _, err = cli(tools.report.main, "--user", "ab", "--figures-dir", figures, "--out-dir", tmp_path,
                          "--runs-dir", runs)
     assert status == 0 and "Traceback" not in err
-    assert "vae/eval.json is unreadable" in err and "gan/eval.json is not an evaluation report" in err
+    assert "vae/eval.json is not a JSON object" in err and "gan/eval.json is not an evaluation report" in err

@@ -7,3 +7,17 @@
 
 homework7.py never imports this package: it runs on its own.
 """
+import argparse
+
+from homework7 import lies_within
+
+
+def number(kind, within):
+    """An argparse type: a number of that kind (int or float) within the interval, written as in mathematics
+    ("[2, 1e9]"), or argparse's one line saying so, before any work."""
+    def convert(text):
+        value = kind(text)
+        if not lies_within(value, within):
+            raise argparse.ArgumentTypeError(f"{text}: must lie within {within}")
+        return value
+    return convert

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import homework7 as hw
+from tools import number
 from homework7 import (TRAINERS, VAE, Discriminator, Dropout, Generator, Meter, Parser, RunConfig, UsageError,
                        batch_bounds, fit, load_images, minibatches, reparameterize, run_cli, save_checkpoint)
 
@@ -228,10 +229,6 @@ def peak_memory_mb(name, tmp_dir):
 def bench(models, steps, batch_sizes=None):
     """Images per second of this project's steps, of the plain loop, and of the torch.mm limit; or, with
     batch_sizes, the seconds per epoch of the project's steps at each."""
-    if steps < 1:
-        raise UsageError(f"--steps {steps}: must be at least 1")
-    if batch_sizes and min(batch_sizes) < 2:
-        raise UsageError("--batch-sizes: each must be at least 2")
     train_x, test_x = load_images(RunConfig())
     if batch_sizes:
         print(f"bench: {torch.get_num_threads()} threads, {steps} timed steps per batch size, fastest of 3 rounds")
@@ -284,10 +281,11 @@ def build_parser():
                "of each loop; then one whole epoch of fit() beside its bare steps.")
     parser.add_argument("--models", nargs="+", choices=TRAINERS, default=list(TRAINERS),
                         help="which models (default: vae gan)")
-    parser.add_argument("--steps", type=int, default=300, help="timed training steps per loop (default: 300)")
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=None, metavar="B",
+    parser.add_argument("--steps", type=number(int, "[1, 1e6]"), default=300,
+                        help="timed training steps per loop (default: 300; within [1, 1e6])")
+    parser.add_argument("--batch-sizes", type=number(int, "[2, 1e6]"), nargs="+", default=None, metavar="B",
                         help="instead of the table: seconds per epoch of the bare steps at each batch size, "
-                             "timed side by side (default: off)")
+                             "timed side by side (default: off; each within [2, 1e6])")
     return parser
 
 

@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from homework7 import (IMAGE_DIM, IMAGE_SIDE, MNIST_SHA256, Parser, UsageError, first_line, load_images, load_mnist,
                        make_adam, run_cli, save_json)
+from tools import number
 from tools.outputs import CHECKPOINT_FILE, check_replaceable, write_output
 from tools.sample import add_checkpoint_flags, checkpoint_trainer, draw_samples
 
@@ -266,19 +267,18 @@ def build_parser():
     parser = Parser(
         prog="python -m tools.evaluate", description=__doc__.split("\n\n")[0],
         epilog="Writes eval.json beside the checkpoint; tools.report puts it in the PDF.")
-    add_checkpoint_flags(parser, "how many samples to score",
-                         prior_default="both, where the checkpoint has a mixture; a GAN has none")
-    parser.add_argument("--iwae-k", type=int, default=1000, help="VAE: importance samples K per image (default: 1000)")
-    parser.add_argument("--iwae-n", type=int, default=1000,
-                        help="VAE: the IWAE bound uses the first N test images (default: 1000)")
+    add_checkpoint_flags(parser, "how many samples to score (a Frechet distance needs 2)",
+                         prior_default="both, where the checkpoint has a mixture; a GAN has none", n_within="[2, 1e9]")
+    parser.add_argument("--iwae-k", type=number(int, "[1, 1e6]"), default=1000,
+                        help="VAE: importance samples K per image (default: 1000; within [1, 1e6])")
+    parser.add_argument("--iwae-n", type=number(int, "[1, 1e9]"), default=1000,
+                        help="VAE: the IWAE bound uses the first N test images (default: 1000; within [1, 1e9])")
     parser.add_argument("--classifier", default=CLASSIFIER_PATH,
                         help=f"the cached MNIST classifier, trained if missing (default: {CLASSIFIER_PATH})")
     return parser
 
 
 def evaluate_command(args):
-    if args.iwae_k < 1 or args.iwae_n < 1:
-        raise UsageError("--iwae-k and --iwae-n must be at least 1")
     trainer, path = checkpoint_trainer(args)
     _, test_x = load_images(trainer.cfg)
     report = evaluate_trainer(trainer, test_x.to(trainer.device), args.classifier, args.n, args.iwae_k,

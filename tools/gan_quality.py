@@ -21,8 +21,10 @@ from pathlib import Path
 import torch
 from matplotlib.figure import Figure
 
-from homework7 import (GANConfig, GANTrainer, Parser, UsageError, fit, load_checkpoint, load_images, output_dirs,
-                       resolve_device, run_cli, save_figure, save_json, trainer_from_checkpoint, validate_config)
+from homework7 import (GANConfig, GANTrainer, Parser, UsageError, first_line, fit, load_checkpoint, load_images,
+                       output_dirs, resolve_device, run_cli, save_figure, save_json, trainer_from_checkpoint,
+                       validate_config)
+from tools import number
 from tools.bench import endless_minibatches, time_loop
 from tools.evaluate import CLASSIFIER_PATH, classify, load_classifier, real_references, sample_scores
 from tools.sample import draw_samples
@@ -46,6 +48,7 @@ METHODS = {
     "fresh-noise": {"g_noise": "fresh"},  # G's step on a minibatch of noise of its own, as in Algorithm 1
 }
 QUALITY_DIR = Path("runs/gan_quality")
+POINT_SCORES = ("confident", "inception_score", "fid")  # what each scored point of a record holds
 # (key, title, the target: what 110 epochs of the default of commit e980f84 gave, the axis's shown range)
 SCORES = (("confident", "confident share", 0.89, (0.75, 0.92)), ("inception_score", "IS", 9.0, (8.0, 9.2)),
           ("fid", "FID* (log scale)", 4.0, (3.0, 60.0)))
@@ -98,7 +101,7 @@ def run_method(name, at, n, epochs, retrain=False, out_dir=QUALITY_DIR, n_train=
     path = quality_dir(out_dir) / f"{run_name(name, seed)}.json"
     wanted = {"config": dataclasses.asdict(cfg), "at": at, "n": n}
     if path.exists() and not retrain:
-        saved = json.loads(path.read_text())
+        saved = read_record(path)
         if {k: saved.get(k) for k in wanted} == wanted:
             return saved
         print(f"{path}: recorded for another config, --at or --n; training again")
@@ -134,6 +137,23 @@ def run_method(name, at, n, epochs, retrain=False, out_dir=QUALITY_DIR, n_train=
               "epoch_seconds_min": min(seconds), "threads": torch.get_num_threads()}
     save_json(path, result)
     return result
+
+
+def read_record(path):
+    """A record that run_method saved (NAME.json), or one line where the file is not one."""
+    try:
+        record = json.loads(Path(path).read_text())
+    except (UnicodeDecodeError, ValueError) as e:
+        raise UsageError(f"{path}: not a record of tools.gan_quality (not JSON: {first_line(e)})") from None
+    number = (int, float)
+    points_fit = isinstance(record, dict) and isinstance(record.get("points"), list) and all(
+        isinstance(p, dict) and all(isinstance(p.get(k), number) for k in ("epoch", "minutes", *POINT_SCORES))
+        for p in record["points"])
+    if not (points_fit and isinstance(record.get("method"), str) and isinstance(record.get("at"), list)
+            and all(isinstance(record.get(k), number) for k in ("seed", "epoch_seconds_median", "threads"))):
+        raise UsageError(f"{path}: not a record of tools.gan_quality (its method, seed, epochs or scores are "
+                         "missing)")
+    return record
 
 
 def epoch_seconds(names, train_x, steps=300, rounds=3):
@@ -261,17 +281,22 @@ def build_parser():
     parser.add_argument("--methods", nargs="+", default=["old", "new"],
                         help=f"runs: new (today's defaults) or {', '.join(METHODS)}, or several joined by + "
                              "(default: old new)")
-    parser.add_argument("--at", nargs="+", type=int, default=[10, 20, 30, 40, 50, 55, 60, 75],
-                        help="epochs at which the samples are scored (default: 10 20 30 40 50 55 60 75)")
-    parser.add_argument("--epochs", type=int, default=None, help="train this many epochs (default: the method's)")
-    parser.add_argument("--n", type=int, default=10000, help="samples scored at each point (default: 10000)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0],
-                        help="train each method with each of these seeds (default: 0)")
+    parser.add_argument("--at", nargs="+", type=number(int, "[1, 1e6]"), default=[10, 20, 30, 40, 50, 55, 60, 75],
+                        help="epochs at which the samples are scored (default: 10 20 30 40 50 55 60 75; "
+                             "each within [1, 1e6])")
+    parser.add_argument("--epochs", type=number(int, "[1, 1e6]"), default=None,
+                        help="train this many epochs (default: the method's; within [1, 1e6])")
+    parser.add_argument("--n", type=number(int, "[2, 1e9]"), default=10000,
+                        help="samples scored at each point (default: 10000; within [2, 1e9]: a Frechet distance "
+                             "needs 2)")
+    parser.add_argument("--seeds", type=number(int, "[0, 4294967295]"), nargs="+", default=[0],
+                        help="train each method with each of these seeds (default: 0; each within [0, 4294967295])")
     parser.add_argument("--records", nargs="+", metavar="JSON", default=None,
                         help="instead of training: the tables and the figure of these saved records (NAME.json)")
     parser.add_argument("--figure", default=None, help="also draw the scores against minutes into this PNG")
     parser.add_argument("--retrain", action="store_true", help="train again even where a saved record matches")
-    parser.add_argument("--n-train", type=int, default=None, help="train on the first N images (default: all)")
+    parser.add_argument("--n-train", type=number(int, "[1, 1e9]"), default=None,
+                        help="train on the first N images (default: all; within [1, 1e9])")
     parser.add_argument("--out-dir", default=str(QUALITY_DIR), help=f"where the runs go (default: {QUALITY_DIR})")
     parser.add_argument("--classifier", default=CLASSIFIER_PATH,
                         help=f"the judge's cache, trained on first use (default: {CLASSIFIER_PATH})")
@@ -290,7 +315,7 @@ def main(argv=None):
 
 def quality(args):
     if args.records:
-        results = [json.loads(Path(path).read_text()) for path in args.records]
+        results = [read_record(path) for path in args.records]
         args.methods = list(dict.fromkeys(r["method"] for r in results))
     step_cost = None
     if args.step_cost:
@@ -307,8 +332,6 @@ def quality(args):
         print(json.dumps(r1_batch_coupling(trainer.D, test_x[: trainer.cfg.batch_size])))
         return 0
     if not args.records:
-        if args.n < 1 or any(e < 1 for e in args.at):
-            raise UsageError("--n and each --at must be at least 1")
         for name in args.methods:
             method_config(name, args.epochs, args.out_dir, args.n_train)  # bad names refused before any training
         at = sorted(set(args.at))

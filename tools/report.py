@@ -18,7 +18,7 @@ from matplotlib.backends.backend_pdf import PdfPages
 from matplotlib.figure import Figure
 
 import homework7 as hw
-from homework7 import Parser, RunConfig, UsageError, atomic_write, output_dirs, run_cli
+from homework7 import Parser, RunConfig, UsageError, atomic_write, first_line, output_dirs, run_cli
 from tools.outputs import PDF_FILE, ZIP_FILE, check_replaceable
 from tools.evaluate import score_notes, score_rows
 
@@ -66,17 +66,16 @@ class Page:
     def text(self, text, size=10, weight="normal", gap=0.1, width=100, family="sans-serif"):
         lines = "\n".join(textwrap.fill(paragraph, width) for paragraph in text.split("\n"))
         self.fig.text(MARGIN / PAGE_W, self.top / PAGE_H, lines, fontsize=size, weight=weight, va="top",
-                      family=family)
+                      family=family, parse_math=False)  # drawn as written: text from files may hold a $
         self.top -= (lines.count("\n") + 1) * size * 1.3 / 72 + gap
 
-    def image_height(self, path):
-        height, width = matplotlib.image.imread(path).shape[:2]
+    def image_height(self, image):
+        height, width = image.shape[:2]
         return TEXT_W * height / width
 
-    def image(self, path, gap=0.12):
-        """The PNG at the full text width (narrower only where the page has no room for its height)."""
-        image = matplotlib.image.imread(path)
-        height = min(self.image_height(path), self.room())
+    def image(self, image, gap=0.12):
+        """The image at the full text width (narrower only where the page has no room for its height)."""
+        height = min(self.image_height(image), self.room())
         self.axes(height, width=height * image.shape[1] / image.shape[0]).imshow(image)
         self.top -= height + gap
 
@@ -89,6 +88,7 @@ class Page:
         table.set_fontsize(9)
         for (row, col), cell in table.get_celld().items():
             cell.set_linewidth(0.5)
+            cell.get_text().set_parse_math(False)
             if col == 0:
                 cell.set_text_props(ha="left")
                 cell._loc = "left"
@@ -98,14 +98,30 @@ class Page:
 
 
 def read_json(path):
-    """A run's config.json or eval.json, or None (with one line saying why) where it is missing or unreadable."""
+    """A run's config.json or eval.json (a JSON object), or None (with one line saying why) where it is missing
+    or not one."""
     if not path.exists():
         return None
     try:
-        return json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        print(f"tools.report: {path} is unreadable ({e}); left out of the PDF", file=sys.stderr)
+        obj = json.loads(path.read_text())
+    except (UnicodeDecodeError, ValueError) as e:
+        obj = first_line(e)
+    if not isinstance(obj, dict):
+        print(f"tools.report: {path} is not a JSON object ({str(obj)[:60]}); left out of the PDF", file=sys.stderr)
         return None
+    return obj
+
+
+def read_figure(path):
+    """A figure that homework7.py wrote, as an image array; one line where it is not a PNG that can be read."""
+    with open(path, "rb") as f:
+        png = f.read(8) == b"\x89PNG\r\n\x1a\n"
+    try:
+        if png:
+            return matplotlib.image.imread(path)
+    except (OSError, ValueError, SyntaxError):  # Pillow's words for a damaged PNG
+        pass
+    raise UsageError(f"{path}: not a readable PNG figure; run homework7.py again to write it")
 
 
 def scores_table(page, model, report, path):
@@ -138,7 +154,7 @@ def build_pages(users, figures_dir, runs_dir):
             page.text("CS/DS 541 Deep Neural Networks. A VAE and a GAN on MNIST, both fully connected, "
                       "trained by homework7.py.", size=10, gap=0.3)
         page.text(heading, size=14, weight="bold", gap=0.15)
-        page.image(figures_dir / name)
+        page.image(read_figure(figures_dir / name))
         config = read_json(runs_dir / model / "config.json")
         page.text(caption + (f"\nTrained with: {config_line(config)}." if config else ""), size=9, gap=0.3)
         eval_path = runs_dir / model / "eval.json"
@@ -150,10 +166,11 @@ def build_pages(users, figures_dir, runs_dir):
         path = figures_dir / name
         if not path.exists():
             continue
-        if page.image_height(path) + 0.6 > page.room() and page.top < PAGE_H - MARGIN - 0.6:
+        image = read_figure(path)
+        if page.image_height(image) + 0.6 > page.room() and page.top < PAGE_H - MARGIN - 0.6:
             pages.append(page)
             page = Page()
-        page.image(path)
+        page.image(image)
         page.text(f"{name}: {caption}", size=9, gap=0.35)
     pages.append(page)
     return [page.fig for page in pages]

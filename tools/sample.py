@@ -14,18 +14,21 @@ import torch
 
 from homework7 import (IMAGE_DIM, TRAINERS, Parser, UsageError, load_checkpoint, resolve_device, run_cli,
                        trainer_from_checkpoint)
+from tools import number
 from tools.outputs import NPY_FILE, check_replaceable, write_output
 
 PRIORS = ("standard", "mixture")  # the VAE's new images: z ~ N(0, I), or z ~ the mixture fitted to μ(x)
 DEFAULT_PRIOR = "mixture"  # the one whose samples scored better
 
 
-def add_checkpoint_flags(parser, n_help, prior_default):
+def add_checkpoint_flags(parser, n_help, prior_default, n_within="[1, 1e9]"):
     """The flags of the commands that load a trained model (this one, and tools.evaluate)."""
     parser.add_argument("model", choices=TRAINERS, help="which model")
-    parser.add_argument("--n", type=int, default=10000, help=f"{n_help} (default: 10000)")
+    parser.add_argument("--n", type=number(int, n_within), default=10000, help=f"{n_help} (default: 10000; within "
+                                                                                f"{n_within})")
     parser.add_argument("--checkpoint", default="", help="checkpoint to load (default: runs/<model>/checkpoint.pt)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed of the noise (default: 0)")
+    parser.add_argument("--seed", type=number(int, "[0, 4294967295]"), default=0,
+                        help="random seed of the noise (default: 0; within [0, 4294967295])")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto (default: auto)")
     parser.add_argument("--prior", choices=PRIORS, default=None,
                         help=f"VAE: z ~ N(0, I) (standard) or z ~ the mixture fitted after training "
@@ -35,8 +38,6 @@ def add_checkpoint_flags(parser, n_help, prior_default):
 def checkpoint_trainer(args):
     """The trainer restored from the checkpoint that --checkpoint (or the model's default run) names, with
     --n and --prior checked against it."""
-    if args.n < 1:
-        raise UsageError(f"--n {args.n}: must be at least 1")
     if args.model == "gan" and args.prior:
         raise UsageError("--prior: only the VAE has a choice of prior")
     path = Path(args.checkpoint or f"runs/{args.model}/checkpoint.pt")

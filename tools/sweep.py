@@ -11,7 +11,6 @@ Each (p, w) run keeps its checkpoint and figures in RUN_DIR/p<p>_kl<w> (RUN_DIR:
 figure to FIGURES_DIR/vae_sweep.png.
 """
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -20,6 +19,7 @@ import torch
 
 from homework7 import (Parser, RunConfig, UsageError, VAEConfig, add_config_flags, load_images, make_config,
                        output_dirs, plot_rows, run_cli, save_json, train)
+from tools import number
 from tools.evaluate import CLASSIFIER_PATH, evaluate_trainer, load_classifier, real_references
 
 
@@ -28,7 +28,7 @@ def sweep(given, latent_dims, kl_weights, epochs_list, components, n, classifier
     mixture of each size, fitted to each number of encodings, are scored: one row of the table (sweep.json)
     per prior, mixture size and fit size."""
     fit_sizes = fit_sizes or [given.get("mixture_fit_n", VAEConfig.mixture_fit_n)]
-    check_lists(latent_dims, kl_weights, epochs_list, components, n, fit_sizes)
+    check_lists(epochs_list)
     sweep_dir = Path(given.get("run_dir") or "runs/sweep")
     figures_dir = Path(given.get("figures_dir") or RunConfig.figures_dir)
     rows, table, references = [], [], None
@@ -65,19 +65,9 @@ def sweep(given, latent_dims, kl_weights, epochs_list, components, n, classifier
     return 0
 
 
-def check_lists(latent_dims, kl_weights, epochs_list, components, n, fit_sizes):
-    if any(p < 1 for p in latent_dims):
-        raise UsageError("--latent-dims: each must be at least 1")
-    if any(not (w >= 0 and math.isfinite(w)) for w in kl_weights):
-        raise UsageError("--kl-weights: each weight must be 0 or more")
-    if any(e < 1 for e in epochs_list) or epochs_list != sorted(set(epochs_list)):
-        raise UsageError("--epochs-list: increasing epoch counts, each at least 1")
-    if any(k < 1 for k in components):
-        raise UsageError("--components: each must be at least 1")
-    if any(size < 1 for size in fit_sizes):
-        raise UsageError("--fit-sizes: each must be at least 1")
-    if n < 1:
-        raise UsageError(f"--n {n}: must be at least 1")
+def check_lists(epochs_list):
+    if epochs_list != sorted(set(epochs_list)):
+        raise UsageError("--epochs-list: increasing epoch counts")
 
 
 def score_priors(trainer, train_x, test_x, components, fit_sizes, n, classifier_path, references, run):
@@ -118,18 +108,23 @@ def build_parser():
                                      epilog="Every other flag is the vae command's, passed to each run.")
     add_config_flags(parser, VAEConfig, skip={"kl_weight", "latent_dim", "epochs", "mixture_components",
                                               "mixture_fit_n"})
-    parser.add_argument("--kl-weights", type=float, nargs="+", default=[0, 0.25, 0.5, 1, 2, 4], metavar="W",
-                        help="the KL weights to train (default: 0 0.25 0.5 1 2 4)")
-    parser.add_argument("--latent-dims", type=int, nargs="+", default=[VAEConfig.latent_dim], metavar="P",
-                        help=f"the latent dimensions p to train (default: {VAEConfig.latent_dim})")
-    parser.add_argument("--epochs-list", type=int, nargs="+", default=[VAEConfig.epochs], metavar="E",
-                        help=f"score each run after each of these epoch counts (default: {VAEConfig.epochs})")
-    parser.add_argument("--components", type=int, nargs="+", default=[VAEConfig.mixture_components], metavar="K",
-                        help=f"mixture sizes fitted and scored at each point (default: {VAEConfig.mixture_components})")
-    parser.add_argument("--fit-sizes", type=int, nargs="+", default=[VAEConfig.mixture_fit_n], metavar="N",
-                        help=f"numbers of training encodings each mixture is fitted to "
-                             f"(default: {VAEConfig.mixture_fit_n})")
-    parser.add_argument("--n", type=int, default=10000, help="samples scored per prior (default: 10000)")
+    parser.add_argument("--kl-weights", type=number(float, "[0, inf)"), nargs="+", default=[0, 0.25, 0.5, 1, 2, 4],
+                        metavar="W", help="the KL weights to train (default: 0 0.25 0.5 1 2 4; each within [0, inf))")
+    parser.add_argument("--latent-dims", type=number(int, "[1, 1e9]"), nargs="+", default=[VAEConfig.latent_dim],
+                        metavar="P", help=f"the latent dimensions p to train (default: {VAEConfig.latent_dim}; each "
+                                          "within [1, 1e9])")
+    parser.add_argument("--epochs-list", type=number(int, "[1, 1e6]"), nargs="+", default=[VAEConfig.epochs],
+                        metavar="E", help=f"score each run after each of these epoch counts, in increasing order "
+                                          f"(default: {VAEConfig.epochs}; each within [1, 1e6])")
+    parser.add_argument("--components", type=number(int, "[1, 1e6]"), nargs="+",
+                        default=[VAEConfig.mixture_components], metavar="K",
+                        help=f"mixture sizes fitted and scored at each point (default: {VAEConfig.mixture_components}; "
+                             "each within [1, 1e6])")
+    parser.add_argument("--fit-sizes", type=number(int, "[1, 1e9]"), nargs="+", default=[VAEConfig.mixture_fit_n],
+                        metavar="N", help=f"numbers of training encodings each mixture is fitted to "
+                                          f"(default: {VAEConfig.mixture_fit_n}; each within [1, 1e9])")
+    parser.add_argument("--n", type=number(int, "[2, 1e9]"), default=10000,
+                        help="samples scored per prior (default: 10000; within [2, 1e9]: a Frechet distance needs 2)")
     parser.add_argument("--classifier", default=CLASSIFIER_PATH,
                         help=f"the cached MNIST classifier, trained if missing (default: {CLASSIFIER_PATH})")
     return parser
