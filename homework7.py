@@ -124,6 +124,7 @@ class GANConfig(RunConfig):
                           "[2, 1e6]")
     lr: float = arg(8.9e-4, "Adam learning rate of both G and D", "(0, inf)")
     beta1: float = arg(0.5, "Adam beta1 of both G and D", "[0, 1)")
+    beta2: float = arg(0.999, "Adam beta2 of both G and D", "[0, 1)")
     noise_dim: int = arg(100, "dimension of G's Gaussian noise z", "[1, 1e9]")
     hidden: int = arg(256, "hidden units of G and D", "[1, 1e9]")
     dropout: float = arg(0.5, "rate of D's input dropout layer", "[0, 1)")
@@ -571,8 +572,8 @@ class GANTrainer:
         self.cfg, self.device = cfg, device
         self.G = Generator(cfg.noise_dim, cfg.hidden).to(device)
         self.D = Discriminator(cfg.hidden, cfg.dropout).to(device)
-        self.opt_G = make_adam(self.G.parameters(), cfg.lr, device, betas=(cfg.beta1, 0.999))
-        self.opt_D = make_adam(self.D.parameters(), cfg.lr, device, betas=(cfg.beta1, 0.999))
+        self.opt_G = make_adam(self.G.parameters(), cfg.lr, device, betas=(cfg.beta1, cfg.beta2))
+        self.opt_D = make_adam(self.D.parameters(), cfg.lr, device, betas=(cfg.beta1, cfg.beta2))
         self.G_ema = copy.deepcopy(self.G).requires_grad_(False) if cfg.ema > 0 else None
         # matching tensors of G_ema and G (weights and BatchNorm statistics), for update_ema()
         self.ema_pairs = []

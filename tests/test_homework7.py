@@ -269,6 +269,7 @@ BAD_INPUTS = [  # (id, argv with {d} for the directory of bad files, words the o
     ("mixture fit on 0", "vae --mixture-fit-n 0", "--mixture-fit-n 0"),
     ("noise dim 0", "gan --noise-dim 0", "--noise-dim 0"),
     ("beta1 1", "gan --beta1 1", "--beta1 1.0"),
+    ("beta2 1", "gan --beta2 1", "--beta2 1.0: must lie within [0, 1)"),
     ("ema 1", "gan --ema 1", "--ema 1.0"),
     ("ema nan", "gan --ema nan", "--ema nan"),
     ("k 0", "gan --k 0", "--k 0"),
@@ -493,6 +494,12 @@ def test_dropout_zeroes_a_share_p_keeps_the_mean_and_is_off_in_eval_mode():
 def small_gan(**overrides):
     torch.manual_seed(0)
     return hw.GANTrainer(hw.GANConfig(**{"noise_dim": 8, "hidden": 32, **overrides}), CPU)
+
+
+def test_adams_betas_of_both_networks_are_the_configs():
+    gan = small_gan(beta1=0.3, beta2=0.95)
+    for optimizer in (gan.opt_G, gan.opt_D):
+        assert optimizer.param_groups[0]["betas"] == (0.3, 0.95)
 
 
 def test_generator_shapes_ranges_and_layers():

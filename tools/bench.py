@@ -64,8 +64,8 @@ def plain_gan_steps(train_x, steps, cfg):
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(train_x), batch_size=cfg.batch_size,
                                          shuffle=True)
     G, D = Generator(cfg.noise_dim, cfg.hidden), with_stock_dropout(Discriminator(cfg.hidden, cfg.dropout))
-    opt_G = torch.optim.Adam(G.parameters(), lr=cfg.lr, betas=(cfg.beta1, 0.999))
-    opt_D = torch.optim.Adam(D.parameters(), lr=cfg.lr, betas=(cfg.beta1, 0.999))
+    opt_G = torch.optim.Adam(G.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+    opt_D = torch.optim.Adam(D.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
     bce = nn.BCELoss()
 
     def step(x):

@@ -30,9 +30,9 @@ from tools.evaluate import CLASSIFIER_PATH, classify, load_classifier, real_refe
 from tools.sample import draw_samples
 
 # GANConfig's defaults before issue 15, with the methods it added switched off
-OLD_DEFAULT = {"epochs": 75, "batch_size": 100, "lr": 4e-4, "beta1": 0.5, "noise_dim": 100, "hidden": 256,
-               "dropout": 0.5, "k": 1, "r1": 0.0, "r1_every": 16, "ema": 0.9999, "ema_rampup": 0.0, "bn_batches": 0,
-               "generator_loss": "non-saturating", "g_noise": "fresh"}
+OLD_DEFAULT = {"epochs": 75, "batch_size": 100, "lr": 4e-4, "beta1": 0.5, "beta2": 0.999, "noise_dim": 100,
+               "hidden": 256, "dropout": 0.5, "k": 1, "r1": 0.0, "r1_every": 16, "ema": 0.9999, "ema_rampup": 0.0,
+               "bn_batches": 0, "generator_loss": "non-saturating", "g_noise": "fresh"}
 # each method: the flags it changes from the old default. Top-k G updates, two time scales (D at twice G's rate),
 # a learning-rate decay and instance noise were measured too, at commit 925065a, and removed since: none won;
 # so was the hinge objective, at commit a416054 (tools/RESULTS.md).
@@ -66,6 +66,12 @@ def method_config(name, epochs=None, out_dir=QUALITY_DIR, n_train=None, seed=0):
     on_new = parts[0] == "new"
     flags = {} if on_new else dict(OLD_DEFAULT)
     for part in parts[1:] if on_new else parts:
+        if "=" in part:  # FIELD=VALUE sets one field: new+lr=1.2e-3+beta2=0.99
+            key, value = part.split("=", 1)
+            if key not in {f.name for f in dataclasses.fields(GANConfig)}:
+                raise UsageError(f"unknown field {key!r} in method {name!r}")
+            flags[key] = type(getattr(GANConfig, key))(value)
+            continue
         if part not in METHODS:
             raise UsageError(f"unknown method {part!r}: use new or {', '.join(METHODS)}, joined by +")
         flags.update(METHODS[part])
