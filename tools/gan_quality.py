@@ -247,20 +247,21 @@ def format_seed_table(results):
 
 
 def plot_quality(results, path, epoch_seconds=None):
-    """The three scores against minutes of training, one line per method: the mean over its seeds, and a band
-    from the lowest to the highest where it has several. The minutes are the recorded ones (their mean over
-    seeds), or epochs × epoch_seconds[method], the step cost timed side by side, where that is given."""
+    """The three scores against minutes of training, one line per method: the mean over the seeds scored at
+    each epoch, and a band from the lowest to the highest where it has several. The minutes are the recorded
+    ones (their mean over seeds), or epochs × epoch_seconds[method], the step cost timed side by side, where
+    that is given."""
     fig = Figure(figsize=(12, 4), dpi=100, layout="constrained")
     axes = fig.subplots(1, 3)
     by_method = runs_by_method(results)
     for ax, (key, label, target, limits) in zip(axes, SCORES):
         for method, runs in by_method.items():
-            epochs = sorted(set.intersection(*(set(run) for run in runs)))
+            epochs = sorted(set().union(*runs))  # each scored epoch, over the seeds scored there
             if epoch_seconds:
                 minutes = [e * epoch_seconds[method] / 60 for e in epochs]
             else:
-                minutes = [statistics.mean(run[e]["minutes"] for run in runs) for e in epochs]
-            values = [[run[e][key] for run in runs] for e in epochs]
+                minutes = [statistics.mean(run[e]["minutes"] for run in runs if e in run) for e in epochs]
+            values = [[run[e][key] for run in runs if e in run] for e in epochs]
             seeds = f" ({len(runs)} seeds)" if len(runs) > 1 else ""
             (line,) = ax.plot(minutes, [statistics.mean(v) for v in values], marker="o", markersize=3,
                               label=method + seeds)
