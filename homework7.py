@@ -122,12 +122,12 @@ class GANConfig(RunConfig):
     epochs: int = arg(60, "passes of D over the training set", "[1, 1e6]")
     batch_size: int = arg(500, "minibatch size m, of real images and of noise vectors (BatchNorm needs 2)",
                           "[2, 1e6]")
-    lr: float = arg(8.9e-4, "Adam learning rate of both G and D", "(0, inf)")
+    lr: float = arg(2e-3, "Adam learning rate of both G and D", "(0, inf)")
     beta1: float = arg(0.5, "Adam beta1 of both G and D", "[0, 1)")
-    beta2: float = arg(0.999, "Adam beta2 of both G and D", "[0, 1)")
+    beta2: float = arg(0.99, "Adam beta2 of both G and D", "[0, 1)")
     noise_dim: int = arg(100, "dimension of G's Gaussian noise z", "[1, 1e9]")
     hidden: int = arg(256, "hidden units of G and D", "[1, 1e9]")
-    dropout: float = arg(0.5, "rate of D's input dropout layer", "[0, 1)")
+    dropout: float = arg(0.1, "rate of D's input dropout layer", "[0, 1)")
     k: int = arg(1, "discriminator steps per generator step (Algorithm 1's k)", "[1, 1e6]")
     r1: float = arg(0.01, "γ of the R1 penalty γ/2 · ‖∇ₓ a(x)‖² on D's logit a over real images (0 = off)",
                     "[0, inf)")
@@ -348,7 +348,7 @@ class Generator(nn.Module):
 class Discriminator(nn.Module):
     """D: input dropout → 3 linear layers, BatchNorm + ReLU between them → one sigmoid."""
 
-    def __init__(self, hidden=256, dropout=0.5):
+    def __init__(self, hidden=256, dropout=0.1):
         super().__init__()
         self.net = nn.Sequential(
             Dropout(dropout),
