@@ -29,11 +29,11 @@ import io
 import json
 import math
 import os
+import secrets
 import shlex
 import signal
 import struct
 import sys
-import tempfile
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -1012,18 +1012,16 @@ def plot_curves(metrics, series, path, ylabel=""):
 def atomic_write(path, write):
     """Calls write(file) on a temporary file beside path, then renames it over path: path holds the old file
     or the new one, never half of one. Where writing fails (a full disk), the previous file stays."""
-    path, tmp = Path(path), None
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # a name of its own
-        with os.fdopen(fd, "wb") as f:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")  # named before it exists: a stop at any
+    try:  # moment, even as it is made, finds the name to remove; a name of its own for each writer
+        with open(tmp, "xb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp's file is private to its owner; a normal file is not
         os.replace(tmp, path)
     except BaseException as e:  # a stop signal too: no temporary file is left behind
-        if tmp:
-            Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         if isinstance(e, OSError):
             kept = "; the previous file is kept" if path.is_file() else ""
             raise UsageError(f"could not write {path}: {e.strerror or e}{kept}") from None
