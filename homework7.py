@@ -824,12 +824,16 @@ def fit(trainer, cfg, train_x, test_x, run_dir, resume=False, log_every=25, on_e
         print(f"{trainer.name}: resuming after epoch {state['epoch']} from {run_dir / 'checkpoint.pt'}")
     train_x, test_x = train_x.to(trainer.device), test_x.to(trainer.device)
     n_batches = len(batch_bounds(len(train_x), cfg.batch_size))
+    # one progress bar for the run, not one an epoch: a stop signal that lands in a finalizer (a bar's __del__)
+    # would be lost, so none runs between epochs
+    bar = tqdm(total=n_batches, leave=False, disable=None)
     for epoch in range(first_epoch, cfg.epochs + 1):
         start, meter = time.perf_counter(), Meter()
-        bar = tqdm(minibatches(train_x, cfg.batch_size), total=n_batches, leave=False,
-                   desc=f"{trainer.name} epoch {epoch}/{cfg.epochs}", disable=None)
-        for step, x in enumerate(bar, 1):
+        bar.reset()
+        bar.set_description(f"{trainer.name} epoch {epoch}/{cfg.epochs}", refresh=False)
+        for step, x in enumerate(minibatches(train_x, cfg.batch_size), 1):
             meter.add(trainer.train_step(x))
+            bar.update()
             if step % log_every == 0 or step == n_batches:
                 bar.set_postfix({k: f"{v:.3g}" for k, v in meter.means().items()}, refresh=False)
         train_stats = meter.means_and_maxima()
@@ -846,6 +850,7 @@ def fit(trainer, cfg, train_x, test_x, run_dir, resume=False, log_every=25, on_e
               flush=True)
         if on_epoch:
             on_epoch(trainer, record)
+    bar.close()
     return metrics
 
 
