@@ -365,6 +365,7 @@ class Discriminator(nn.Module):
         """The probability that x is real."""
         return torch.sigmoid(self.logits(x))
 
+
 class Dropout(nn.Dropout):
     """nn.Dropout with its mask drawn by torch.rand: the same distribution, but on a CPU about 4× faster
     than the bernoulli_ kernel nn.Dropout uses (0.2 ms against 0.8 ms for 100 images of 784 pixels)."""
@@ -1222,9 +1223,9 @@ def train(name, cfg, resume=False):
         metrics = fit(trainer, cfg, train_x, test_x, cfg.run_dir, resume=resume)
         finish_start = time.perf_counter()
         done = trainer.after_training(train_x)  # the VAE's mixture, the GAN's BatchNorm statistics: into the checkpoint
-        if not all_finite(trainer.state_dict()):
-            raise TrainingStopped(f"after training, {done}: it holds NaN or infinite numbers", cfg.run_dir)
-        if done:
+        if done:  # the state changed since fit() checked it: checked again before it is saved and drawn
+            if not all_finite(trainer.state_dict()):
+                raise TrainingStopped(f"after training, {done}: it holds NaN or infinite numbers", cfg.run_dir)
             print(f"{name}: {done} in {time.perf_counter() - finish_start:.1f} s")
             save_checkpoint(cfg.run_dir, trainer, cfg, metrics[-1]["epoch"], metrics)
         test_x = test_x.to(device)

@@ -151,12 +151,12 @@ def read_record(path):
         record = json.loads(Path(path).read_text())
     except (UnicodeDecodeError, ValueError) as e:
         raise UsageError(f"{path}: not a record of tools.gan_quality (not JSON: {first_line(e)})") from None
-    number = (int, float)
+    numeric = (int, float)
     points_fit = isinstance(record, dict) and isinstance(record.get("points"), list) and all(
-        isinstance(p, dict) and all(isinstance(p.get(k), number) for k in ("epoch", "minutes", *POINT_SCORES))
+        isinstance(p, dict) and all(isinstance(p.get(k), numeric) for k in ("epoch", "minutes", *POINT_SCORES))
         for p in record["points"])
     if not (points_fit and isinstance(record.get("method"), str) and isinstance(record.get("at"), list)
-            and all(isinstance(record.get(k), number) for k in ("seed", "epoch_seconds_median", "threads"))):
+            and all(isinstance(record.get(k), numeric) for k in ("seed", "epoch_seconds_median", "threads"))):
         raise UsageError(f"{path}: not a record of tools.gan_quality (its method, seed, epochs or scores are "
                          "missing)")
     return record
