@@ -1026,12 +1026,15 @@ def atomic_write(path, write):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException as e:  # a stop signal too: no temporary file is left behind
+    except BaseException as error:  # a stop signal too: no temporary file is left behind
         tmp.unlink(missing_ok=True)
-        if isinstance(e, OSError):
-            kept = "; the previous file is kept" if path.is_file() else ""
-            raise UsageError(f"could not write {path}: {e.strerror or e}{kept}") from None
-        raise
+        e = error  # torch.save cut short raises its own RuntimeError about the file; what cut it is the context
+        while not isinstance(e, (KeyboardInterrupt, OSError)) and e.__context__ is not None:
+            e = e.__context__
+        if not isinstance(e, OSError):
+            raise e if isinstance(e, KeyboardInterrupt) else error
+        kept = "; the previous file is kept" if path.is_file() else ""
+        raise UsageError(f"could not write {path}: {e.strerror or e}{kept}") from None
 
 
 def save_json(path, obj):
