@@ -25,14 +25,12 @@ import copy
 import dataclasses
 import gzip
 import hashlib
-import io
 import json
 import math
 import os
 import secrets
 import shlex
 import signal
-import struct
 import sys
 import time
 import zlib
@@ -55,19 +53,6 @@ except KeyboardInterrupt:
 IMAGE_SIDE = 28  # MNIST images are 28×28 ...
 IMAGE_DIM = IMAGE_SIDE * IMAGE_SIDE  # ... flattened to 784 pixels
 
-MNIST_DIR = Path(__file__).resolve().parent / "data"  # MNIST's four original IDX files, beside this script
-MNIST_SHA256 = {  # each file as published with MNIST (data/README.md says where it comes from)
-    "train-images-idx3-ubyte.gz": "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
-    "train-labels-idx1-ubyte.gz": "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
-    "t10k-images-idx3-ubyte.gz": "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
-    "t10k-labels-idx1-ubyte.gz": "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
-}
-IDX_IMAGES, IDX_LABELS = b"\x00\x00\x08\x03", b"\x00\x00\x08\x01"  # IDX magic numbers: uint8, 3 axes or 1
-NPY_MAGIC = b"\x93NUMPY"  # how a .npy file begins
-CHECKPOINT_FORMAT = 3  # bump when what a checkpoint holds changes (3: the GAN's standing statistics on their own)
-GAN_COLLAPSE_D_FAKE = 1e-3  # stop when D(G(z)) stays below this for a whole epoch
-GAN_DIVERGED_D_LOSS = 100.0  # stop when D's loss averages above this over an epoch (1.39 at D's equilibrium)
-
 
 def arg(default, help, within=None, **argparse_kwargs):
     """A config field whose one-line help is also its command-line help; a number's range, within, is written
@@ -75,20 +60,10 @@ def arg(default, help, within=None, **argparse_kwargs):
     return field(default=default, metadata={"help": help, "within": within, **argparse_kwargs})
 
 
-def lies_within(value, interval):
-    """Whether the number value lies in the interval, written as in mathematics: "[1, 1e6]", "[0, 1)"."""
-    low, high = (float(end) for end in interval[1:-1].split(","))
-    above = low <= value if interval[0] == "[" else low < value
-    return above and (value <= high if interval[-1] == "]" else value < high)
-
-
 @dataclass
 class RunConfig:
     """What every training run shares."""
 
-    epochs: int = arg(30, "passes over the training set", "[1, 1e6]")
-    batch_size: int = arg(100, "minibatch size M", "[1, 1e6]")
-    lr: float = arg(1e-3, "Adam learning rate", "(0, inf)")
     seed: int = arg(0, "random seed (data order, initial weights, noise)", "[0, 4294967295]")
     n_train: int = arg(None, "use only the first N training images (default: all)", "[1, 1e9]", type=int)
     data: str = arg("", "training images: .npy (N×784 or N×28×28) or IDX file; '' = MNIST from data/")
@@ -110,7 +85,7 @@ class VAEConfig(RunConfig):
     dropout: float = arg(0.1, "dropout rate on the encoder's hidden layer", "[0, 1)")
     kl_weight: float = arg(0.5, "weight of the KL term of Eq. 10 against reconstruction", "[0, inf)")
     mixture_components: int = arg(200, "components of the Gaussian mixture fitted to the encodings μ(x) after "
-                                      "training, a second prior to sample from (0 = none)", "[0, 1e6]")
+                                      "training, a second way to draw z (0 = none)", "[0, 1e6]")
     mixture_fit_n: int = arg(20000, "fit the mixture to the encodings of at most this many training images",
                              "[1, 1e9]")
 
@@ -137,159 +112,13 @@ class GANConfig(RunConfig):
                      "[0, 1)")
     ema_rampup: float = arg(0.1, "the moving average spans at most this share of G's steps so far, so "
                                  "that it follows G early on (0 = off)", "[0, inf)")
-    bn_batches: int = arg(200, "after training, recompute the sampler's BatchNorm statistics over this many "
-                             "batches of noise (0 = keep those averaged from G's)", "[0, 1e5]")
+    bn_batches: int = arg(200, "after training, recompute the BatchNorm statistics of the G that draws the "
+                             "samples over this many batches of noise (0 = keep those averaged from G's)", "[0, 1e5]")
     g_noise: str = arg("shared", "G's minibatch of noise: shared with D's step just before, whose G(z) it reuses "
                                  "(one pass of G fewer), or fresh, drawn anew as in Algorithm 1",
                        choices=("shared", "fresh"))
-    generator_loss: str = arg(
-        "non-saturating",
-        "G's objective: minimax, log(1-D(G(z))), or non-saturating, -log D(G(z))",
-        choices=("non-saturating", "minimax"),
-    )
-
-
-class UsageError(Exception):
-    """Bad input or an unusable state: reported as one line, exit status 2."""
-
-
-def first_line(error):
-    """The first line of an exception's message, or its type's name where the message is empty."""
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]
-
-
-# ----------------------------------------------------------------------------- data
-def read_idx(path, magic, sha256=None):
-    """An IDX file (LeCun's MNIST format, optionally gzipped) as a uint8 array, its SHA-256 checked if given."""
-    raw = Path(path).read_bytes()
-    if sha256 and hashlib.sha256(raw).hexdigest() != sha256:
-        raise UsageError(f"{path}: SHA-256 checksum mismatch (corrupt, or not the original MNIST file)")
-    return parse_idx(gunzip(raw, path), magic, path)
-
-
-def gunzip(raw, path):
-    """raw decompressed where it is gzip data, else as it is."""
-    if raw[:2] != b"\x1f\x8b":
-        return raw
-    try:
-        return gzip.decompress(raw)
-    except (EOFError, OSError, zlib.error) as e:
-        raise UsageError(f"{path}: corrupt gzip data: {e}") from None
-
-
-def parse_idx(raw, magic, path):
-    """The bytes of an IDX file as a uint8 array: after the 4-byte magic number (0x00000803 for images
-    N×rows×cols, 0x00000801 for labels N), one big-endian 4-byte size per axis, then the data."""
-    kind = "image" if magic == IDX_IMAGES else "label"
-    if len(raw) < 4 or raw[:4] != magic:
-        raise UsageError(f"{path}: not an IDX {kind} file (magic number 0x{magic.hex()} expected)")
-    ndim = magic[3]  # the magic number's last byte counts the axes: 3 for images, 1 for labels
-    if len(raw) < 4 + 4 * ndim:
-        raise UsageError(f"{path}: not an IDX {kind} file (its header is cut short)")
-    shape = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
-    if len(raw) != 4 + 4 * ndim + math.prod(shape):
-        raise UsageError(f"{path}: truncated or corrupt: header says {'×'.join(map(str, shape))}, file has "
-                         f"{len(raw) - 4 - 4 * ndim} bytes of data")
-    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
-
-
-def load_mnist(split, data_dir=MNIST_DIR):
-    """MNIST's "train" (60,000) or "t10k" (10,000) split from its original IDX files in data_dir, each file
-    checked against its SHA-256: (images N×784 float32 in [0,1], labels N int64)."""
-    paths = {kind: Path(data_dir) / f"{split}-{kind}" for kind in ("images-idx3-ubyte.gz", "labels-idx1-ubyte.gz")}
-    if not all(path.exists() for path in paths.values()):
-        raise UsageError(f"MNIST not found in {data_dir}/: pass --data with the assignment's "
-                         "mnist_train_images.npy or an IDX image file (train-images-idx3-ubyte)")
-    images, labels = (read_idx(path, magic, MNIST_SHA256[path.name])
-                      for path, magic in zip(paths.values(), (IDX_IMAGES, IDX_LABELS)))
-    return images_to_tensor(images, paths["images-idx3-ubyte.gz"]), torch.from_numpy(labels.astype(np.int64))
-
-
-def read_image_file(path):
-    """Images from a .npy file (the assignment's mnist_train_images.npy) or an IDX image file (optionally
-    gzipped), told apart by name and first bytes, as an N×784 float32 tensor."""
-    raw = Path(path).read_bytes()
-    if str(path).lower().endswith(".npy") or raw.startswith(NPY_MAGIC):
-        array = parse_npy(raw, path)
-    else:
-        raw = gunzip(raw, path)
-        if not raw.startswith(IDX_IMAGES[:3]):
-            raise UsageError(f"{path}: neither a .npy file nor an IDX image file (magic number 0x00000803 expected): "
-                             "--data takes the assignment's .npy (N×784 or N×28×28) or an IDX file")
-        array = parse_idx(raw, IDX_IMAGES, path)
-    return images_to_tensor(array, path)
-
-
-def parse_npy(raw, path):
-    """The array in the bytes of a .npy file, its header checked against the bytes that follow it before any
-    memory is taken for it (NumPy's format: a magic string and version, a header of shape and dtype, the data)."""
-    f = io.BytesIO(raw)
-    try:
-        version = np.lib.format.read_magic(f)
-        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        shape, fortran_order, dtype = read_header(f)
-    except (ValueError, EOFError) as e:
-        raise UsageError(f"{path}: not a readable .npy file ({first_line(e)})") from None
-    if dtype.hasobject:
-        raise UsageError(f"{path}: not a .npy file of pixels (it holds Python objects)")
-    if len(raw) - f.tell() != math.prod(shape) * dtype.itemsize:
-        raise UsageError(f"{path}: truncated or corrupt: header says {'×'.join(map(str, shape))} of {dtype}, file has "
-                         f"{len(raw) - f.tell()} bytes of data")
-    return np.frombuffer(raw, dtype, math.prod(shape), f.tell()).reshape(shape, order="F" if fortran_order else "C")
-
-
-def images_to_tensor(array, source):
-    """Checks an image array (N×784 or N×28×28; floats in [0,1] or integers 0..255) → N×784 float32."""
-    if array.ndim not in (2, 3) or array.shape[1:] not in ((IMAGE_DIM,), (IMAGE_SIDE, IMAGE_SIDE)):
-        raise UsageError(f"{source}: images must be N×{IMAGE_DIM} or N×{IMAGE_SIDE}×{IMAGE_SIDE}, got shape {array.shape}")
-    if len(array) == 0:
-        raise UsageError(f"{source}: holds no images")
-    if np.issubdtype(array.dtype, np.integer):
-        if array.min() < 0 or array.max() > 255:
-            raise UsageError(f"{source}: integer pixels must lie in 0..255")
-        array = array.astype(np.float32) / 255
-    elif np.issubdtype(array.dtype, np.floating):
-        if not np.isfinite(array).all():
-            raise UsageError(f"{source}: holds NaN or infinite pixels")
-        if array.min() < 0 or array.max() > 1:
-            raise UsageError(f"{source}: float pixels must lie in [0, 1], got [{array.min():.9g}, {array.max():.9g}]")
-    else:
-        raise UsageError(f"{source}: pixels must be numbers, got dtype {array.dtype}")
-    return torch.from_numpy(np.array(array, dtype=np.float32).reshape(len(array), IMAGE_DIM))  # a writable copy
-
-
-def load_images(cfg):
-    """(train_x, test_x) as N×784 float32 tensors in [0,1], as the config asks."""
-    if cfg.data:
-        train_x = read_image_file(cfg.data)
-        if cfg.test_data:
-            test_x = read_image_file(cfg.test_data)
-        else:  # hold out the last 10% of --data as the test set
-            n_test = max(1, len(train_x) // 10)
-            if len(train_x) - n_test < 1:
-                raise UsageError(f"{cfg.data}: too few images to hold out a test set; pass --test-data")
-            train_x, test_x = train_x[:-n_test], train_x[-n_test:]
-    else:
-        train_x, test_x = load_mnist("train")[0], load_mnist("t10k")[0]
-    if cfg.n_train is not None:
-        train_x = train_x[: cfg.n_train]
-    return train_x, test_x
-
-
-def batch_bounds(n, batch_size):
-    """(start, end) of each minibatch of an epoch of n images; a lone leftover image joins the batch before
-    it, since BatchNorm cannot normalise a batch of one."""
-    starts = list(range(0, n, batch_size))
-    if len(starts) > 1 and n - starts[-1] == 1:
-        starts.pop()
-    return list(zip(starts, starts[1:] + [n]))
-
-
-def minibatches(x, batch_size):
-    """One epoch of shuffled minibatches, sliced from the tensor itself (no per-image DataLoader)."""
-    order = torch.randperm(len(x)).to(x.device)
-    for start, end in batch_bounds(len(x), batch_size):
-        yield x.index_select(0, order[start:end])  # the same rows as x[...], ~3× faster on a CPU
+    generator_loss: str = arg("non-saturating", "G's objective: minimax, log(1-D(G(z))), or non-saturating, "
+                                                 "-log D(G(z))", choices=("non-saturating", "minimax"))
 
 
 # ----------------------------------------------------------------------------- models
@@ -309,9 +138,6 @@ class VAE(nn.Module):
         mu, logvar = self.encoder(x).chunk(2, dim=1)
         return mu, logvar
 
-    def decode_logits(self, z):
-        return self.decoder(z)
-
     def decode(self, z):
         """z: B×p → the 784 Bernoulli means in (0, 1)."""
         return torch.sigmoid(self.decoder(z))
@@ -319,7 +145,7 @@ class VAE(nn.Module):
     def forward(self, x, eps=None):
         mu, logvar = self.encode(x)
         z = reparameterize(mu, logvar, eps)
-        return self.decode_logits(z), mu, logvar
+        return self.decoder(z), mu, logvar
 
 
 def reparameterize(mu, logvar, eps=None):
@@ -327,7 +153,6 @@ def reparameterize(mu, logvar, eps=None):
     if eps is None:
         eps = torch.randn_like(mu)
     return mu + torch.exp(0.5 * logvar) * eps
-
 
 class Generator(nn.Module):
     """G: noise z → 4 linear layers, BatchNorm + ReLU between them → 784 sigmoids."""
@@ -415,7 +240,11 @@ def r1_penalty(real_logits, real, gamma):
     return 0.5 * gamma * grad.pow(2).sum(1).mean()
 
 
+
 # ----------------------------------------------------------------------------- training
+# Each trainer holds its networks and optimizers, and gives fit() one minibatch step (train_step), what ends
+# an epoch (after_epoch), what follows the last one (after_training) and its figures; the tools also draw
+# new images from it by name (samplers, sample).
 class VAETrainer:
     """Algorithm 1 of Kingma & Welling with L = 1 sample per image, Adam on θ and φ together."""
 
@@ -425,42 +254,10 @@ class VAETrainer:
         self.cfg, self.device = cfg, device
         self.model = VAE(cfg.latent_dim, cfg.hidden, cfg.dropout).to(device)
         self.optimizer = make_adam(self.model.parameters(), cfg.lr, device)
-        self.prior = None  # the mixture fitted after training: {"weights", "means", "covariances"}
-
-    def state_dict(self):
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                **({"prior": self.prior} if self.prior else {})}
-
-    def load_state_dict(self, state):
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.prior = state.get("prior")
-
-    def after_training(self, train_x):
-        """After the last epoch: fit the mixture prior (fit_prior), or with --mixture-components 0 drop one
-        fitted before. Returns what was done, for the log (the checkpoint is then written again), or None."""
-        if not self.cfg.mixture_components:
-            dropped, self.prior = self.prior, None
-            return "dropped the mixture fitted before (--mixture-components 0)" if dropped else None
-        return self.fit_prior(train_x, self.cfg.mixture_components, self.cfg.mixture_fit_n)
-
-    @torch.no_grad()
-    def fit_prior(self, train_x, components, fit_n):
-        """Fits a mixture of that many Gaussians to the encodings μ(x) of (up to) fit_n training images, drawn
-        with the run's seed; it becomes the sampler "mixture"."""
-        self.model.eval()
-        pick = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(self.cfg.seed))
-        x = train_x[pick[:fit_n]].to(self.device)
-        mu = torch.cat([self.model.encode(x[i : i + 1000])[0] for i in range(0, len(x), 1000)])
-        try:
-            self.prior = fit_mixture(mu, components, seed=self.cfg.seed)
-        except torch.linalg.LinAlgError:  # a covariance that float64 cannot hold: encodings of a diverged encoder
-            raise UsageError("the mixture could not be fitted to these encodings; train with a lower --lr, or "
-                             "pass --mixture-components 0") from None
-        return f"fitted a mixture of {components} Gaussians to {len(x)} encodings mu(x)"
+        self.mixture = None  # fitted after training: {"weights", "means", "covariances"}
 
     def train_step(self, x):
-        self.prior = None  # the encoder moves: a mixture fitted to its earlier encodings no longer fits them
+        self.mixture = None  # the encoder moves: a mixture fitted to its earlier encodings no longer fits them
         self.model.train()
         x_logits, mu, logvar = self.model(x)
         loss, recon, kl = vae_loss(x, x_logits, mu, logvar, self.cfg.kl_weight)
@@ -469,46 +266,59 @@ class VAETrainer:
         self.optimizer.step()
         return {"-elbo": (recon + kl).detach(), "recon": recon.detach(), "kl": kl.detach()}
 
+    def after_epoch(self, test_x, steps):
+        """The epoch's test metrics (the VAE stops only where a number is not finite, which fit() checks)."""
+        return self.evaluate(test_x)
+
     @torch.inference_mode()
     def evaluate(self, test_x):
         """Test-set −ELBO (KL weight 1), reconstruction and KL, nats per image, model in eval mode."""
         self.model.eval()
-        meter = Meter()
+        totals = {}
         for start in range(0, len(test_x), 1000):
             x = test_x[start : start + 1000]
             _, recon, kl = vae_loss(x, *self.model(x), kl_weight=1.0)
-            meter.add({"-elbo": recon + kl, "recon": recon, "kl": kl}, weight=len(x))
-        return meter.means()
+            for key, value in {"-elbo": recon + kl, "recon": recon, "kl": kl}.items():
+                totals[key] = totals.get(key, 0) + value * len(x)
+        return {key: (total / len(test_x)).item() for key, total in totals.items()}
 
-    def stop_reason(self, train_stats):
-        """Why training must stop after an epoch with these statistics, or None: fit() stops on NaN for both
-        models; the VAE has no reason of its own."""
-        return None
+    def after_training(self, train_x):
+        """After the last epoch: fit the mixture (fit_mixture_to_encodings), or with --mixture-components 0 drop
+        one fitted before. Returns what was done, for the log (the checkpoint is then written again), or None."""
+        if not self.cfg.mixture_components:
+            dropped, self.mixture = self.mixture, None
+            return "dropped the mixture fitted before (--mixture-components 0)" if dropped else None
+        return self.fit_mixture_to_encodings(train_x, self.cfg.mixture_components, self.cfg.mixture_fit_n)
 
-    def epoch_line(self, record):
-        """The numbers of an epoch for its line of the log."""
-        tr, te = record["train"], record["test"]
-        return (
-            f"train -ELBO {tr['-elbo']:7.2f} (recon {tr['recon']:6.2f}, KL {tr['kl']:5.2f})  "
-            f"test -ELBO {te['-elbo']:7.2f} (recon {te['recon']:6.2f}, KL {te['kl']:5.2f})"
-        )
+    @torch.no_grad()
+    def fit_mixture_to_encodings(self, train_x, components, fit_n):
+        """Fits a mixture of that many Gaussians to the encodings μ(x) of (up to) fit_n training images, drawn
+        with the run's seed; it becomes the sampler "mixture"."""
+        self.model.eval()
+        pick = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(self.cfg.seed))
+        x = train_x[pick[:fit_n]].to(self.device)
+        mu = torch.cat([self.model.encode(x[i : i + 1000])[0] for i in range(0, len(x), 1000)])
+        try:
+            self.mixture = fit_mixture(mu, components, seed=self.cfg.seed)
+        except torch.linalg.LinAlgError:  # a covariance that float64 cannot hold: encodings of a diverged encoder
+            raise Diverged("the mixture could not be fitted to these encodings; train with a lower --lr, or "
+                           "pass --mixture-components 0") from None
+        return f"fitted a mixture of {components} Gaussians to {len(x)} encodings mu(x)"
 
     def samplers(self):
-        """What draws new images, by name, each described: z ~ N(0, I), then the mixture once it is fitted."""
-        names = {"standard": "z ~ N(0, I)"}
-        if self.prior:
-            names["mixture"] = f"z ~ mixture of {len(self.prior['weights'])}"
+        """The ways to draw new images, by name, each described: the prior z ~ N(0, I), then the mixture."""
+        names = {"prior": "z ~ N(0, I)"}
+        if self.mixture:
+            names["mixture"] = f"z ~ mixture of {len(self.mixture['weights'])}"
         return names
 
     @torch.inference_mode()
-    def sample(self, n, generator=None, sampler="standard"):
-        """n new images: z ~ N(0, I) (sampler "standard") or z ~ the fitted mixture ("mixture"), through the
+    def sample(self, n, generator=None, sampler="prior"):
+        """n new images: z ~ N(0, I) (sampler "prior") or z ~ the fitted mixture ("mixture"), through the
         decoder alone (its Bernoulli means)."""
         self.model.eval()
         if sampler == "mixture":
-            if not self.prior:
-                raise ValueError("this VAE has no fitted mixture")
-            z = sample_mixture(self.prior, n, generator).float()
+            z = sample_mixture(self.mixture, n, generator).float()
         else:
             z = torch.randn(n, self.cfg.latent_dim, generator=generator)
         return self.model.decode(z.to(self.device))
@@ -539,20 +349,13 @@ class VAETrainer:
 
     def write_figures(self, figures_dir, test_x, metrics):
         x = test_x[:16]
-        new = self.sample(16, torch.Generator().manual_seed(self.cfg.seed))
-        rows = [("MNIST test", x), ("reconstruction", self.reconstruct(x)), ("new: z ~ N(0, I)", new)]
-        if self.prior:
-            k = len(self.prior["weights"])
-            rows.append((f"new: z ~ mixture\nof {k} Gaussians", self.sample(16, torch.Generator().manual_seed(
-                self.cfg.seed), sampler="mixture")))
+        rows = [("MNIST test", x), ("reconstruction", self.reconstruct(x))]  # then the prior's row, the mixture's
+        rows += [(f"new: {words}", self.sample(16, torch.Generator().manual_seed(self.cfg.seed), sampler))
+                 for sampler, words in self.samplers().items()]
         title = f"VAE, p = {self.cfg.latent_dim}, KL weight {self.cfg.kl_weight:g}, {len(metrics)} epochs"
         plot_rows(rows, Path(figures_dir) / "vae.png", title)
-        plot_curves(
-            metrics,
-            [("-elbo", "−ELBO"), ("recon", "reconstruction −log p(x|z)"), ("kl", "KL(q(z|x) ‖ p(z))")],
-            Path(figures_dir) / "vae_curves.png",
-            ylabel="nats per image",
-        )
+        series = [("-elbo", "−ELBO"), ("recon", "reconstruction −log p(x|z)"), ("kl", "KL(q(z|x) ‖ p(z))")]
+        plot_curves(metrics, series, Path(figures_dir) / "vae_curves.png", ylabel="nats per image")
         ends = (torch.arange(16) % len(test_x)).tolist()  # test images 0 → 1, 2 → 3, ..., 14 → 15 (fewer: again)
         lines = self.interpolate(test_x[ends[0::2]], test_x[ends[1::2]])
         plot_rows([(f"test {a} → {b}", line) for a, b, line in zip(ends[0::2], ends[1::2], lines)],
@@ -562,12 +365,23 @@ class VAETrainer:
             plot_grid(self.manifold(), Path(figures_dir) / "vae_manifold.png",
                       "VAE, p = 2: decoder over Gaussian quantiles of z₁ (across), z₂ (down)")
 
+    def state_dict(self):
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                **({"mixture": self.mixture} if self.mixture else {})}
+
+    def load_state_dict(self, state):
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.mixture = state.get("mixture")
+
 
 class GANTrainer:
     """Algorithm 1 of Goodfellow et al.: k steps of D, then one of G, each on m images / m noise vectors."""
 
     name = "gan"
     n_fixed = 64  # fixed noise vectors for the figures
+    collapse_d_fake = 1e-3  # stop when D(G(z)) stays below this for a whole epoch
+    diverged_d_loss = 100.0  # stop when D's loss averages above this over an epoch (1.39 at D's equilibrium)
 
     def __init__(self, cfg, device):
         self.cfg, self.device = cfg, device
@@ -583,39 +397,24 @@ class GANTrainer:
         self.fixed_z = torch.randn(self.n_fixed, cfg.noise_dim, generator=torch.Generator().manual_seed(cfg.seed))
         self.d_steps = 0
         self.snapshots = {}  # epoch → G(fixed z[:16]), for figures/gan_progress.png
-        self.standing = None  # after training: a copy of the sampler with its BatchNorm statistics recomputed
-
-    def state_dict(self):
-        return {
-            "G": self.G.state_dict(), "D": self.D.state_dict(),
-            "opt_G": self.opt_G.state_dict(), "opt_D": self.opt_D.state_dict(),
-            "d_steps": self.d_steps, "snapshots": self.snapshots,
-            **({"G_ema": self.G_ema.state_dict()} if self.G_ema else {}),
-            **({"G_standing": self.standing.state_dict()} if self.standing else {}),
-        }
-
-    def load_state_dict(self, state):
-        self.G.load_state_dict(state["G"])
-        self.D.load_state_dict(state["D"])
-        self.opt_G.load_state_dict(state["opt_G"])
-        self.opt_D.load_state_dict(state["opt_D"])
-        self.d_steps = state["d_steps"]
-        self.snapshots = dict(state["snapshots"])
-        if self.G_ema:
-            self.G_ema.load_state_dict(state["G_ema"])
-        self.standing = None
-        if "G_standing" in state:
-            self.standing = copy.deepcopy(self.G_ema or self.G)
-            self.standing.load_state_dict(state["G_standing"])
-
-    @property
-    def sampler(self):
-        """The generator that draws the samples, in eval mode: G or its moving average, or after training that
-        one with its BatchNorm statistics recomputed."""
-        return (self.standing or self.G_ema or self.G).eval()
+        self.standing = None  # after training: a copy of G_ema (or G) with its BatchNorm statistics recomputed
 
     def noise(self, m):
         return torch.randn(m, self.cfg.noise_dim, device=self.device)
+
+    def train_step(self, x):
+        """One step of D, then, after every k of them, one of G: on the minibatch of noise of D's step, whose
+        G(z) it reuses (one pass of G fewer), or with --g-noise fresh on one drawn anew, as in Algorithm 1."""
+        self.standing = None  # G moves on: statistics recomputed for its earlier weights no longer fit them
+        self.G.train()
+        g_step_follows = (self.d_steps + 1) % self.cfg.k == 0
+        shared = g_step_follows and self.cfg.g_noise == "shared"
+        with torch.set_grad_enabled(shared):  # G(z)'s graph is kept only for G's step to reuse
+            fake = self.G(self.noise(len(x)))
+        stats = self.d_step(x, fake.detach())
+        if g_step_follows:
+            stats["g_loss"] = self.g_step(fake if shared else self.G(self.noise(len(x))))
+        return stats
 
     def d_step(self, x, fake):
         """Ascend log D(x) + log(1 − D(G(z))) on a minibatch of real images x and of fakes G(z) (minus R1 when
@@ -670,99 +469,83 @@ class GANTrainer:
             else:  # BatchNorm's count of batches
                 ema.copy_(current)
 
-    def train_step(self, x):
-        """One step of D, then, after every k of them, one of G: on the minibatch of noise of D's step, whose
-        G(z) it reuses (one pass of G fewer), or with --g-noise fresh on one drawn anew, as in Algorithm 1."""
-        self.standing = None  # G moves on: statistics recomputed for its earlier weights no longer fit them
-        self.G.train()
-        g_step_follows = (self.d_steps + 1) % self.cfg.k == 0
-        shared = g_step_follows and self.cfg.g_noise == "shared"
-        with torch.set_grad_enabled(shared):  # G(z)'s graph is kept only for G's step to reuse
-            fake = self.G(self.noise(len(x)))
-        stats = self.d_step(x, fake.detach())
-        if g_step_follows:
-            stats["g_loss"] = self.g_step(fake if shared else self.G(self.noise(len(x))))
-        return stats
+    @property
+    def sampling_G(self):
+        """The G that draws the samples, in eval mode: G or its moving average, or after training that one with
+        its BatchNorm statistics recomputed."""
+        return (self.standing or self.G_ema or self.G).eval()
 
     @torch.inference_mode()
-    def evaluate(self, test_x):
-        """No test metric for the GAN; keeps G(fixed z) of this epoch for the progress figure."""
+    def after_epoch(self, test_x, steps):
+        """Keeps G(fixed z) of this epoch for the progress figure, and stops where D has won or diverged; the GAN
+        has no test metric."""
         epoch = len(self.snapshots) + 1
-        self.snapshots[epoch] = self.sampler(self.fixed_z[:16].to(self.device)).cpu()
+        self.snapshots[epoch] = self.sampling_G(self.fixed_z[:16].to(self.device)).cpu()
+        if max(s["d_g_z"] for s in steps) < self.collapse_d_fake:
+            raise Diverged(f"D(G(z)) stayed below {self.collapse_d_fake:g} for the whole epoch: D has won and G "
+                           "gets no signal")
+        d_loss = mean_of_steps(steps)["d_loss"]
+        if d_loss > self.diverged_d_loss:
+            raise Diverged(f"D's loss averaged {d_loss:.3g} over the epoch (2 log 2 = 1.39 where D cannot tell real "
+                           "from generated): training has diverged; try a lower --lr")
         return {}
 
     def after_training(self, train_x):
-        """With --bn-batches, standing_statistics(); returns what was done, for the log, or None."""
-        return self.standing_statistics(self.cfg.bn_batches) if self.cfg.bn_batches else None
-
-    def standing_statistics(self, batches):
-        """A copy of the sampler, its BatchNorm statistics recomputed for its own weights over that many batches
-        of noise (BigGAN's "standing statistics"), draws the samples until training goes on."""
+        """With --bn-batches, a copy of G_ema (or G), its BatchNorm statistics recomputed for its own weights over
+        that many batches of noise (BigGAN's "standing statistics"), draws the samples until training goes on.
+        Returns what was done, for the log, or None."""
+        if not self.cfg.bn_batches:
+            return None
         generator = torch.Generator().manual_seed(self.cfg.seed)
         noise = (torch.randn(self.cfg.batch_size, self.cfg.noise_dim, generator=generator).to(self.device)
-                 for _ in range(batches))
-        self.standing = recompute_batchnorm(copy.deepcopy(self.G_ema or self.G), noise)
-        return f"recomputed the BatchNorm statistics of the sampler over {batches} batches of noise"
-
-    def stop_reason(self, train_stats):
-        """Why training must stop after an epoch with these statistics (D has won, or diverged), or None."""
-        if train_stats["d_g_z_max"] < GAN_COLLAPSE_D_FAKE:
-            return (
-                f"D(G(z)) stayed below {GAN_COLLAPSE_D_FAKE:g} for the whole epoch: D has won and G gets no signal"
-            )
-        if train_stats["d_loss"] > GAN_DIVERGED_D_LOSS:
-            return (f"D's loss averaged {train_stats['d_loss']:.3g} over the epoch (2 log 2 = 1.39 where D cannot "
-                    "tell real from generated): training has diverged; try a lower --lr")
-        return None
-
-    def epoch_line(self, record):
-        """The numbers of an epoch for its line of the log."""
-        tr = record["train"]
-        return (
-            f"D loss {tr['d_loss']:.3f}  G loss {tr.get('g_loss', float('nan')):.3f}  "
-            f"D(x) {tr['d_x']:.3f}  D(G(z)) {tr['d_g_z']:.3f}"
-        )
+                 for _ in range(self.cfg.bn_batches))
+        self.standing = copy.deepcopy(self.G_ema or self.G).eval()
+        torch.optim.swa_utils.update_bn(noise, self.standing)  # plain means over the batches, in training mode
+        return f"recomputed the BatchNorm statistics of the sampling G over {self.cfg.bn_batches} batches of noise"
 
     def samplers(self):
-        """What draws new images, by name, described: the one generator, or its moving average."""
+        """The ways to draw new images, by name, described: the one G, or its moving average."""
         return {"G": "moving average of G" if self.G_ema else "G"}
 
     @torch.inference_mode()
     def sample(self, n, generator=None, sampler="G"):
         """n new images G(z), z ~ N(0, I), G in eval mode."""
-        return self.sampler(torch.randn(n, self.cfg.noise_dim, generator=generator).to(self.device))
+        return self.sampling_G(torch.randn(n, self.cfg.noise_dim, generator=generator).to(self.device))
 
     def write_figures(self, figures_dir, test_x, metrics):
         figures_dir = Path(figures_dir)
         with torch.inference_mode():
-            images = self.sampler(self.fixed_z.to(self.device))
+            images = self.sampling_G(self.fixed_z.to(self.device))
         plot_grid(images, figures_dir / "gan.png", f"GAN samples G(z) for fixed z, {len(metrics)} epochs")
-        plot_curves(
-            metrics,
-            [("d_loss", "D loss"), ("g_loss", "G loss"), ("d_x", "mean D(x)"), ("d_g_z", "mean D(G(z))")],
-            figures_dir / "gan_curves.png",
-        )
+        series = [("d_loss", "D loss"), ("g_loss", "G loss"), ("d_x", "mean D(x)"), ("d_g_z", "mean D(G(z))")]
+        plot_curves(metrics, series, figures_dir / "gan_curves.png")
         epochs = sorted(self.snapshots)
         picked = sorted({epochs[round(i * (len(epochs) - 1) / 5)] for i in range(6)})
         plot_rows([(f"epoch {e}", self.snapshots[e]) for e in picked], figures_dir / "gan_progress.png",
                   "GAN: G(z) for the same z as training goes on")
 
+    def state_dict(self):
+        return {
+            "G": self.G.state_dict(), "D": self.D.state_dict(),
+            "opt_G": self.opt_G.state_dict(), "opt_D": self.opt_D.state_dict(),
+            "d_steps": self.d_steps, "snapshots": self.snapshots,
+            **({"G_ema": self.G_ema.state_dict()} if self.G_ema else {}),
+            **({"G_standing": self.standing.state_dict()} if self.standing else {}),
+        }
 
-@torch.no_grad()
-def recompute_batchnorm(model, inputs):
-    """Each BatchNorm's running mean and variance set to their plain averages over the batches of inputs,
-    which pass through model in training mode; model is left in eval mode."""
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    momenta = [m.momentum for m in norms]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # None: a cumulative average over the batches, not an exponential one
-    model.train()
-    for x in inputs:
-        model(x)
-    for m, momentum in zip(norms, momenta):
-        m.momentum = momentum
-    return model.eval()
+    def load_state_dict(self, state):
+        self.G.load_state_dict(state["G"])
+        self.D.load_state_dict(state["D"])
+        self.opt_G.load_state_dict(state["opt_G"])
+        self.opt_D.load_state_dict(state["opt_D"])
+        self.d_steps = state["d_steps"]
+        self.snapshots = dict(state["snapshots"])
+        if self.G_ema:
+            self.G_ema.load_state_dict(state["G_ema"])
+        self.standing = None
+        if "G_standing" in state:
+            self.standing = copy.deepcopy(self.G_ema or self.G)
+            self.standing.load_state_dict(state["G_standing"])
 
 
 TRAINERS = {"vae": (VAEConfig, VAETrainer), "gan": (GANConfig, GANTrainer)}
@@ -773,86 +556,52 @@ def make_adam(params, lr, device, **kwargs):
     return torch.optim.Adam(params, lr=lr, fused=device.type in ("cpu", "cuda"), **kwargs)
 
 
-class Meter:
-    """Running weighted means (and maxima) of named scalar tensors; reads them back in one sync."""
-
-    def __init__(self):
-        self.sums, self.weights, self.maxima = {}, {}, {}
-
-    def add(self, values, weight=1):
-        for key, value in values.items():
-            value = value.detach().float()
-            self.sums[key] = self.sums.get(key, 0) + value * weight
-            self.weights[key] = self.weights.get(key, 0) + weight
-            self.maxima[key] = value if key not in self.maxima else torch.maximum(self.maxima[key], value)
-
-    def means(self):
-        keys = list(self.sums)
-        values = torch.stack([self.sums[k] / self.weights[k] for k in keys]).tolist() if keys else []
-        return dict(zip(keys, values))
-
-    def means_and_maxima(self):
-        keys = list(self.maxima)
-        maxima = torch.stack([self.maxima[k] for k in keys]).tolist() if keys else []
-        return {**self.means(), **{f"{k}_max": v for k, v in zip(keys, maxima)}}
-
-
-def resolve_device(name):
-    """The device --device names (auto: CUDA, then MPS, then the CPU), or one line where this machine lacks it."""
-    counts = {"cuda": torch.cuda.device_count(), "mps": int(torch.backends.mps.is_available()), "cpu": 1}
-    if name == "auto":
-        name = next(kind for kind, count in counts.items() if count)
-    try:
-        device = torch.device(name)
-    except RuntimeError:  # not a device's name
-        device = None
-    if device is None or not 0 <= (device.index or 0) < counts.get(device.type, 0):
-        here = ["cpu"] + [f"cuda:{i}" for i in range(counts["cuda"])] + ["mps"] * counts["mps"]
-        raise UsageError(f"device {name!r}: not on this machine, which has {', '.join(here)} (or pass auto)")
-    return device
-
-
-def fit(trainer, cfg, train_x, test_x, run_dir, resume=False, log_every=25, on_epoch=None):
-    """Trains epoch by epoch; after each one saves checkpoint and metrics, so Ctrl-C loses at most one epoch
-    (on_epoch(trainer, record), when given, is called after each: the instruments in tools/ score runs there)."""
-    run_dir = Path(run_dir)
-    metrics, first_epoch = [], 1
-    if resume:
-        state = load_checkpoint(run_dir / "checkpoint.pt", trainer.name)
-        restore(trainer, state, run_dir / "checkpoint.pt")
-        set_rng_states(state["rng"])
-        metrics, first_epoch = state["metrics"], state["epoch"] + 1
-        print(f"{trainer.name}: resuming after epoch {state['epoch']} from {run_dir / 'checkpoint.pt'}")
+def fit(trainer, cfg, train_x, test_x, stop, metrics=(), on_epoch=None):
+    """Trains epoch by epoch after the epochs of metrics (those of a resumed run); after each epoch saves the
+    checkpoint and metrics in cfg.run_dir, so a stop loses at most one epoch. Between steps it checks stop,
+    which records a stop signal. on_epoch(trainer, record), where given, is called after each epoch."""
+    metrics = list(metrics)
     train_x, test_x = train_x.to(trainer.device), test_x.to(trainer.device)
     n_batches = len(batch_bounds(len(train_x), cfg.batch_size))
-    # one progress bar for the run, not one an epoch: a stop signal that lands in a finalizer (a bar's __del__)
-    # would be lost, so none runs between epochs
-    bar = tqdm(total=n_batches, leave=False, disable=None)
-    for epoch in range(first_epoch, cfg.epochs + 1):
-        start, meter = time.perf_counter(), Meter()
-        bar.reset()
-        bar.set_description(f"{trainer.name} epoch {epoch}/{cfg.epochs}", refresh=False)
-        for step, x in enumerate(minibatches(train_x, cfg.batch_size), 1):
-            meter.add(trainer.train_step(x))
-            bar.update()
-            if step % log_every == 0 or step == n_batches:
-                bar.set_postfix({k: f"{v:.3g}" for k, v in meter.means().items()}, refresh=False)
-        train_stats = meter.means_and_maxima()
-        record = {"epoch": epoch, "seconds": 0.0, "train": meter.means(), "test": trainer.evaluate(test_x)}
+    for epoch in range(len(metrics) + 1, cfg.epochs + 1):
+        start, steps = time.perf_counter(), []
+        bar = tqdm(minibatches(train_x, cfg.batch_size), f"{trainer.name} epoch {epoch}/{cfg.epochs}", n_batches,
+                   leave=False, disable=None)
+        for x in bar:
+            if stop.signum:
+                raise Stopped(stop.signum, what_is_kept(cfg.run_dir, len(metrics), trainer.name))
+            steps.append(trainer.train_step(x))
+            if len(steps) % 25 == 0:  # the means of the last 25 steps
+                bar.set_postfix({k: f"{v:.3g}" for k, v in mean_of_steps(steps[-25:]).items()}, refresh=False)
+        try:
+            record = {"epoch": epoch, "seconds": 0.0, "train": mean_of_steps(steps),
+                      "test": trainer.after_epoch(test_x, steps)}
+            if not all_finite([record, trainer.state_dict()]):  # what is saved as good, fitted to and drawn, is finite
+                raise Diverged("a loss, a test metric or a weight became NaN or infinite")
+        except Diverged as e:
+            kept = what_is_kept(cfg.run_dir, len(metrics))
+            raise Diverged(f"training stopped in epoch {epoch}: {e}; {kept}") from None
         record["seconds"] = round(time.perf_counter() - start, 3)
-        if not all_finite([record, trainer.state_dict()]):  # what is saved as good, fitted to and drawn, is finite
-            raise TrainingStopped(f"a loss, a test metric or a weight became NaN or infinite in epoch {epoch}", run_dir)
-        reason = trainer.stop_reason(train_stats)
-        if reason:
-            raise TrainingStopped(f"epoch {epoch}: {reason}", run_dir)
         metrics.append(record)
-        save_checkpoint(run_dir, trainer, cfg, epoch, metrics)
-        print(f"{trainer.name} epoch {epoch:3d}/{cfg.epochs}  {trainer.epoch_line(record)}  {record['seconds']:.1f} s",
+        save_checkpoint(cfg.run_dir, trainer, cfg, epoch, metrics)
+        print(f"{trainer.name} epoch {epoch:3d}/{cfg.epochs}  {epoch_line(record)}  {record['seconds']:.1f} s",
               flush=True)
         if on_epoch:
             on_epoch(trainer, record)
-    bar.close()
     return metrics
+
+
+def epoch_line(record):
+    """An epoch's numbers for its line of the log: "train -elbo 120.1 recon 99.7 kl 20.4  test -elbo ..."."""
+    return "  ".join(f"{split} " + " ".join(f"{k} {v:.4g}" for k, v in record[split].items())
+                     for split in ("train", "test") if record[split])
+
+
+def mean_of_steps(steps):
+    """The mean over the steps of each scalar a step returned (a dict of tensors each), read back in one sync."""
+    keys = list(dict.fromkeys(key for stats in steps for key in stats))
+    values = [[stats[key].float() for stats in steps if key in stats] for key in keys]
+    return dict(zip(keys, torch.stack([sum(v) / len(v) for v in values]).tolist()))
 
 
 def all_finite(obj):
@@ -866,24 +615,22 @@ def all_finite(obj):
     return True
 
 
-class TrainingStopped(UsageError):
-    """Training diverged; the checkpoint of the last good epoch stays on disk."""
-
-    def __init__(self, reason, run_dir):
-        super().__init__(f"training stopped: {reason}; {what_is_kept(run_dir)}")
-
-
-def what_is_kept(run_dir, command=None):
-    """What a run that stopped leaves in run_dir, as a phrase; with its command, how to continue from it."""
-    try:
-        epoch = load_checkpoint(Path(run_dir) / "checkpoint.pt")["epoch"]
-    except UsageError:
-        return "no epoch finished, so there is no checkpoint"
-    advice = f"; continue with: {command} --resume --run-dir {shlex.quote(str(run_dir))}" if command else ""
-    return f"the checkpoint of epoch {epoch} is kept in {run_dir}{advice}"
+def minibatches(x, batch_size):
+    """One epoch of shuffled minibatches, sliced from the tensor itself (no per-image DataLoader)."""
+    order = torch.randperm(len(x)).to(x.device)
+    for start, end in batch_bounds(len(x), batch_size):
+        yield x.index_select(0, order[start:end])  # the same rows as x[...], ~3× faster on a CPU
 
 
-# ----------------------------------------------------------------------------- the VAE's fitted prior
+def batch_bounds(n, batch_size):
+    """(start, end) of each minibatch of an epoch of n images; a lone leftover image joins the batch before
+    it, since BatchNorm cannot normalise a batch of one."""
+    starts = list(range(0, n, batch_size))
+    if len(starts) > 1 and n - starts[-1] == 1:
+        starts.pop()
+    return list(zip(starts, starts[1:] + [n]))
+
+# ----------------------------------------------------------------------------- the VAE's mixture
 # Ex-post density estimation (Ghosh et al., ICLR 2020, §4): after training, fit a Gaussian mixture
 #   q(z) = Σ_k π_k N(z | m_k, S_k)
 # to the encoder means μ(x) of the training images; new images are z ~ q(z) through the decoder alone.
@@ -903,14 +650,14 @@ def fit_mixture(z, k, iterations=100, tol=1e-3, seed=0, reg=1e-6):
         means = resp.T @ z / n_k[:, None]
         second_moments = (resp.T @ zz).reshape(k, p, p) / n_k[:, None, None]
         covariances = second_moments - means[:, :, None] * means[:, None, :] + reg * torch.eye(p, dtype=z.dtype)
-        prior = {"weights": n_k / n, "means": means, "covariances": covariances}
+        mixture = {"weights": n_k / n, "means": means, "covariances": covariances}
         # E step: r_ik = π_k N(z_i | m_k, S_k) / Σ_j π_j N(z_i | m_j, S_j)
-        log_joint = component_log_probs(prior, z)  # N×k
+        log_joint = component_log_probs(mixture, z)  # N×k
         resp = torch.softmax(log_joint, 1)
         previous, log_likelihood = log_likelihood, torch.logsumexp(log_joint, 1).mean().item()
         if log_likelihood - previous < tol:
             break
-    return prior
+    return mixture
 
 
 def kmeans(z, k, generator, steps=10):
@@ -933,24 +680,24 @@ def outer_products(z):
     return (z[:, :, None] * z[:, None, :]).reshape(len(z), -1)
 
 
-def component_log_probs(prior, z):
+def component_log_probs(mixture, z):
     """log π_k + log N(z_i | m_k, S_k) for each row z_i of z and each component k: N×k. With P_k = S_k⁻¹,
     (z − m)ᵀ P (z − m) = zᵀPz − 2 zᵀPm + mᵀPm: three matrix products over all components at once."""
-    means, p = prior["means"], z.shape[1]
-    L = torch.linalg.cholesky(prior["covariances"])  # S_k = L_k L_kᵀ
+    means, p = mixture["means"], z.shape[1]
+    L = torch.linalg.cholesky(mixture["covariances"])  # S_k = L_k L_kᵀ
     P = torch.cholesky_inverse(L)  # k×p×p
     Pm = (P @ means[:, :, None]).squeeze(2)  # k×p
     quadratic = outer_products(z) @ P.reshape(len(means), p * p).T - 2 * z @ Pm.T + (means * Pm).sum(1)  # N×k
     log_det = 2 * L.diagonal(dim1=1, dim2=2).log().sum(1)  # log |S_k|
-    return prior["weights"].log() - 0.5 * (quadratic + log_det + p * math.log(2 * math.pi))
+    return mixture["weights"].log() - 0.5 * (quadratic + log_det + p * math.log(2 * math.pi))
 
 
-def sample_mixture(prior, n, generator=None):
+def sample_mixture(mixture, n, generator=None):
     """n draws z ~ q(z) (n×p float64): a component k ~ π, then z = m_k + L_k ε with L_k L_kᵀ = S_k and
     ε ~ N(0, I)."""
-    k = torch.multinomial(prior["weights"], n, replacement=True, generator=generator)
-    eps = torch.randn(n, prior["means"].shape[1], 1, generator=generator, dtype=torch.float64)
-    return prior["means"][k] + (torch.linalg.cholesky(prior["covariances"])[k] @ eps).squeeze(2)
+    k = torch.multinomial(mixture["weights"], n, replacement=True, generator=generator)
+    eps = torch.randn(n, mixture["means"].shape[1], 1, generator=generator, dtype=torch.float64)
+    return mixture["means"][k] + (torch.linalg.cholesky(mixture["covariances"])[k] @ eps).squeeze(2)
 
 
 # ----------------------------------------------------------------------------- figures
@@ -1014,25 +761,139 @@ def plot_curves(metrics, series, path, ylabel=""):
     save_figure(fig, path)
 
 
-# ----------------------------------------------------------------------------- checkpoints and stops
+# ============================================================================= the plumbing
+# Below: what a careful program needs around the homework, each kind of fault met in one place. Reading
+# files, writing checkpoints whole, stop signals, the command line; every error ends in one line (run_cli).
+class UsageError(Exception):
+    """Bad input or a file that cannot be used: reported as one line, exit status 2."""
+
+
+class Diverged(Exception):
+    """Training diverged: one line, exit status 2; the checkpoint of the last good epoch stays."""
+
+
+class Stopped(Exception):
+    """A stop signal came: one line, exit status 128 + its number; args: (signal, what the run keeps or '')."""
+
+
+def first_line(error):
+    """The first line of an exception's message, or its type's name where the message is empty."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+# ----------------------------------------------------------------------------- data files
+MNIST_DIR = Path(__file__).resolve().parent / "data"  # MNIST's four original IDX files, beside this script
+MNIST_SHA256 = {  # each file as published with MNIST (data/README.md says where it comes from)
+    "train-images-idx3-ubyte.gz": "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
+    "train-labels-idx1-ubyte.gz": "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
+    "t10k-images-idx3-ubyte.gz": "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
+    "t10k-labels-idx1-ubyte.gz": "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
+}
+IDX_IMAGES, IDX_LABELS = b"\x00\x00\x08\x03", b"\x00\x00\x08\x01"  # IDX magic numbers: uint8, 3 axes or 1
+
+
+def load_images(cfg):
+    """(train_x, test_x) as N×784 float32 tensors in [0,1], as the config asks."""
+    if not cfg.data:
+        train_x, test_x = load_mnist("train")[0], load_mnist("t10k")[0]
+    elif cfg.test_data:
+        train_x, test_x = read_image_file(cfg.data), read_image_file(cfg.test_data)
+    else:  # hold out the last 10% of --data as the test set
+        x = read_image_file(cfg.data)
+        n_test = max(1, len(x) // 10)
+        if len(x) <= n_test:
+            raise UsageError(f"{cfg.data}: too few images to hold out a test set; pass --test-data")
+        train_x, test_x = x[:-n_test], x[-n_test:]
+    return train_x[: cfg.n_train], test_x
+
+
+def load_mnist(split, data_dir=MNIST_DIR):
+    """MNIST's "train" (60,000) or "t10k" (10,000) split from its original IDX files in data_dir, each file
+    checked against its SHA-256: (images N×784 float32 in [0,1], labels N int64)."""
+    paths = {kind: Path(data_dir) / f"{split}-{kind}" for kind in ("images-idx3-ubyte.gz", "labels-idx1-ubyte.gz")}
+    if not all(path.exists() for path in paths.values()):
+        raise UsageError(f"MNIST not found in {data_dir}/: pass --data with the assignment's "
+                         "mnist_train_images.npy or an IDX image file (train-images-idx3-ubyte)")
+    images, labels = (read_idx(path, magic, MNIST_SHA256[path.name])
+                      for path, magic in zip(paths.values(), (IDX_IMAGES, IDX_LABELS)))
+    return images_to_tensor(images, paths["images-idx3-ubyte.gz"]), torch.from_numpy(labels.astype(np.int64))
+
+
+def read_image_file(path):
+    """Images from a .npy file (the assignment's mnist_train_images.npy, mapped by NumPy's own reader) or an IDX
+    image file (optionally gzipped), told apart by their first bytes, as an N×784 float32 tensor."""
+    with open(path, "rb") as f:
+        is_npy = f.read(6) == b"\x93NUMPY"
+    if not is_npy:
+        return images_to_tensor(read_idx(path, IDX_IMAGES), path)
+    try:  # a file of Python objects is refused; the data are read as the checks below need them
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OverflowError, TypeError, EOFError) as e:
+        raise UsageError(f"{path}: not a readable .npy file ({first_line(e)})") from None
+    return images_to_tensor(array, path)
+
+
+def read_idx(path, magic, sha256=None):
+    """An IDX file (LeCun's MNIST format, optionally gzipped; its SHA-256 checked if given) as a uint8 array:
+    after the 4-byte magic number (0x00000803 for images N×28×28, 0x00000801 for labels N), one big-endian
+    4-byte size per axis, then the data."""
+    raw = Path(path).read_bytes()
+    if sha256 and hashlib.sha256(raw).hexdigest() != sha256:
+        raise UsageError(f"{path}: SHA-256 checksum mismatch (corrupt, or not the original MNIST file)")
+    if raw[:2] == b"\x1f\x8b":
+        try:
+            raw = gzip.decompress(raw)
+        except (EOFError, OSError, zlib.error) as e:
+            raise UsageError(f"{path}: corrupt gzip data: {e}") from None
+    ndim = magic[3]  # the magic number's last byte counts the axes: 3 for images, 1 for labels
+    if raw[:4] != magic or len(raw) < 4 + 4 * ndim:
+        raise UsageError(f"{path}: neither a .npy file nor an IDX {'image' if ndim == 3 else 'label'} file "
+                         f"(magic number 0x{magic.hex()} expected)")
+    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    if shape[1:] not in ((), (IMAGE_SIDE, IMAGE_SIDE)):
+        raise UsageError(f"{path}: images must be {IMAGE_SIDE}×{IMAGE_SIDE}, the header says {shape[1]}×{shape[2]}")
+    if len(raw) != 4 + 4 * ndim + math.prod(shape):
+        raise UsageError(f"{path}: truncated or corrupt: header says {'×'.join(map(str, shape))}, file has "
+                         f"{len(raw) - 4 - 4 * ndim} bytes of data")
+    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def images_to_tensor(array, source):
+    """Checks an image array (N×784 or N×28×28; floats in [0,1] or integers 0..255) → N×784 float32."""
+    if array.ndim not in (2, 3) or array.shape[1:] not in ((IMAGE_DIM,), (IMAGE_SIDE, IMAGE_SIDE)):
+        raise UsageError(f"{source}: images must be N×{IMAGE_DIM} or N×{IMAGE_SIDE}×{IMAGE_SIDE}, got shape "
+                         f"{array.shape}")
+    if len(array) == 0:
+        raise UsageError(f"{source}: holds no images")
+    if array.dtype.kind not in "uif":  # unsigned, signed integers or floats
+        raise UsageError(f"{source}: pixels must be numbers, got dtype {array.dtype}")
+    if not np.isfinite(array).all():
+        raise UsageError(f"{source}: holds NaN or infinite pixels")
+    kind, high = ("integer", 255) if array.dtype.kind in "ui" else ("float", 1)
+    if array.min() < 0 or array.max() > high:
+        raise UsageError(f"{source}: {kind} pixels must lie in [0, {high}], got [{array.min():.9g}, {array.max():.9g}]")
+    return torch.from_numpy(np.array(array, dtype=np.float32).reshape(len(array), IMAGE_DIM) / high)  # a copy
+
+
+# ----------------------------------------------------------------------------- checkpoints
+CHECKPOINT_FORMAT = 4  # bump when what a checkpoint holds changes (4: the VAE's "prior" named "mixture")
+
+
 def atomic_write(path, write):
     """Calls write(file) on a temporary file beside path, then renames it over path: path holds the old file
     or the new one, never half of one. Where writing fails (a full disk), the previous file stays."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")  # named before it exists: a stop at any
-    try:  # moment, even as it is made, finds the name to remove; a name of its own for each writer
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")  # a name of its own for each writer
+    try:
         with open(tmp, "xb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException as error:  # a stop signal too: no temporary file is left behind
+    except BaseException as e:
         tmp.unlink(missing_ok=True)
-        e = error  # torch.save cut short raises its own RuntimeError about the file; what cut it is the context
-        while not isinstance(e, (KeyboardInterrupt, OSError)) and e.__context__ is not None:
-            e = e.__context__
         if not isinstance(e, OSError):
-            raise e if isinstance(e, KeyboardInterrupt) else error
+            raise
         kept = "; the previous file is kept" if path.is_file() else ""
         raise UsageError(f"could not write {path}: {e.strerror or e}{kept}") from None
 
@@ -1053,12 +914,9 @@ def save_checkpoint(run_dir, trainer, cfg, epoch, metrics):
 
 def rng_states():
     """The state of every random generator a run draws from: the CPU's, and each GPU's where there is one."""
-    states = {"cpu": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        states["cuda"] = torch.cuda.get_rng_state_all()
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        states["mps"] = torch.mps.get_rng_state()
-    return states
+    return {"cpu": torch.get_rng_state(),
+            **({"cuda": torch.cuda.get_rng_state_all()} if torch.cuda.is_available() else {}),
+            **({"mps": torch.mps.get_rng_state()} if torch.backends.mps.is_available() else {})}
 
 
 def set_rng_states(states):
@@ -1093,10 +951,6 @@ def load_checkpoint(path, model=None):
     return state
 
 
-def trainer_from_checkpoint(state, device, path):
-    return restore(TRAINERS[state["model"]][1](state["config"], device), state, path)
-
-
 def restore(trainer, state, path):
     """The trainer with the checkpoint's weights and optimizer states, or one line where they do not fit it."""
     try:
@@ -1107,31 +961,49 @@ def restore(trainer, state, path):
     return trainer
 
 
+def what_is_kept(run_dir, epoch, model=None):
+    """What a run that stopped after that many epochs leaves in run_dir, as a phrase; with its model, the
+    command that continues it."""
+    if not epoch:
+        return "no epoch of this run finished, so it wrote no checkpoint"
+    advice = f"; continue with: python homework7.py {model} --resume --run-dir {shlex.quote(str(run_dir))}"
+    return f"the checkpoint of epoch {epoch} is kept in {run_dir}{advice if model else ''}"
+
+
+# ----------------------------------------------------------------------------- stop signals
 # Ctrl-C; kill, timeout or a scheduler; a closed terminal (Windows has no SIGHUP)
 STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
 
 
-def stop(signum, frame):
-    """The one handler of the stop signals: the first raises KeyboardInterrupt(its number) in the main thread,
-    wherever it is; those after it are ignored, so that a second Ctrl-C cannot cut short the way out."""
-    for s in STOP_SIGNALS:
-        signal.signal(s, signal.SIG_IGN)
-    raise KeyboardInterrupt(signum)
+class StopSignals:
+    """While a command runs, the first stop signal is only recorded, wherever the program is; training stops at
+    its next check, between two steps (check). The system's defaults then come back, so that a second signal
+    ends the process at once. A signal that the parent ignores (as nohup ignores SIGHUP) stays ignored."""
 
+    def __init__(self):
+        self.signum = None
+        self.previous = {s: signal.getsignal(s) for s in STOP_SIGNALS}
 
-@contextlib.contextmanager
-def stop_signals_handled():
-    """stop() handles the stop signals while the block runs, except one the parent ignores (as nohup ignores
-    SIGHUP); the previous handlers come back after it, unless a signal came."""
-    previous = {s: signal.getsignal(s) for s in STOP_SIGNALS}
-    for s, before in previous.items():
-        if before is not signal.SIG_IGN:
-            signal.signal(s, stop)
-    try:
-        yield
-    finally:
-        for s, before in previous.items():
-            if signal.getsignal(s) is stop:
+    def __enter__(self):
+        for s, before in self.previous.items():
+            if before is not signal.SIG_IGN:
+                signal.signal(s, self.record)
+        return self
+
+    def record(self, signum, frame):
+        self.signum = signum
+        for s, before in self.previous.items():
+            if before is not signal.SIG_IGN:
+                signal.signal(s, signal.SIG_DFL)
+
+    def check(self):
+        """Raises Stopped where a signal has come."""
+        if self.signum is not None:
+            raise Stopped(self.signum, "")
+
+    def __exit__(self, *exception):
+        if self.signum is None:  # after a signal, the defaults stay: a second one during the exit ends it at once
+            for s, before in self.previous.items():
                 signal.signal(s, before)
 
 
@@ -1194,8 +1066,9 @@ def make_config(config_cls, given, name, resume=False):
     return cfg
 
 
-def validate_config(cfg):
-    """Refuses, before any work, a number outside its field's range, and flags that do not go together."""
+def validate_config(cfg, n_train=None):
+    """Refuses, before any work, a number outside its field's range and flags that do not go together; given
+    the number of training images, sizes that do not fit it."""
     for f in dataclasses.fields(cfg):
         value, within = getattr(cfg, f.name), f.metadata.get("within")
         if within and value is not None and not lies_within(value, within):
@@ -1204,31 +1077,48 @@ def validate_config(cfg):
         raise UsageError("--test-data needs --data (MNIST from data/ has its own test set)")
     if not cfg.figures_dir:
         raise UsageError("--figures-dir '': must name a directory")
-
-
-def train(name, cfg, resume=False):
-    """Trains one model as cfg says and writes its figures; returns (trainer, test images on its device)."""
-    device = resolve_device(cfg.device)
-    trainer_cls = TRAINERS[name][1]
-    train_x, test_x = load_images(cfg)
-    n_fit = min(len(train_x), getattr(cfg, "mixture_fit_n", 0))
-    if getattr(cfg, "mixture_components", 0) > n_fit:
+    n_fit = min(n_train or 0, getattr(cfg, "mixture_fit_n", 0))
+    if n_train is not None and getattr(cfg, "mixture_components", 0) > n_fit:
         raise UsageError(f"--mixture-components {cfg.mixture_components}: more components than the {n_fit} "
                          f"training encodings the mixture is fitted to; pass --mixture-components {n_fit} or fewer "
                          "(0: no mixture)")
-    if name == "gan" and len(train_x) < 2:
+    if n_train is not None and isinstance(cfg, GANConfig) and n_train < 2:
         raise UsageError("the GAN needs at least 2 training images (BatchNorm normalises over a minibatch)")
+
+
+def lies_within(value, interval):
+    """Whether the number value lies in the interval, written as in mathematics: "[1, 1e6]", "[0, 1)"."""
+    low, high = (float(end) for end in interval[1:-1].split(","))
+    above = low <= value if interval[0] == "[" else low < value
+    return above and (value <= high if interval[-1] == "]" else value < high)
+
+
+def train(name, cfg, stop, resume=False):
+    """Trains one model as cfg says and writes its figures; returns (trainer, test images on its device)."""
+    device = resolve_device(cfg.device)
+    train_x, test_x = load_images(cfg)
+    validate_config(cfg, len(train_x))
     with output_dirs(("--run-dir", cfg.run_dir), ("--figures-dir", cfg.figures_dir)):
         print(f"{name}: {len(train_x)} training and {len(test_x)} test images on {device}; run dir {cfg.run_dir}")
         torch.manual_seed(cfg.seed)  # initial weights, data order, dropout and noise
-        trainer = trainer_cls(cfg, device)
+        trainer, metrics = TRAINERS[name][1](cfg, device), []
+        if resume:
+            path = Path(cfg.run_dir) / "checkpoint.pt"
+            state = load_checkpoint(path, name)
+            restore(trainer, state, path)
+            set_rng_states(state["rng"])  # the noise an uninterrupted run would draw
+            metrics = state["metrics"]
+            print(f"{name}: resuming after epoch {state['epoch']} from {path}")
         start = time.perf_counter()
-        metrics = fit(trainer, cfg, train_x, test_x, cfg.run_dir, resume=resume)
+        metrics = fit(trainer, cfg, train_x, test_x, stop, metrics)
         finish_start = time.perf_counter()
         done = trainer.after_training(train_x)  # the VAE's mixture, the GAN's BatchNorm statistics: into the checkpoint
+        kept = what_is_kept(cfg.run_dir, len(metrics), name)
+        if stop.signum:
+            raise Stopped(stop.signum, kept)
         if done:  # the state changed since fit() checked it: checked again before it is saved and drawn
             if not all_finite(trainer.state_dict()):
-                raise TrainingStopped(f"after training, {done}: it holds NaN or infinite numbers", cfg.run_dir)
+                raise Diverged(f"training stopped: after training, {done}: it holds NaN or infinite numbers; {kept}")
             print(f"{name}: {done} in {time.perf_counter() - finish_start:.1f} s")
             save_checkpoint(cfg.run_dir, trainer, cfg, metrics[-1]["epoch"], metrics)
         test_x = test_x.to(device)
@@ -1236,6 +1126,17 @@ def train(name, cfg, resume=False):
     print(f"{name}: trained in {time.perf_counter() - start:.1f} s; figures in {cfg.figures_dir}/, "
           f"checkpoint in {cfg.run_dir}/")
     return trainer, test_x
+
+
+def resolve_device(name):
+    """The device --device names (auto: CUDA, then MPS, then the CPU), or one line where this machine lacks it."""
+    here = ["cpu", *(f"cuda:{i}" for i in range(torch.cuda.device_count()))]
+    here += ["mps"] if torch.backends.mps.is_available() else []
+    if name == "auto":
+        name = "cuda:0" if "cuda:0" in here else here[-1]  # CUDA, then MPS, then the CPU
+    if name not in here and not (name == "cuda" and "cuda:0" in here):
+        raise UsageError(f"device {name!r}: not on this machine, which has {', '.join(here)} (or pass auto)")
+    return torch.device(name)
 
 
 @contextlib.contextmanager
@@ -1258,35 +1159,21 @@ def output_dirs(*flagged_dirs):
                 path.rmdir()
 
 
-def train_command(name, given, resume):
-    cfg = make_config(TRAINERS[name][0], given, name, resume)
-    try:
-        train(name, cfg, resume)
-    except KeyboardInterrupt as e:  # Ctrl-C, or another stop signal
-        status, why = stopped_by(e)
-        print(f"\n{name}: {why}; {what_is_kept(cfg.run_dir, f'python homework7.py {name}')}", file=sys.stderr)
-        return status
-    return 0
-
-
-def stopped_by(error):
-    """(exit status 128 + the signal's number, words for the log) of the KeyboardInterrupt of a stop signal."""
-    signum = error.args[0] if error.args else signal.SIGINT  # stop() passes the number, Python's own Ctrl-C none
-    return 128 + signum, "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
-
-
 def run_cli(parser, argv, command):
-    """Parses argv and runs command(args), for every command of this script and of tools/: whatever the
-    console's encoding, what they print is written (a character it lacks as ?); bad input, a file that cannot
-    be read or written, and memory that runs out end in one line and exit status 2; a stop signal in one line
-    and status 128 + its number: 130 for Ctrl-C, 143 for SIGTERM, 129 for SIGHUP."""
+    """Parses argv and runs command(args, stop) with the stop signals recorded in stop (StopSignals), for every
+    command of this script and of tools/: whatever the console's encoding, what they print is written (a
+    character it lacks as ?); bad input, a file that cannot be read or written, memory that runs out and a
+    diverged run end in one line and exit status 2; a stop signal in one line and status 128 + its number: 130
+    for Ctrl-C, 143 for SIGTERM, 129 for SIGHUP."""
     for stream in (sys.stdout, sys.stderr):
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="replace")
     try:
-        with stop_signals_handled():
-            return command(parser.parse_args(argv))
-    except UsageError as e:
+        with StopSignals() as stop:
+            status = command(parser.parse_args(argv), stop)
+            stop.check()  # a signal during the last work after training: it ends as a stop still
+            return status
+    except (UsageError, Diverged) as e:
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
     except OSError as e:  # one of the files the command names (a named file's error says which), or its output
         if e.filename is None:  # the output: nothing more is written to it, not even at the exit
@@ -1298,10 +1185,11 @@ def run_cli(parser, argv, command):
         if not out_of_memory(e):
             raise
         print(f"{parser.prog}: error: out of memory ({first_line(e)}); choose smaller sizes", file=sys.stderr)
-    except KeyboardInterrupt as e:  # Ctrl-C, or another stop signal
-        status, why = stopped_by(e)
-        print(f"\n{parser.prog}: {why}", file=sys.stderr)
-        return status
+    except Stopped as e:
+        signum, kept = e.args
+        why = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
+        print(f"\n{parser.prog}: {why}" + (f"; {kept}" if kept else ""), file=sys.stderr)
+        return 128 + signum
     return 2
 
 
@@ -1310,14 +1198,15 @@ def out_of_memory(error):
     return isinstance(error, (MemoryError, torch.OutOfMemoryError)) or "can't allocate memory" in str(error)
 
 
-def dispatch(args):
-    """The command the arguments name: train a model."""
+def train_command(args, stop):
+    """`vae` or `gan`: train that model."""
     given = {k: v for k, v in vars(args).items() if k not in ("command", "resume")}
-    return train_command(args.command, given, args.resume)
+    train(args.command, make_config(TRAINERS[args.command][0], given, args.command, args.resume), stop, args.resume)
+    return 0
 
 
 def main(argv=None):
-    return run_cli(build_parser(), argv, dispatch)
+    return run_cli(build_parser(), argv, train_command)
 
 
 if __name__ == "__main__":

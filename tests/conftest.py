@@ -1,5 +1,5 @@
-"""Shared fixtures: a little real MNIST, loaded once, small image files made from it, a stub classifier,
-and a real child process to interrupt."""
+"""Shared fixtures and helpers: a little real MNIST, loaded once, small image files made from it, a stub
+classifier, commands run in this process or as real child processes, and a stop signal at a chosen step."""
 import io
 import os
 import signal
@@ -37,9 +37,40 @@ def small_npy(tmp_path, images):
 
 
 @pytest.fixture(autouse=True)
-def _quiet_threads():
+def _seeded_and_signals_restored():
+    """Each test starts from seed 0, and leaves the stop signals' handlers as it found them (a test that sends
+    this process a stop signal leaves the system's defaults behind, as a stopped run does)."""
     torch.manual_seed(0)
+    handlers = {s: signal.getsignal(s) for s in hw.STOP_SIGNALS}
     yield
+    for s, handler in handlers.items():
+        signal.signal(s, handler)
+
+
+def outputs(tmp_path):
+    """The flags that put a run's figures and run directory under tmp_path."""
+    return ["--figures-dir", tmp_path / "figures", "--run-dir", tmp_path / "run"]
+
+
+def tree(directory):
+    """Every path under directory with its mode and bytes: what a refused command must leave as it was."""
+    return {p: (p.lstat().st_mode, p.read_bytes() if p.is_file() and not p.is_symlink() and p.stat().st_mode & 0o400
+                else os.readlink(p) if p.is_symlink() else None)
+            for p in sorted(Path(directory).rglob("*"))}
+
+
+def signal_at_step(monkeypatch, trainer_cls, step, signum=signal.SIGTERM):
+    """Sends this process signum (as `kill` does) during the trainer's step-th training step, counted across the
+    runs of one test; the run stops at its next check. SIGTERM, since a test run may ignore SIGINT (nohup)."""
+    real_step, calls = trainer_cls.train_step, []
+
+    def train_step(self, x):
+        calls.append(1)
+        if len(calls) == step:
+            os.kill(os.getpid(), signum)
+        return real_step(self, x)
+
+    monkeypatch.setattr(trainer_cls, "train_step", train_step)
 
 
 @pytest.fixture
@@ -86,9 +117,9 @@ def cli(capsys):
 
 def child_process(argv, cwd, env=None, preexec=None, **popen):
     """Starts `python argv` as a real process: the project importable, its output in UTF-8 (or the
-    PYTHONIOENCODING that env gives, None removing a variable), and SIGINT and SIGHUP handled as by
-    default even where pytest runs with them ignored (nohup, a script's `&`, some CI runners: an ignored
-    signal stays ignored across exec); preexec() runs in the child too, before the program starts."""
+    PYTHONIOENCODING that env gives, None removing a variable) and line-buffered as a terminal's would be, and
+    SIGINT and SIGHUP handled as by default even where pytest runs with them ignored (nohup, a script's `&`,
+    some CI runners: an ignored signal stays ignored across exec); preexec() runs in the child too."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONIOENCODING": "utf-8", "PYTHONUNBUFFERED": "1", **(env or {})}
     env = {k: v for k, v in env.items() if v is not None}
 

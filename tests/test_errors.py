@@ -1,6 +1,53 @@
-"""What stays, holds: the rules of README "Errors" tried as a user meets them, on real processes and real
-files: file-system errors as an ordinary user, a closed pipe and a full output, numbers out of range, tiny
-data sets, diverging runs, the tools' readers, a stop while torch loads, and a GAN resumed after it finished."""
+"""The error contract of homework7.py and of every tool, checked here on real processes and real files.
+
+Bad input
+- Bad input gets one line on stderr that names the problem, and exit status 2: no traceback, no file written
+  or changed, no directory left behind. Every number a flag takes has a range, said in --help and checked
+  before any work (BAD_INPUTS below holds every field's, generated from the config's `within`).
+- A file that cannot be read or written (missing, a directory, permission denied, a name too long) gets one
+  line that names it and the reason, exit status 2. A file that can be read is checked where it is read:
+  a .npy file by NumPy's own reader (mapped, never unpickled), an IDX file by its header before its data are
+  shaped, MNIST by SHA-256, pixels by their type and range, a checkpoint by its format, model and config
+  fields (one of another version, or whose weights do not fit, gets a line that says to train again).
+- Memory that runs out gets one line, exit status 2.
+- Every size accepted runs end to end, down to a test set of one image.
+
+Files
+- Every file is written whole or not at all: a temporary file beside it, then a rename. A full disk gets one
+  line, and the previous checkpoint stays. The files a user names to a tool (tools.sample --out,
+  tools.evaluate --classifier, tools.report's three) replace only a file of their own kind, never a symlink,
+  a FIFO, a directory or another kind of file.
+
+Stops and divergence
+- A stop signal is recorded, and training stops between two steps with one line and status 128 + its number:
+  Ctrl-C 130, SIGTERM 143, SIGHUP 129. The checkpoint of the last finished epoch stays, and the line gives
+  the command that resumes it, with its --run-dir (where no epoch of this run finished, it says so). A second
+  signal ends the process at once, as the system does. A SIGINT or SIGHUP that the parent ignores (nohup, a
+  script's &) stays ignored.
+- Nothing diverged is saved as good or drawn: an epoch whose losses, test metrics or weights are not all
+  finite, or in which D has won or its loss exploded, stops the run in one line (status 2), and the last good
+  checkpoint stays; no mixture is fitted to it and no figure drawn from it.
+
+The output
+- A closed pipe (| head) ends the command quietly with status 141; an output that cannot be written
+  (> /dev/full) gets one line. A character the console's encoding lacks prints as ?.
+
+What is not promised
+- The start-up second: while Python loads torch, Ctrl-C ends the script in one line (status 130), but SIGTERM
+  and SIGHUP end it as the system does. The tools load torch before homework7.py, so a Ctrl-C there prints
+  Python's traceback.
+- A second stop signal ends the process at once: a checkpoint it cuts short stays as it was (the rename never
+  happened), but a hidden .checkpoint.pt.*.tmp may stay beside it, as after SIGKILL.
+- A run stopped between writing checkpoint.pt and metrics.json leaves metrics.json one epoch behind until the
+  next save; two runs in one --run-dir at once overwrite each other's checkpoint.
+- A long tool command that trains no model (tools.report, tools.sample) stops when it has finished.
+"""
+import argparse
+import dataclasses
+import math
+import errno
+import gzip
+import importlib
 import json
 import os
 import shutil
@@ -18,15 +65,332 @@ import torch
 import homework7 as hw
 import tools.gan_quality as gq
 import tools.report
-from conftest import ROOT, child_process
+from conftest import ROOT, child_process, outputs, tree
 
 NOBODY = 65534  # the unprivileged user of Debian and most Linux systems
+
+
+def main(argv):
+    """homework7's main for `vae ...` and `gan ...`; for `tools.NAME ...`, that of python -m tools.NAME."""
+    argv = [str(a) for a in argv]
+    return importlib.import_module(argv[0]).main(argv[1:]) if argv[0].startswith("tools.") else hw.main(argv)
 
 
 def one_line_or_none(status, err):
     """The rule for a command that failed or not: exit 0, or exit 2 with one line and no traceback."""
     assert "Traceback" not in err, err
     assert status == 0 or (status == 2 and err.count("\n") == 1), (status, err)
+
+
+# ----------------------------------------------------------------------------- bad input, one line each
+def write_idx(path, pixels, gz=False):
+    raw = b"\x00\x00\x08\x03" + len(pixels).to_bytes(4, "big") + (28).to_bytes(4, "big") * 2 + pixels.tobytes()
+    path.write_bytes(gzip.compress(raw) if gz else raw)
+    return path
+
+
+def write_npy(path, header, data=b"", version=b"\x01\x00"):
+    """A .npy file with the header written by hand (NumPy's np.save refuses what it does not write)."""
+    text = header.encode("latin1")
+    text += b" " * (-(10 + len(text) + 1) % 64) + b"\n"
+    path.write_bytes(b"\x93NUMPY" + version + len(text).to_bytes(2, "little") + text + data)
+
+
+def make_bad_inputs(tmp_path, images, checkpoints):
+    """Writes each bad file the table below names into tmp_path/in; returns that directory."""
+    d = tmp_path / "in"
+    d.mkdir()
+    pixels = np.round(images[:10] * 255).astype(np.uint8).reshape(10, 28, 28)
+    np.save(d / "strings.npy", np.array([["7"] * 784] * 10))
+    np.save(d / "complex.npy", images[:10].astype(np.complex64))
+    np.save(d / "objects.npy", np.array([object()] * 10), allow_pickle=True)
+    nan = images[:10].copy()
+    nan[3, 5] = np.nan
+    np.save(d / "nan.npy", nan)
+    np.save(d / "inf.npy", np.where(images[:10] > 0.5, np.inf, 0).astype(np.float32))
+    np.save(d / "over_one.npy", images[:10] * 2)
+    np.save(d / "negative.npy", images[:10] - 0.5)
+    np.save(d / "over_255.npy", pixels.astype(np.int32) + 200)
+    np.save(d / "negative_int.npy", pixels.astype(np.int16) - 1)
+    np.save(d / "shape_27x28.npy", np.zeros((10, 27, 28), np.float32))
+    np.save(d / "shape_4d.npy", np.zeros((10, 1, 28, 28), np.float32))
+    np.save(d / "shape_1d.npy", np.zeros(784, np.float32))
+    np.save(d / "empty.npy", np.zeros((0, 784), np.float32))
+    np.save(d / "one_image.npy", images[:1])
+    np.save(d / "truncated.npy", images[:10])
+    (d / "truncated.npy").write_bytes((d / "truncated.npy").read_bytes()[:5000])
+    (d / "zero_bytes.npy").write_bytes(b"")
+    (d / "text.npy").write_text("these are not images\n")
+    (d / "directory.npy").mkdir()
+    (d / "directory-idx3-ubyte").mkdir()
+    raw = write_idx(d / "idx_count-idx3-ubyte", pixels).read_bytes()
+    (d / "idx_count-idx3-ubyte").write_bytes(raw[:4] + (1000).to_bytes(4, "big") + raw[8:])  # says 1000 images
+    (d / "idx_magic-idx3-ubyte").write_bytes(b"\x00\x00\x08\x01" + raw[4:])  # a label file's magic number
+    (d / "idx_short-idx3-ubyte").write_bytes(raw[:10])
+    (d / "idx_truncated-idx3-ubyte").write_bytes(raw[:-100])
+    gz = write_idx(d / "idx-idx3-ubyte.gz", pixels, gz=True).read_bytes()
+    (d / "truncated-idx3-ubyte.gz").write_bytes(gz[:-50])
+    (d / "idx-idx3-ubyte.gz").unlink()
+    write_idx(d / "unreadable-idx3-ubyte", pixels).chmod(0)
+    for name, source in checkpoints.items():
+        shutil.copy(source, d / f"{name}.pt")
+    raw = (d / "vae.pt").read_bytes()
+    (d / "truncated.pt").write_bytes(raw[: len(raw) // 2])
+    (d / "zero_bytes.pt").write_bytes(b"")
+    torch.save([1, 2, 3], d / "a_list.pt")
+    old = torch.load(d / "vae.pt", weights_only=True)
+    old.pop("format", None)  # as the checkpoints of the version before the fitted prior
+    old["rng"] = old["rng"]["cpu"] if isinstance(old["rng"], dict) else old["rng"]
+    torch.save(old, d / "older_version.pt")
+    (d / "older").mkdir()
+    torch.save(old, d / "older" / "checkpoint.pt")
+    (d / "not_a_dir").write_text("a file where a directory should be\n")
+    # files whose names or first bytes say another format
+    np.savez(d / "x.npz", images=images[:10])
+    (d / "x.npy.gz").write_bytes(gzip.compress((d / "over_one.npy").read_bytes()))
+    (d / "x.csv").write_text("0,0,0\n")
+    (d / "X.NPY").write_bytes((d / "over_one.npy").read_bytes())
+    torch.save(argparse.Namespace(epochs=1), d / "pickled.pt")  # loads only with weights_only=False
+    # .npy files whose header says what the next step cannot take
+    (d / "npz.npy").write_bytes((d / "x.npz").read_bytes())
+    raw = (d / "over_one.npy").read_bytes()
+    (d / "lies.npy").write_bytes(raw.replace(b"(10, 784)", b"(10000000000, 784)", 1))
+    header = b"{'descr': '<f4', 'fortran_order': False, 'shape': (10, 784), }" + b" " * 30000 + b"\n"
+    (d / "long_header.npy").write_bytes(b"\x93NUMPY\x02\x00" + len(header).to_bytes(4, "little") + header + raw[128:])
+    just_over = images[:10].copy()
+    just_over[0, 0] = np.float32(1.0000001)
+    np.save(d / "just_over_one.npy", just_over)
+    # outputs that must not be replaced
+    os.mkfifo(d / "fifo.npy")
+    (d / "target.npy").write_bytes((d / "over_one.npy").read_bytes())
+    (d / "link.npy").symlink_to(d / "target.npy")
+    (d / "dangling").symlink_to(d / "nothing")
+    (d / "unrelated.npy").write_text("a README, say\n")
+    (d / "figures").mkdir()
+    (d / "figures" / "vae.png").write_text("notes kept where a figure would go\n")
+    state = torch.load(d / "vae.pt", weights_only=True)
+    state["trainer"].pop("optimizer")  # a checkpoint whose trainer lacks a part
+    (d / "no_optimizer").mkdir()
+    torch.save(state, d / "no_optimizer" / "checkpoint.pt")
+    two_epochs = torch.load(d / "vae.pt", weights_only=True)
+    two_epochs["epoch"], two_epochs["metrics"] = 2, two_epochs["metrics"] * 2
+    (d / "two_epochs").mkdir()
+    torch.save(two_epochs, d / "two_epochs" / "checkpoint.pt")
+    # headers that NumPy's own reader refuses, or whose dtype holds no numbers
+    npy_header = "{'descr': '%s', 'fortran_order': False, 'shape': %s, }"
+    write_npy(d / "negative_dims.npy", npy_header % ("<f4", "(-1, -784)"), b"\0" * 3136)
+    write_npy(d / "zero_and_huge.npy", npy_header % ("<f4", f"(0, {2**70})"))
+    write_npy(d / "void0.npy", npy_header % ("|V0", "(10, 784)"))
+    write_npy(d / "str0.npy", npy_header % ("<U0", "(10, 784)"))
+    write_npy(d / "bool_shape.npy", npy_header % ("<f4", "(True, 784)"), b"\0" * 3136)
+    write_npy(d / "version9.npy", npy_header % ("<f4", "(1, 784)"), b"\0" * 3136, version=b"\x09\x00")
+    state = torch.load(d / "vae.pt", weights_only=True)
+    state["config"]["beta_schedule"] = "linear"  # a field this version does not know
+    (d / "other_version").mkdir()
+    torch.save(state, d / "other_version" / "checkpoint.pt")
+    state = torch.load(d / "gan.pt", weights_only=True)
+    state["trainer"]["G_ema"] = {f"module.{k}": v for k, v in state["trainer"]["G_ema"].items()}  # another layout
+    torch.save(state, d / "other_layout.pt")
+    (d / "run").mkdir()
+    shutil.copy(d / "vae.pt", d / "run" / "checkpoint.pt")
+    # what the tools read
+    (d / "text.json").write_text("not json")
+    (d / "other.json").write_text('{"not": "a record"}')
+    (d / "dir.json").mkdir()
+    gq.quality_dir(d).mkdir(parents=True)
+    (gq.quality_dir(d) / "old.json").write_text('{"config": 1')  # a saved record that was damaged
+    (d / "idx_huge-idx3-ubyte").write_bytes(b"\x00\x00\x08\x03" + bytes(4) + (2**32 - 1).to_bytes(4, "big") * 2)
+    return d
+
+
+
+
+BAD_INPUTS = [  # (id, argv with {d} for the directory of bad files, words the one line must hold)
+    ("strings", "vae --data {d}/strings.npy", "pixels must be numbers, got dtype <U1"),
+    ("complex", "vae --data {d}/complex.npy", "pixels must be numbers, got dtype complex64"),
+    ("objects", "vae --data {d}/objects.npy", "not a readable .npy file (Array can't be memory-mapped: Python objects"),
+    ("nan", "vae --data {d}/nan.npy", "NaN or infinite"),
+    ("inf", "gan --data {d}/inf.npy", "NaN or infinite"),
+    ("float over 1", "vae --data {d}/over_one.npy", "float pixels must lie in [0, 1]"),
+    ("float below 0", "vae --data {d}/negative.npy", "float pixels must lie in [0, 1]"),
+    ("int over 255", "vae --data {d}/over_255.npy", "integer pixels must lie in [0, 255]"),
+    ("int below 0", "vae --data {d}/negative_int.npy", "integer pixels must lie in [0, 255]"),
+    ("27x28 images", "vae --data {d}/shape_27x28.npy", "got shape (10, 27, 28)"),
+    ("4-d array", "vae --data {d}/shape_4d.npy", "got shape (10, 1, 28, 28)"),
+    ("1-d array", "vae --data {d}/shape_1d.npy", "got shape (784,)"),
+    ("no images", "vae --data {d}/empty.npy", "holds no images"),
+    ("no test set", "vae --data {d}/one_image.npy", "too few images to hold out a test set"),
+    ("bad test data", "vae --data {d}/over_one.npy --test-data {d}/nan.npy", "over_one.npy: float pixels"),
+    ("truncated npy", "vae --data {d}/truncated.npy", "not a readable .npy file (mmap length is greater than file size)"),
+    ("zero-byte npy", "vae --data {d}/zero_bytes.npy", "neither a .npy file nor an IDX image file"),
+    ("text as npy", "vae --data {d}/text.npy", "neither a .npy file nor an IDX image file"),
+    ("missing file", "vae --data {d}/missing.npy", "missing.npy: No such file or directory"),
+    ("directory as npy", "vae --data {d}/directory.npy", "directory.npy: Is a directory"),
+    ("directory as idx", "vae --data {d}/directory-idx3-ubyte", "Is a directory"),
+    ("idx count lies", "vae --data {d}/idx_count-idx3-ubyte", "header says 1000×28×28"),
+    ("idx magic lies", "vae --data {d}/idx_magic-idx3-ubyte", "magic number 0x00000803 expected"),
+    ("idx header cut", "vae --data {d}/idx_short-idx3-ubyte", "nor an IDX image file"),
+    ("idx truncated", "gan --data {d}/idx_truncated-idx3-ubyte", "truncated or corrupt"),
+    ("truncated gz", "vae --data {d}/truncated-idx3-ubyte.gz", "corrupt gzip data"),
+    ("unreadable file", "vae --data {d}/unreadable-idx3-ubyte", "unreadable-idx3-ubyte: Permission denied"),
+    ("other model's checkpoint", "tools.sample vae --checkpoint {d}/gan.pt", "a gan checkpoint, not a vae one"),
+    ("truncated checkpoint", "tools.sample vae --checkpoint {d}/truncated.pt", "not a readable checkpoint"),
+    ("zero-byte checkpoint", "tools.sample gan --checkpoint {d}/zero_bytes.pt", "not a readable checkpoint"),
+    ("not a checkpoint", "tools.sample vae --checkpoint {d}/a_list.pt", "not a homework7 checkpoint"),
+    ("older checkpoint", "tools.sample vae --checkpoint {d}/older_version.pt", "written by another version"),
+    ("older checkpoint, resumed", "vae --resume --run-dir {d}/older", "written by another version"),
+    ("no checkpoint", "tools.sample vae --checkpoint {d}/nowhere.pt", "no checkpoint here"),
+    ("no mixture", "tools.sample vae --checkpoint {d}/vae_prior.pt --sampler mixture", "no fitted mixture"),
+    ("sampler of a GAN", "tools.sample gan --checkpoint {d}/gan.pt --sampler prior", "only the VAE"),
+    ("--out in no directory", "tools.sample vae --checkpoint {d}/vae.pt --out {d}/nowhere/s.npy", "does not exist"),
+    ("--out under a file", "tools.sample vae --checkpoint {d}/vae.pt --out {d}/not_a_dir/s.npy", "not a directory"),
+    ("--run-dir under a file", "vae --n-train 300 --run-dir {d}/not_a_dir/run", "--run-dir"),
+    ("--figures-dir under a file", "gan --n-train 50 --figures-dir {d}/not_a_dir/f", "--figures-dir"),
+    ("epochs not a number", "vae --epochs ten", "invalid int value: 'ten'"),
+    ("GAN on 1 image", "gan --n-train 1", "at least 2 training images"),
+    ("mixture too large", "vae --n-train 30 --mixture-components 31", "more components than the 30 training encodings the mixture is fitted to; pass --mixture-components 30 or fewer"),
+    ("unknown loss", "gan --generator-loss wasserstein", "invalid choice: 'wasserstein'"),
+    ("device tpu", "vae --device tpu", "device 'tpu': not on this machine"),
+    ("device cuda:-1", "gan --device cuda:-1", "device 'cuda:-1'"),
+    ("sample n 0", "tools.sample vae --checkpoint {d}/vae.pt --n 0", "argument --n: 0: must lie within [1, 1e9]"),
+    ("sample n negative", "tools.sample gan --checkpoint {d}/gan.pt --n -5", "--n: -5: must lie within [1, 1e9]"),
+    ("unknown flag", "vae --epoch 3", "unrecognized arguments: --epoch 3"),
+    ("unknown command", "train", "invalid choice: 'train'"),
+    # outputs: only a regular file of the kind written is replaced
+    ("--out a FIFO", "tools.sample vae --checkpoint {d}/vae.pt --out {d}/fifo.npy", "is not a regular file; not replaced"),
+    ("--out a symlink", "tools.sample vae --checkpoint {d}/vae.pt --out {d}/link.npy", "is a symbolic link; not replaced"),
+    ("--out the checkpoint", "tools.sample vae --checkpoint {d}/vae.pt --out {d}/vae.pt", "not a NumPy .npy file"),
+    ("--out another file", "tools.sample gan --checkpoint {d}/gan.pt --out {d}/unrelated.npy", "not a NumPy .npy file"),
+    ("--out a directory", "tools.sample gan --checkpoint {d}/gan.pt --out {d}/directory.npy", "not a regular file"),
+    ("--out ''", "tools.sample vae --checkpoint {d}/vae.pt --out=", "--out '': must name a file"),
+    ("--run-dir a dangling link", "vae --n-train 300 --run-dir {d}/dangling", "--run-dir"),
+    # checkpoints that parse but lie, to sample and to --resume
+    ("pickled object", "tools.sample vae --checkpoint {d}/pickled.pt", "holds objects other than tensors and plain data"),
+    ("no optimizer", "vae --resume --run-dir {d}/no_optimizer", "a damaged checkpoint"),
+    ("resume to fewer epochs", "vae --resume --run-dir {d}/two_epochs --epochs 1", "trained 2 epochs already"),
+    # sizes the machine cannot hold, refused before any work
+    ("hidden 10^8", "vae --hidden 100000000", "out of memory ("),
+    ("latent dim 10^9", "vae --latent-dim 1000000000", "out of memory ("),
+    ("GAN hidden 10^6", "gan --hidden 1000000", "out of memory ("),
+    ("sample n 10^9", "tools.sample vae --checkpoint {d}/vae.pt --n 1000000000", "out of memory ("),
+    # values that were taken without a word, and misleading messages
+    ("--test-data without --data", "vae --test-data {d}/over_one.npy", "--test-data"),
+    ("--data .npz", "vae --data {d}/x.npz", "neither a .npy file nor an IDX image file"),
+    ("--data .npy.gz", "vae --data {d}/x.npy.gz", "neither a .npy file nor an IDX image file"),
+    ("--data .csv", "vae --data {d}/x.csv", "neither a .npy file nor an IDX image file"),
+    ("--data .NPY", "vae --data {d}/X.NPY", "float pixels must lie in [0, 1]"),
+    ("npz named .npy", "vae --data {d}/npz.npy", "neither a .npy file nor an IDX image file"),
+    ("npy header lies", "vae --data {d}/lies.npy", "not a readable .npy file (mmap length is greater than file size)"),
+    ("npy header too long", "vae --data {d}/long_header.npy", "not a readable .npy file (Header info length"),
+    ("pixel 1.0000001", "vae --data {d}/just_over_one.npy", "must lie in [0, 1], got [0, 1.00000012]"),
+    ("sample seed 2^64", "tools.sample gan --checkpoint {d}/gan.pt --seed 18446744073709551616", "[0, 4294967295]"),
+    ("name too long", "vae --data {d}/" + "x" * 300 + ".npy", "File name too long"),
+    # headers NumPy refuses, dtypes of no numbers, an IDX header of 2^64 pixels an image
+    ("npy dims negative", "vae --data {d}/negative_dims.npy", "not a readable .npy file (negative dimensions"),
+    ("npy 0 x 2^70", "vae --data {d}/zero_and_huge.npy", "not a readable .npy file ("),
+    ("npy dtype V0", "vae --data {d}/void0.npy", "pixels must be numbers, got dtype |V0"),
+    ("npy dtype U0", "gan --data {d}/str0.npy", "pixels must be numbers, got dtype <U0"),
+    ("npy shape True", "vae --data {d}/bool_shape.npy", "not a readable .npy file ("),
+    ("npy version 9", "vae --data {d}/version9.npy", "not a readable .npy file (we only support format version"),
+    ("idx 0 x 2^32 x 2^32", "vae --data {d}/idx_huge-idx3-ubyte", "images must be 28×28, the header says 4294967295×"),
+    # checkpoints of another version, and a run resumed with other flags
+    ("config field unknown", "tools.sample vae --checkpoint {d}/other_version/checkpoint.pt", "another version of homework7"),
+    ("config field unknown, resumed", "vae --resume --run-dir {d}/other_version", "another version of homework7.py"),
+    ("weights of another layout", "tools.sample gan --checkpoint {d}/other_layout.pt", "another version of homework7"),
+    ("resume, another config", "vae --resume --run-dir {d}/run --latent-dim 3", "differs in: latent_dim"),
+    # the tools' numbers and readers
+    ("report without figures", "tools.report --user ab --figures-dir nowhere", "missing"),
+    ("quality n 1", "tools.gan_quality --methods new --n 1", "--n: 1: must lie within [2, 1e9]"),
+    ("quality seed 2^64", "tools.gan_quality --methods new --seeds 18446744073709551616", "[0, 4294967295]"),
+    ("evaluate n 1", "tools.evaluate vae --n 1", "--n: 1: must lie within [2, 1e9]"),
+    ("sweep n 1", "tools.sweep --n 1", "--n: 1: must lie within [2, 1e9]"),
+    ("GAN batch 10^20", "gan --batch-size 99999999999999999999 --bn-batches 5", "must lie within [2, 1e6]"),
+    ("records missing", "tools.gan_quality --records {d}/missing.json", "missing.json: No such file or directory"),
+    ("records not JSON", "tools.gan_quality --records {d}/text.json", "not JSON"),
+    ("records not a record", "tools.gan_quality --records {d}/other.json", "not a record of tools.gan_quality"),
+    ("records a directory", "tools.gan_quality --records {d}/dir.json", "Is a directory"),
+    ("a damaged record", "tools.gan_quality --methods old --out-dir {d} --n 2", "old.json: not a record"),
+]
+
+
+def out_of_range(config_cls, model):
+    """For each field of config_cls with a range: a value just outside each end (the end itself where it is
+    open), and NaN for a float, each with the words that refuse it: (id, argv, words) rows of BAD_INPUTS."""
+    for f in dataclasses.fields(config_cls):
+        within = f.metadata["within"]
+        if not within:
+            continue
+        low, high = (float(end) for end in within[1:-1].split(","))
+        values = [low if within[0] == "(" else low - 1, high if within[-1] == ")" else high + 1]
+        for value in values + ([math.nan] if f.type is float else []):
+            text = str(f.type(value) if math.isfinite(value) else value)
+            flag = "--" + f.name.replace("_", "-")
+            yield f"{model} {flag} {text}", f"{model} {flag} {text}", f"{flag} {text}: must lie within {within}"
+
+
+BAD_INPUTS += [case for model, (config_cls, _) in hw.TRAINERS.items() for case in out_of_range(config_cls, model)]
+
+
+def exit_status(argv):
+    """main(argv)'s exit status, also where argparse exits from inside it."""
+    try:
+        return main(argv)
+    except SystemExit as e:
+        return e.code
+
+
+@pytest.fixture(scope="module")
+def bad_inputs(tmp_path_factory, images, checkpoints):
+    """The directory of bad files, made once: each case checks that it leaves every one of them as it was."""
+    return make_bad_inputs(tmp_path_factory.mktemp("bad"), images, checkpoints)
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    """A trained VAE (with and without a mixture) and GAN, one epoch on 200 images each."""
+    d = tmp_path_factory.mktemp("checkpoints")
+    for name, argv in (("vae", ["vae", "--mixture-components", "2"]),
+                       ("vae_prior", ["vae", "--mixture-components", "0"]), ("gan", ["gan"])):
+        assert hw.main([*argv, "--n-train", "200", "--epochs", "1", "--run-dir", str(d / name),
+                        "--figures-dir", str(d / name)]) == 0
+    return {name: d / name / "checkpoint.pt" for name in ("vae", "vae_prior", "gan")}
+
+
+@pytest.mark.parametrize("argv, words", [case[1:] for case in BAD_INPUTS], ids=[case[0] for case in BAD_INPUTS])
+def test_bad_input_gets_one_line_status_2_and_changes_no_file(argv, words, tmp_path, bad_inputs, capsys,
+                                                                 monkeypatch):
+    d = bad_inputs
+    monkeypatch.chdir(tmp_path)  # a command's default outputs (runs/, figures/) would land here
+    if os.geteuid() == 0:  # root may read a file of mode 000: refuse it as the file system does for a user
+        real_read_bytes = Path.read_bytes
+
+        def read_bytes(path):
+            if path.stat().st_mode & 0o400 == 0:
+                raise PermissionError(13, "Permission denied", str(path))
+            return real_read_bytes(path)
+        monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    before = tree(d)
+    status = exit_status(argv.format(d=d).split())
+    _, err = capsys.readouterr()
+    assert status == 2, err
+    assert words in err, err
+    prog = f"python -m {argv.split()[0]}" if argv.startswith("tools.") else "homework7.py"
+    assert err.count("\n") == 1 and "Traceback" not in err and err.startswith(prog), err
+    assert tree(d) == before and list(tmp_path.iterdir()) == []
+
+
+def test_a_diverged_run_is_never_saved_fitted_to_or_drawn_and_leaves_the_previous_run(tmp_path, small_npy, cli):
+    """One step an epoch at lr 1e30: its training means may still read as numbers, its weights and test -ELBO
+    do not. A fresh run leaves nothing; one into the directory of an earlier run leaves that run as it was."""
+    flags = ["vae", "--data", small_npy, "--batch-size", "500", *outputs(tmp_path)]
+    status, _, err = cli(hw.main, *flags, "--lr", "1e30")
+    assert status == 2 and err.count("\n") == 1 and "training stopped in epoch 1: " in err and "NaN or infinite" in err
+    assert "no epoch of this run finished, so it wrote no checkpoint" in err
+    assert list(tmp_path.iterdir()) == [small_npy]  # no checkpoint, no figure, no directory
+    assert cli(hw.main, *flags, "--epochs", "1", "--mixture-components", "0")[0] == 0
+    before = tree(tmp_path)
+    status, _, err = cli(hw.main, *flags, "--epochs", "2", "--lr", "1e30")
+    assert status == 2 and "no epoch of this run finished" in err and tree(tmp_path) == before
 
 
 # ----------------------------------------------------------------------------- the file system, as a user
@@ -123,22 +487,6 @@ def test_a_full_output_ends_in_one_line(tmp_path, small_npy):
     assert child.stderr == "homework7.py: error: the output: No space left on device\n"
 
 
-# ----------------------------------------------------------------------------- numbers, sizes, divergence
-@pytest.mark.parametrize("module, argv, words", [
-    (tools.report, ["--user", "ab", "--figures-dir", "nowhere"], "missing"),
-    (gq, ["--methods", "new", "--n", "1"], "--n: 1: must lie within [2, 1e9]"),
-    (gq, ["--methods", "new", "--seeds", "18446744073709551616"], "must lie within [0, 4294967295]"),
-    (hw, ["gan", "--batch-size", "99999999999999999999", "--bn-batches", "5"], "must lie within [2, 1e6]"),
-    (hw, ["vae", "--seed", "18446744073709551616"], "--seed 18446744073709551616: must lie within [0, 4294967295]"),
-    (hw, ["gan", "--bn-batches", "1000000"], "--bn-batches 1000000: must lie within [0, 1e5]"),
-], ids=["report without figures", "quality n 1", "quality seed 2^64", "batch 10^20", "seed 2^64", "bn 10^6"])
-def test_numbers_out_of_range_are_refused_before_any_work(module, argv, words, tmp_path, monkeypatch, cli):
-    monkeypatch.chdir(tmp_path)
-    status, _, err = cli(module.main, *argv)
-    assert status == 2 and words in err and err.count("\n") == 1, err
-    assert list(tmp_path.iterdir()) == []  # nothing trained, nothing written, no directory made
-
-
 @pytest.mark.parametrize("model, n, test_n", [("vae", 10, 0), ("vae", 3, 1), ("vae", 2, 0), ("gan", 3, 0),
                                               ("gan", 2, 1)])
 def test_every_size_accepted_runs_end_to_end(model, n, test_n, tmp_path, images, cli):
@@ -153,16 +501,6 @@ def test_every_size_accepted_runs_end_to_end(model, n, test_n, tmp_path, images,
     assert (tmp_path / "f" / f"{model}.png").stat().st_size > 1000
 
 
-@pytest.mark.parametrize("flags", [["--mixture-components", "0"], ["--epochs", "2"]], ids=["no mixture", "2 epochs"])
-def test_a_diverged_epoch_is_never_saved_fitted_to_or_drawn(flags, tmp_path, small_npy, cli):
-    """One step an epoch at lr 1e30: its training means may still read as numbers, its weights and test -ELBO
-    do not."""
-    status, _, err = cli(hw.main, "vae", "--data", small_npy, "--lr", "1e30", "--batch-size", "500",
-                         "--figures-dir", tmp_path / "figures", "--run-dir", tmp_path / "run", *flags)
-    assert status == 2 and err.count("\n") == 1 and "NaN or infinite in epoch 1" in err and "no checkpoint" in err
-    assert list(tmp_path.iterdir()) == [small_npy]  # no checkpoint, no figure, no directory
-
-
 def test_a_test_metric_turning_nan_keeps_the_last_good_checkpoint(tmp_path, small_npy, monkeypatch, cli):
     real_evaluate, calls = hw.VAETrainer.evaluate, []
 
@@ -173,27 +511,13 @@ def test_a_test_metric_turning_nan_keeps_the_last_good_checkpoint(tmp_path, smal
     monkeypatch.setattr(hw.VAETrainer, "evaluate", evaluate)
     status, _, err = cli(hw.main, "vae", "--data", small_npy, "--epochs", "3", "--figures-dir", tmp_path / "figures",
                          "--run-dir", tmp_path / "run")
-    assert status == 2 and "NaN or infinite in epoch 2" in err and "checkpoint of epoch 1 is kept" in err
+    assert status == 2 and "in epoch 2: a loss, a test metric or a weight became NaN" in err
+    assert "checkpoint of epoch 1 is kept" in err
     assert hw.load_checkpoint(tmp_path / "run" / "checkpoint.pt")["epoch"] == 1
     assert not (tmp_path / "figures").exists()
 
 
 # ----------------------------------------------------------------------------- the readers of the tools
-def test_records_that_are_not_records_get_one_line(tmp_path, cli):
-    (tmp_path / "text.json").write_text("not json")
-    (tmp_path / "other.json").write_text('{"not": "a record"}')
-    (tmp_path / "dir.json").mkdir()
-    for path, words in (("missing.json", "No such file or directory"), ("text.json", "not JSON"),
-                        ("other.json", "not a record of tools.gan_quality"), ("dir.json", "Is a directory")):
-        status, _, err = cli(gq.main, "--records", tmp_path / path)
-        assert status == 2 and err.count("\n") == 1 and words in err, err
-    corrupt = gq.quality_dir(tmp_path) / "old.json"  # a saved record that was damaged, met before training
-    corrupt.parent.mkdir(parents=True)
-    corrupt.write_text('{"config": 1')
-    status, _, err = cli(gq.main, "--methods", "old", "--out-dir", tmp_path, "--n", "2")
-    assert status == 2 and err.count("\n") == 1 and "old.json: not a record" in err, err
-
-
 def test_the_report_draws_text_from_files_as_written_and_checks_each_file(tmp_path, cli):
     figures, runs = tmp_path / "figures", tmp_path / "runs"
     figures.mkdir()
@@ -218,16 +542,6 @@ def test_the_report_draws_text_from_files_as_written_and_checks_each_file(tmp_pa
     assert status == 2 and err.count("\n") == 1 and "gan.png: Is a directory" in err
 
 
-def test_evaluate_and_sweep_refuse_one_sample_before_any_work(tmp_path, monkeypatch, cli):
-    import tools.evaluate
-    import tools.sweep
-    monkeypatch.chdir(tmp_path)
-    for main, argv in ((tools.evaluate.main, ["vae", "--n", "1"]), (tools.sweep.main, ["--n", "1"])):
-        status, _, err = cli(main, *argv)
-        assert status == 2 and "--n: 1: must lie within [2, 1e9]" in err, err
-    assert list(tmp_path.iterdir()) == []
-
-
 # ----------------------------------------------------------------------------- stops
 def test_ctrl_c_while_torch_loads_ends_in_one_line(tmp_path):
     child = child_process([ROOT / "homework7.py", "vae", "--epochs", "1"], tmp_path)
@@ -238,37 +552,38 @@ def test_ctrl_c_while_torch_loads_ends_in_one_line(tmp_path):
     assert len([line for line in err.splitlines() if line]) == 1, err
 
 
-def test_the_advice_after_a_stop_names_the_run_directory_and_only_where_a_checkpoint_is(tmp_path, small_npy,
-                                                                                        monkeypatch, cli):
-    run_dir = tmp_path / "my run"
-    flags = ["--data", small_npy, "--batch-size", "100", "--figures-dir", tmp_path / "f", "--run-dir", run_dir]
-    real_step, calls = hw.VAETrainer.train_step, []
+def test_a_full_disk_keeps_the_previous_checkpoint(tmp_path, small_npy, monkeypatch, cli):
+    real_save, calls = torch.save, []
 
-    def step(self, x):  # Ctrl-C at the second step, then at the fifth of the next run (epoch 2)
+    def save(obj, f, *args, **kwargs):  # the second checkpoint finds the disk full half-way through
         calls.append(1)
-        if len(calls) in (2, 7):
-            raise KeyboardInterrupt
-        return real_step(self, x)
+        if len(calls) == 2:
+            f.write(b"half a checkpoint")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, f, *args, **kwargs)
 
-    monkeypatch.setattr(hw.VAETrainer, "train_step", step)
-    status, _, err = cli(hw.main, "vae", *flags, "--epochs", "3")
-    assert status == 130 and "no epoch finished, so there is no checkpoint\n" in err and "continue" not in err
-    assert not run_dir.exists()
-    status, _, err = cli(hw.main, "vae", *flags, "--epochs", "3")
-    assert status == 130 and err.rstrip().endswith(
-        f"the checkpoint of epoch 1 is kept in {run_dir}; continue with: python homework7.py vae --resume "
-        f"--run-dir '{run_dir}'")
+    monkeypatch.setattr(torch, "save", save)
+    status, _, err = cli(main, "vae", "--data", small_npy, "--epochs", "3", *outputs(tmp_path))
+    assert status == 2 and err.count("\n") == 1
+    assert "checkpoint.pt: No space left on device; the previous file is kept" in err
+    assert hw.load_checkpoint(tmp_path / "run" / "checkpoint.pt")["epoch"] == 1
+    assert not list((tmp_path / "run").glob(".*.tmp"))
 
 
-def test_a_gan_resumed_after_it_finished_goes_on_as_a_straight_run(tmp_path, small_npy, cli):
-    """The BatchNorm statistics recomputed after training draw the figures, but the moving average that
-    training goes on with is untouched by them."""
-    flags = ["gan", "--data", small_npy, "--batch-size", "100", "--bn-batches", "3", "--figures-dir", tmp_path / "f"]
-    assert cli(hw.main, *flags, "--epochs", "3", "--run-dir", tmp_path / "straight")[0] == 0
-    assert cli(hw.main, *flags, "--epochs", "1", "--run-dir", tmp_path / "resumed")[0] == 0
-    assert cli(hw.main, *flags, "--epochs", "3", "--run-dir", tmp_path / "resumed", "--resume")[0] == 0
-    straight, resumed = (hw.load_checkpoint(tmp_path / run / "checkpoint.pt")["trainer"]
-                         for run in ("straight", "resumed"))
-    for part in ("G", "D", "G_ema", "G_standing", "snapshots"):
-        for key in straight[part]:
-            assert torch.equal(straight[part][key], resumed[part][key]), (part, key)
+
+def test_a_gan_whose_loss_explodes_stops_with_a_clear_line(tmp_path, small_npy, cli):
+    status, _, err = cli(main, "gan", "--data", small_npy, "--lr", "1e3", "--batch-size", "20", "--epochs", "3",
+                         *outputs(tmp_path))
+    assert status == 2 and err.count("\n") == 1 and "training has diverged; try a lower --lr" in err
+    assert not (tmp_path / "run").exists() and not (tmp_path / "figures").exists()
+
+
+def test_memory_that_runs_out_ends_in_one_line(tmp_path, small_npy, monkeypatch, cli):
+    def allocate(*args, **kwargs):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: you "
+                           "tried to allocate 62720000000 bytes.")
+
+    monkeypatch.setattr(hw.VAETrainer, "train_step", allocate)
+    status, _, err = cli(main, "vae", "--data", small_npy, *outputs(tmp_path))
+    assert status == 2 and err.count("\n") == 1 and "out of memory (" in err and "Traceback" not in err
+

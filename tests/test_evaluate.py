@@ -9,11 +9,7 @@ import torch
 
 import homework7 as hw
 import tools.evaluate as ev
-
-
-def outputs(tmp_path):
-    """Figures and run directory under tmp_path."""
-    return ["--figures-dir", tmp_path / "figures", "--run-dir", tmp_path / "run"]
+from conftest import outputs
 
 
 def one_hot(classes, confidence=1.0):
@@ -91,7 +87,7 @@ def test_iwae_bound_with_given_noise_against_torch_distributions():
         q = torch.distributions.Normal(mu, torch.exp(0.5 * logvar))
         z = mu + torch.exp(0.5 * logvar) * eps
         log_w = torch.stack([
-            torch.distributions.Bernoulli(logits=model.decode_logits(z[i]), validate_args=False).log_prob(x).sum(1)
+            torch.distributions.Bernoulli(logits=model.decoder(z[i]), validate_args=False).log_prob(x).sum(1)
             + torch.distributions.Normal(0, 1).log_prob(z[i]).sum(1) - q.log_prob(z[i]).sum(1)
             for i in range(5)])
     expected = torch.log(torch.exp(log_w.double()).mean(0))
@@ -154,10 +150,10 @@ def test_evaluate_scores_a_trained_vae_and_writes_eval_json(tmp_path, stub_class
     assert status == 2 and "--iwae-k" in err and err.count("\n") == 1
 
     status, _, _ = cli(ev.main, "vae", "--checkpoint", checkpoint, "--classifier", stub_classifier,
-                       "--n", "100", "--iwae-k", "2", "--iwae-n", "5", "--prior", "standard")
+                       "--n", "100", "--iwae-k", "2", "--iwae-n", "5", "--sampler", "prior")
     report = json.loads((tmp_path / "run" / "eval.json").read_text())
     assert status == 0 and list(report["samples"]) == ["z ~ N(0, I)"]
-    status, _, err = cli(ev.main, "gan", "--prior", "mixture")
+    status, _, err = cli(ev.main, "gan", "--sampler", "mixture")
     assert status == 2 and "only the VAE" in err
 
 

@@ -22,8 +22,9 @@ from torch import nn
 
 import homework7 as hw
 from tools import number
-from homework7 import (TRAINERS, VAE, Discriminator, Dropout, Generator, Meter, Parser, RunConfig, UsageError,
-                       batch_bounds, fit, load_images, minibatches, reparameterize, run_cli, save_checkpoint)
+from homework7 import (TRAINERS, VAE, Discriminator, Dropout, Generator, Parser, RunConfig, StopSignals, UsageError,
+                       batch_bounds, fit, load_images, mean_of_steps, minibatches, reparameterize, run_cli,
+                       save_checkpoint)
 
 
 def with_stock_dropout(model):
@@ -87,12 +88,12 @@ def plain_gan_steps(train_x, steps, cfg):
 
 
 def project_steps(name, train_x, steps, cfg):
-    """This project's training step, as fit() runs it: sliced minibatches, running sums on tensors."""
+    """This project's training step, as fit() runs it: sliced minibatches, the steps' numbers kept as tensors."""
     torch.manual_seed(cfg.seed)
     trainer = TRAINERS[name][1](cfg, torch.device("cpu"))
-    meter = Meter()
-    seconds = time_loop(lambda x: meter.add(trainer.train_step(x)), endless_minibatches(train_x, cfg.batch_size), steps)
-    meter.means()  # the one read-back a progress update does
+    kept = []
+    seconds = time_loop(lambda x: kept.append(trainer.train_step(x)), endless_minibatches(train_x, cfg.batch_size), steps)
+    mean_of_steps(kept)  # the one read-back an epoch does
     return seconds
 
 
@@ -183,29 +184,29 @@ def timed_steps(trainer_cls):
 
         def train_step(self, x):
             start = time.perf_counter()
-            stats = super().train_step(x)
+            self.last_stats = super().train_step(x)
             self.step_seconds += time.perf_counter() - start
-            return stats
+            return self.last_stats
 
     return TimedSteps
 
 
 def epoch_parts(name, train_x, test_x, cfg, run_dir, epochs=3):
     """Seconds of one whole epoch of fit() (the fastest of the epochs after the first) and of its parts: the
-    training steps inside it, the trainer's evaluate() and the checkpoint's save (each timed on its own)."""
+    training steps inside it, the trainer's after_epoch() and the checkpoint's save (each timed on its own)."""
     cfg = dataclasses.replace(cfg, epochs=epochs, run_dir=str(run_dir))
     Path(run_dir).mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     trainer = timed_steps(TRAINERS[name][1])(cfg, torch.device("cpu"))
     ends = []
     with contextlib.redirect_stdout(io.StringIO()):  # fit()'s line per epoch
-        metrics = fit(trainer, cfg, train_x, test_x, run_dir,
+        metrics = fit(trainer, cfg, train_x, test_x, StopSignals(),
                       on_epoch=lambda *_: ends.append((time.perf_counter(), trainer.step_seconds)))
     whole, steps = min((b[0] - a[0], b[1] - a[1]) for a, b in zip(ends, ends[1:]))
     evaluate, checkpoint = math.inf, math.inf
     for _ in range(3):
         start = time.perf_counter()
-        trainer.evaluate(test_x)
+        trainer.after_epoch(test_x, [trainer.last_stats])
         evaluate = min(evaluate, time.perf_counter() - start)
         start = time.perf_counter()
         save_checkpoint(run_dir, trainer, cfg, epochs, metrics)
@@ -265,8 +266,8 @@ def bench(models, steps, batch_sizes=None):
     for name, loop, rate, ratio, share in rows:
         print(f"| {name} | {loop} | {rate:,.0f} | {60000 / rate:.1f} | {ratio} | {share} |")
     print(f"\nOne epoch of {len(train_x):,} images, seconds: the bare steps (as above); inside one whole epoch of "
-          "fit() (the fastest of epochs 2-3), its steps, evaluate() and the checkpoint, the rest, and the whole")
-    print("| model | bare steps | steps in fit() | evaluate() | checkpoint | the rest: meters, progress, shuffling "
+          "fit() (the fastest of epochs 2-3), its steps, after_epoch() and the checkpoint, the rest, and the whole")
+    print("| model | bare steps | steps in fit() | after_epoch() | checkpoint | the rest: means, progress, shuffling "
           "| whole epoch |\n|---|---:|---:|---:|---:|---:|---:|")
     for name, *seconds in epochs:
         print(f"| {name} | " + " | ".join(f"{s:.2f}" for s in seconds) + " |")
@@ -290,7 +291,7 @@ def build_parser():
 
 
 def main(argv=None):
-    return run_cli(build_parser(), argv, lambda args: bench(args.models, args.steps, args.batch_sizes))
+    return run_cli(build_parser(), argv, lambda args, stop: bench(args.models, args.steps, args.batch_sizes))
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ the IWAE bound on −log p(x) (Burda et al., 2016).
 
 Usage:
   python -m tools.evaluate vae|gan [--n 10000] [--checkpoint PATH]   writes eval.json beside the checkpoint
-  python -m tools.evaluate vae --prior mixture                       the VAE's samples from one prior only
+  python -m tools.evaluate vae --sampler mixture                     the VAE's samples from one sampler only
 
 The classifier is trained on MNIST's labels on first use (a few minutes on a CPU) and cached in
 runs/classifier.pt. It judges the models; it is not part of either.
@@ -62,9 +62,9 @@ def classify(classifier, x, batch_size=1000):
     return torch.cat(probs), torch.cat(features)
 
 
-def train_classifier(train_x, train_y, test_x, test_y, device, epochs=10, seed=0, log=print):
+def train_classifier(train_x, train_y, test_x, test_y, device, epochs=10, seed=0, log=print, stop=None):
     """Adam on cross-entropy, each minibatch shifted by up to 2 pixels, the learning rate shrinking each
-    epoch; returns (classifier, test accuracy)."""
+    epoch; returns (classifier, test accuracy). Between steps it checks stop (homework7.StopSignals), if given."""
     torch.manual_seed(seed)
     classifier = DigitClassifier().to(device)
     optimizer = make_adam(classifier.parameters(), 1e-3, device)
@@ -76,6 +76,8 @@ def train_classifier(train_x, train_y, test_x, test_y, device, epochs=10, seed=0
             classifier.train()
             order = torch.randperm(len(train_x), device=device)
             for start in range(0, len(train_x), 100):
+                if stop:
+                    stop.check()
                 batch = order[start : start + 100]
                 shift = torch.randint(-2, 3, (2,)).tolist()  # MNIST's 4-pixel black border makes wrapping harmless
                 x = train_x[batch].reshape(-1, IMAGE_SIDE, IMAGE_SIDE).roll(shift, dims=(1, 2))  # B×28×28
@@ -97,7 +99,7 @@ def classifier_stamp():
     return {"version": CLASSIFIER_VERSION, "data_sha256": MNIST_SHA256}
 
 
-def load_classifier(path, device, log=print):
+def load_classifier(path, device, log=print, stop=None):
     """The cached MNIST classifier; trained (and cached) when missing or stale."""
     path = Path(path)
     stamp = classifier_stamp()
@@ -118,7 +120,7 @@ def load_classifier(path, device, log=print):
                 return classifier.to(device), state["accuracy"]
             log(f"{path}: made by another version of this script; retraining")
     log(f"training the MNIST classifier that judges the samples (cached in {path})")
-    classifier, accuracy = train_classifier(*load_mnist("train"), *load_mnist("t10k"), device, log=log)
+    classifier, accuracy = train_classifier(*load_mnist("train"), *load_mnist("t10k"), device, log=log, stop=stop)
     if accuracy < CLASSIFIER_MIN_ACCURACY:
         raise UsageError(f"the MNIST classifier reached only {accuracy:.4f} test accuracy "
                          f"(< {CLASSIFIER_MIN_ACCURACY}); its scores would not be trusted")
@@ -187,7 +189,7 @@ def iwae_bound(model, x, k, eps=None):
         eps = torch.randn(k, *mu.shape, device=mu.device)
     z = mu + std * eps  # K×B×p
     log_px_z = -F.binary_cross_entropy_with_logits(
-        model.decode_logits(z), x.expand(k, *x.shape), reduction="none").sum(-1)  # K×B
+        model.decoder(z), x.expand(k, *x.shape), reduction="none").sum(-1)  # K×B
     log_pz = torch.distributions.Normal(0.0, 1.0).log_prob(z).sum(-1)
     log_qz_x = torch.distributions.Normal(mu, std).log_prob(z).sum(-1)
     return torch.logsumexp(log_px_z + log_pz - log_qz_x, dim=0) - math.log(k)
@@ -209,18 +211,18 @@ def real_references(classifier, device):
 
 
 def evaluate_trainer(trainer, test_x, classifier_path, n=10000, iwae_k=1000, iwae_n=1000, seed=0, log=print,
-                     references=None, priors=None):
+                     references=None, samplers=None, stop=None):
     """The evaluation table of a trained model, with 10,000 real training images as the reference row
     (iwae_k = 0 skips the VAE's IWAE bound; references: real_references() computed before, or None;
-    priors: the VAE's priors to sample from, by default every one it has)."""
-    classifier, accuracy = load_classifier(classifier_path, trainer.device, log=log)
+    samplers: the names of the ways to draw to score, by default every one the trainer has)."""
+    classifier, accuracy = load_classifier(classifier_path, trainer.device, log=log, stop=stop)
     reference, real_scores = references or real_references(classifier, trainer.device)
     report = {"model": trainer.name, "n_samples": n, "classifier_accuracy": accuracy, "real": real_scores,
               "samples": {}}
-    samplers = trainer.samplers()
-    for sampler in priors or samplers:
+    described = trainer.samplers()
+    for sampler in samplers or described:
         samples = draw_samples(trainer, n, seed, sampler)
-        report["samples"][samplers[sampler]] = sample_scores(*classify(classifier, samples), reference)
+        report["samples"][described[sampler]] = sample_scores(*classify(classifier, samples), reference)
     if trainer.name == "vae":  # its test-set bounds; the IWAE bound is computed on the VAE itself
         torch.manual_seed(seed)
         report["test_elbo"] = trainer.evaluate(test_x)["-elbo"]
@@ -268,7 +270,7 @@ def build_parser():
         prog="python -m tools.evaluate", description=__doc__.split("\n\n")[0],
         epilog="Writes eval.json beside the checkpoint; tools.report puts it in the PDF.")
     add_checkpoint_flags(parser, "how many samples to score (a Frechet distance needs 2)",
-                         prior_default="both, where the checkpoint has a mixture; a GAN has none", n_within="[2, 1e9]")
+                         sampler_default="both, where the checkpoint has a mixture; a GAN has none", n_within="[2, 1e9]")
     parser.add_argument("--iwae-k", type=number(int, "[1, 1e6]"), default=1000,
                         help="VAE: importance samples K per image (default: 1000; within [1, 1e6])")
     parser.add_argument("--iwae-n", type=number(int, "[1, 1e9]"), default=1000,
@@ -278,11 +280,11 @@ def build_parser():
     return parser
 
 
-def evaluate_command(args):
+def evaluate_command(args, stop):
     trainer, path = checkpoint_trainer(args)
     _, test_x = load_images(trainer.cfg)
     report = evaluate_trainer(trainer, test_x.to(trainer.device), args.classifier, args.n, args.iwae_k,
-                              args.iwae_n, args.seed, priors=args.prior and (args.prior,))
+                              args.iwae_n, args.seed, samplers=args.sampler and (args.sampler,), stop=stop)
     save_json(path.parent / "eval.json", report)
     print(format_report(report))
     print(f"wrote {path.parent / 'eval.json'}")

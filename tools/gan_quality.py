@@ -22,12 +22,11 @@ import torch
 from matplotlib.figure import Figure
 
 from homework7 import (GANConfig, GANTrainer, Parser, UsageError, first_line, fit, load_checkpoint, load_images,
-                       output_dirs, resolve_device, run_cli, save_figure, save_json, trainer_from_checkpoint,
-                       validate_config)
+                       output_dirs, resolve_device, run_cli, save_figure, save_json, validate_config)
 from tools import number
 from tools.bench import endless_minibatches, time_loop
 from tools.evaluate import CLASSIFIER_PATH, classify, load_classifier, real_references, sample_scores
-from tools.sample import draw_samples
+from tools.sample import draw_samples, trainer_from_checkpoint
 
 # GANConfig's defaults before issue 15, with the methods it added switched off
 OLD_DEFAULT = {"epochs": 75, "batch_size": 100, "lr": 4e-4, "beta1": 0.5, "beta2": 0.999, "noise_dim": 100,
@@ -93,14 +92,13 @@ def score(trainer, train_x, classifier, reference, n, seed, standing_batches=Non
     statistics recomputed over standing_batches batches of noise instead."""
     scored = copy.deepcopy(trainer)  # training goes on with the original, untouched
     if standing_batches:
-        scored.standing_statistics(standing_batches)
-    else:
-        scored.after_training(train_x)
+        scored.cfg = dataclasses.replace(scored.cfg, bn_batches=standing_batches)
+    scored.after_training(train_x)
     scores = sample_scores(*classify(classifier, draw_samples(scored, n, seed)), reference)
     return {k: v for k, v in scores.items() if k != "histogram"}
 
 
-def run_method(name, at, n, epochs, retrain=False, out_dir=QUALITY_DIR, n_train=None,
+def run_method(name, at, n, epochs, stop, retrain=False, out_dir=QUALITY_DIR, n_train=None,
                classifier_path=CLASSIFIER_PATH, seed=0):
     """Trains one method's run, scoring it at the epochs in at; returns (and saves) its record."""
     cfg = method_config(name, epochs, out_dir, n_train, seed)
@@ -112,7 +110,7 @@ def run_method(name, at, n, epochs, retrain=False, out_dir=QUALITY_DIR, n_train=
             return saved
         print(f"{path}: recorded for another config, --at or --n; training again")
     device = resolve_device(cfg.device)
-    classifier = load_classifier(classifier_path, device)[0]
+    classifier = load_classifier(classifier_path, device, stop=stop)[0]
     reference = real_references(classifier, device)[0]
     train_x, test_x = load_images(cfg)
     torch.manual_seed(cfg.seed)
@@ -136,7 +134,7 @@ def run_method(name, at, n, epochs, retrain=False, out_dir=QUALITY_DIR, n_train=
         scoring[0] += time.perf_counter() - began
 
     with output_dirs(("run dir", cfg.run_dir)):
-        metrics = fit(trainer, cfg, train_x, test_x, cfg.run_dir, on_epoch=on_epoch)
+        metrics = fit(trainer, cfg, train_x, test_x, stop, on_epoch=on_epoch)
     seconds = [m["seconds"] for m in metrics]
     result = {**wanted, "method": name, "seed": seed, "points": points,
               "epoch_seconds_median": statistics.median(seconds),
@@ -320,7 +318,7 @@ def main(argv=None):
     return run_cli(build_parser(), argv, quality)
 
 
-def quality(args):
+def quality(args, stop):
     if args.records:
         results = [read_record(path) for path in args.records]
         args.methods = list(dict.fromkeys(r["method"] for r in results))
@@ -342,7 +340,7 @@ def quality(args):
         for name in args.methods:
             method_config(name, args.epochs, args.out_dir, args.n_train)  # bad names refused before any training
         at = sorted(set(args.at))
-        results = [run_method(name, at, args.n, args.epochs, args.retrain, args.out_dir, args.n_train,
+        results = [run_method(name, at, args.n, args.epochs, stop, args.retrain, args.out_dir, args.n_train,
                               args.classifier, seed)
                    for name in args.methods for seed in args.seeds]
     print(format_table(results))

@@ -226,7 +226,7 @@ def build_parser():
 
 def main(argv=None):
     return run_cli(build_parser(), argv,
-                   lambda args: report(args.user, args.out_dir, args.figures_dir, args.runs_dir))
+                   lambda args, stop: report(args.user, args.out_dir, args.figures_dir, args.runs_dir))
 
 
 if __name__ == "__main__":

@@ -1,10 +1,10 @@
 """New images from a trained model, into a .npy file (float32, N×784, values in [0, 1]).
 
 Usage:
-  python -m tools.sample vae|gan [--n 10000] [--out samples.npy] [--checkpoint PATH] [--prior standard|mixture]
+  python -m tools.sample vae|gan [--n 10000] [--out samples.npy] [--checkpoint PATH] [--sampler prior|mixture]
 
-The VAE draws z from the Gaussian mixture fitted after training where its checkpoint has one (the prior
-whose samples scored better, README "The VAE"), from N(0, I) otherwise or with --prior standard.
+The VAE draws z from the Gaussian mixture fitted after training where its checkpoint has one (the sampler
+whose images scored better, README "The VAE"), from its prior N(0, I) otherwise or with --sampler prior.
 """
 import sys
 from pathlib import Path
@@ -12,16 +12,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from homework7 import (IMAGE_DIM, TRAINERS, Parser, UsageError, load_checkpoint, resolve_device, run_cli,
-                       trainer_from_checkpoint)
+from homework7 import IMAGE_DIM, TRAINERS, Parser, UsageError, load_checkpoint, resolve_device, restore, run_cli
 from tools import number
 from tools.outputs import NPY_FILE, check_replaceable, write_output
 
-PRIORS = ("standard", "mixture")  # the VAE's new images: z ~ N(0, I), or z ~ the mixture fitted to μ(x)
-DEFAULT_PRIOR = "mixture"  # the one whose samples scored better
+VAE_SAMPLERS = ("prior", "mixture")  # the VAE's new images: z ~ N(0, I), or z ~ the mixture fitted to μ(x)
+DEFAULT_SAMPLER = "mixture"  # the one whose samples scored better
 
 
-def add_checkpoint_flags(parser, n_help, prior_default, n_within="[1, 1e9]"):
+def add_checkpoint_flags(parser, n_help, sampler_default, n_within="[1, 1e9]"):
     """The flags of the commands that load a trained model (this one, and tools.evaluate)."""
     parser.add_argument("model", choices=TRAINERS, help="which model")
     parser.add_argument("--n", type=number(int, n_within), default=10000, help=f"{n_help} (default: 10000; within "
@@ -30,20 +29,25 @@ def add_checkpoint_flags(parser, n_help, prior_default, n_within="[1, 1e9]"):
     parser.add_argument("--seed", type=number(int, "[0, 4294967295]"), default=0,
                         help="random seed of the noise (default: 0; within [0, 4294967295])")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto (default: auto)")
-    parser.add_argument("--prior", choices=PRIORS, default=None,
-                        help=f"VAE: z ~ N(0, I) (standard) or z ~ the mixture fitted after training "
-                             f"(default: {prior_default})")
+    parser.add_argument("--sampler", choices=VAE_SAMPLERS, default=None,
+                        help=f"VAE: z ~ its prior N(0, I) (prior) or z ~ the mixture fitted after training "
+                             f"(default: {sampler_default})")
+
+
+def trainer_from_checkpoint(state, device, path):
+    """The trainer a loaded checkpoint holds, on device."""
+    return restore(TRAINERS[state["model"]][1](state["config"], device), state, path)
 
 
 def checkpoint_trainer(args):
     """The trainer restored from the checkpoint that --checkpoint (or the model's default run) names, with
-    --n and --prior checked against it."""
-    if args.model == "gan" and args.prior:
-        raise UsageError("--prior: only the VAE has a choice of prior")
+    --n and --sampler checked against it."""
+    if args.model == "gan" and args.sampler:
+        raise UsageError("--sampler: only the VAE has a choice of sampler")
     path = Path(args.checkpoint or f"runs/{args.model}/checkpoint.pt")
     trainer = trainer_from_checkpoint(load_checkpoint(path, args.model), resolve_device(args.device), path)
-    if args.prior and args.prior not in trainer.samplers():
-        raise UsageError(f"{path}: this VAE has no fitted mixture; use --prior standard")
+    if args.sampler and args.sampler not in trainer.samplers():
+        raise UsageError(f"{path}: this VAE has no fitted mixture; use --sampler prior")
     return trainer, path
 
 
@@ -60,7 +64,7 @@ def draw_samples(trainer, n, seed, sampler=None):
     return torch.from_numpy(images)
 
 
-def sample_command(args):
+def sample_command(args, stop):
     if not args.out:
         raise UsageError("--out '': must name a file")
     out_dir = Path(args.out).parent
@@ -70,7 +74,7 @@ def sample_command(args):
     check_replaceable(args.out, NPY_FILE)
     trainer, _ = checkpoint_trainer(args)
     samplers = trainer.samplers()
-    sampler = args.prior or (DEFAULT_PRIOR if DEFAULT_PRIOR in samplers else next(iter(samplers)))
+    sampler = args.sampler or (DEFAULT_SAMPLER if DEFAULT_SAMPLER in samplers else next(iter(samplers)))
     images = draw_samples(trainer, args.n, args.seed, sampler)
     write_output(args.out, lambda f: np.save(f, images.numpy()), NPY_FILE)
     print(f"wrote {args.n} {args.model} samples ({args.n}x{IMAGE_DIM}, float32 in [0,1], {samplers[sampler]}) "
@@ -80,7 +84,7 @@ def sample_command(args):
 
 def build_parser():
     parser = Parser(prog="python -m tools.sample", description=__doc__.split("\n\n")[0])
-    add_checkpoint_flags(parser, "how many images", prior_default=DEFAULT_PRIOR)
+    add_checkpoint_flags(parser, "how many images", sampler_default=DEFAULT_SAMPLER)
     parser.add_argument("--out", default="samples.npy", help="output .npy file (default: samples.npy)")
     return parser
 

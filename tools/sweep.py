@@ -1,5 +1,5 @@
 """The VAE's choices, swept: one VAE per latent dimension p and KL weight of Eq. 10, scored by the evaluation's
-classifier with both priors (z ~ N(0, I), and z ~ Gaussian mixtures of each size fitted to the encodings μ(x)).
+classifier from both samplers (z ~ the prior N(0, I), and z ~ Gaussian mixtures of each size fitted to the encodings μ(x)).
 
 Usage:
   python -m tools.sweep --kl-weights 0 0.25 0.5 1 2 4 [any vae flag]
@@ -23,10 +23,10 @@ from tools import number
 from tools.evaluate import CLASSIFIER_PATH, evaluate_trainer, load_classifier, real_references
 
 
-def sweep(given, latent_dims, kl_weights, epochs_list, components, n, classifier_path, fit_sizes=None):
+def sweep(given, latent_dims, kl_weights, epochs_list, components, n, classifier_path, stop, fit_sizes=None):
     """One VAE per (p, w), trained to each epoch count in turn; at each, the N(0, I) samples and those of a
     mixture of each size, fitted to each number of encodings, are scored: one row of the table (sweep.json)
-    per prior, mixture size and fit size."""
+    per sampler, mixture size and fit size."""
     fit_sizes = fit_sizes or [given.get("mixture_fit_n", VAEConfig.mixture_fit_n)]
     check_lists(epochs_list)
     sweep_dir = Path(given.get("run_dir") or "runs/sweep")
@@ -44,14 +44,14 @@ def sweep(given, latent_dims, kl_weights, epochs_list, components, n, classifier
                 if max(components) > min(len(train_x), *fit_sizes):
                     raise UsageError(f"--components {max(components)}: more components than the "
                                      f"{min(len(train_x), *fit_sizes)} training encodings")
-                trainer, test_x = train("vae", cfg, resume=i > 0)
+                trainer, test_x = train("vae", cfg, stop, resume=i > 0)
                 if references is None:  # the same real images for every run: classified once
-                    references = real_references(load_classifier(classifier_path, trainer.device)[0],
+                    references = real_references(load_classifier(classifier_path, trainer.device, stop=stop)[0],
                                                  trainer.device)
                 metrics = json.loads((run_dir / "metrics.json").read_text())
                 run = {"latent_dim": p, "kl_weight": w, "epochs": epochs,
                        "train_seconds": round(sum(m["seconds"] for m in metrics), 1)}
-                table += score_priors(trainer, train_x, test_x, components, fit_sizes, n, classifier_path,
+                table += score_samplers(trainer, train_x, test_x, components, fit_sizes, n, classifier_path,
                                       references, run)
                 save_json(sweep_dir / "sweep.json", table)
             generator = torch.Generator().manual_seed(cfg.seed)  # the figure: the last mixture fitted, no refit
@@ -70,35 +70,35 @@ def check_lists(epochs_list):
         raise UsageError("--epochs-list: increasing epoch counts")
 
 
-def score_priors(trainer, train_x, test_x, components, fit_sizes, n, classifier_path, references, run):
+def score_samplers(trainer, train_x, test_x, components, fit_sizes, n, classifier_path, references, run):
     """Rows of the table for one trained VAE: its N(0, I) samples, then a mixture of each size fitted to each
     number of encodings."""
     cfg = trainer.cfg
     report = evaluate_trainer(trainer, test_x, classifier_path, n=n, iwae_k=0, seed=cfg.seed,
-                              references=references, priors=("standard",))
+                              references=references, samplers=("prior",))
     run = {**run, "test_elbo": report["test_elbo"]}
-    rows = [{**run, "prior": "standard", "components": None, "fit_n": None, "fit_seconds": None,
-             **report["samples"][trainer.samplers()["standard"]]}]
+    rows = [{**run, "sampler": "prior", "components": None, "fit_n": None, "fit_seconds": None,
+             **report["samples"][trainer.samplers()["prior"]]}]
     for k in components:
         for fit_n in fit_sizes:
             start = time.perf_counter()
-            trainer.fit_prior(train_x, k, fit_n)
+            trainer.fit_mixture_to_encodings(train_x, k, fit_n)
             fit_seconds = round(time.perf_counter() - start, 2)
             report = evaluate_trainer(trainer, test_x, classifier_path, n=n, iwae_k=0, seed=cfg.seed,
-                                      references=references, priors=("mixture",))
-            rows.append({**run, "prior": "mixture", "components": k, "fit_n": min(fit_n, len(train_x)),
+                                      references=references, samplers=("mixture",))
+            rows.append({**run, "sampler": "mixture", "components": k, "fit_n": min(fit_n, len(train_x)),
                          "fit_seconds": fit_seconds, **report["samples"][trainer.samplers()["mixture"]]})
     return rows
 
 
 def format_sweep(table):
     """The sweep's table in Markdown, for the terminal and the README."""
-    lines = ["| p | KL weight | epochs | test −ELBO | prior | FID* | coverage | confident | IS |",
+    lines = ["| p | KL weight | epochs | test −ELBO | z ~ | FID* | coverage | confident | IS |",
              "|---:|---:|---:|---:|---|---:|---:|---:|---:|"]
     for s in table:
-        prior = ("N(0, I)" if s["prior"] == "standard" else
+        sampler = ("N(0, I)" if s["sampler"] == "prior" else
                  f"mixture of {s['components']} ({s['fit_n']} μ, {s['fit_seconds']:.0f} s)")
-        lines.append(f"| {s['latent_dim']} | {s['kl_weight']:g} | {s['epochs']} | {s['test_elbo']:.2f} | {prior} | "
+        lines.append(f"| {s['latent_dim']} | {s['kl_weight']:g} | {s['epochs']} | {s['test_elbo']:.2f} | {sampler} | "
                      f"{s['fid']:.1f} | {s['coverage']}/10 | {s['confident']:.3f} | {s['inception_score']:.2f} |")
     return "\n".join(lines)
 
@@ -124,17 +124,17 @@ def build_parser():
                         metavar="N", help=f"numbers of training encodings each mixture is fitted to "
                                           f"(default: {VAEConfig.mixture_fit_n}; each within [1, 1e9])")
     parser.add_argument("--n", type=number(int, "[2, 1e9]"), default=10000,
-                        help="samples scored per prior (default: 10000; within [2, 1e9]: a Frechet distance needs 2)")
+                        help="samples scored per sampler (default: 10000; within [2, 1e9]: a Frechet distance needs 2)")
     parser.add_argument("--classifier", default=CLASSIFIER_PATH,
                         help=f"the cached MNIST classifier, trained if missing (default: {CLASSIFIER_PATH})")
     return parser
 
 
-def sweep_command(args):
+def sweep_command(args, stop):
     lists = ("kl_weights", "latent_dims", "epochs_list", "components", "fit_sizes", "n", "classifier")
     given = {k: v for k, v in vars(args).items() if k not in lists}
     return sweep(given, args.latent_dims, args.kl_weights, args.epochs_list, args.components, args.n,
-                 args.classifier, args.fit_sizes)
+                 args.classifier, stop, args.fit_sizes)
 
 
 def main(argv=None):

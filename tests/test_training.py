@@ -1,0 +1,464 @@
+"""Training end to end: the data it reads, the figures, checkpoints and samples it writes, --resume ending where an
+uninterrupted run ends, stop signals on real processes and at random moments, and the script on its own."""
+import dataclasses
+import gzip
+import json
+import multiprocessing
+import os
+import random
+import re
+import shutil
+import signal
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+import homework7 as hw
+import tools.sample as ts
+from conftest import ROOT, outputs, signal_at_step, tree
+
+CPU = torch.device("cpu")
+
+
+def main(argv):
+    """homework7's main for `vae` and `gan`; for `sample ...`, that of python -m tools.sample, which draws
+    from homework7's checkpoints."""
+    argv = [str(a) for a in argv]
+    return ts.main(argv[1:]) if argv[:1] == ["sample"] else hw.main(argv)
+
+
+# ----------------------------------------------------------------------------- data
+def test_data_holds_the_full_mnist_with_its_labels(mnist):
+    train_x, train_y = mnist
+    test_x, test_y = hw.load_mnist("t10k")
+    assert train_x.shape == (60000, 784) and test_x.shape == (10000, 784)
+    assert train_y.shape == (60000,) and test_y.shape == (10000,)
+    # the class counts published with MNIST
+    assert torch.bincount(train_y).tolist() == [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+    assert torch.bincount(test_y).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+    assert train_x.min() == 0 and train_x.max() == 1  # the IDX bytes / 255
+
+
+def test_default_data_is_60000_train_and_10000_test():
+    train_x, test_x = hw.load_images(hw.VAEConfig())
+    assert train_x.shape == (60000, 784) and test_x.shape == (10000, 784)
+    assert train_x.dtype == torch.float32
+    raw = gzip.decompress((hw.MNIST_DIR / "train-images-idx3-ubyte.gz").read_bytes())
+    assert torch.equal(train_x[0], torch.tensor(list(raw[16 : 16 + 784]), dtype=torch.float32) / 255)
+
+
+def test_the_checksum_of_each_mnist_file_is_checked(tmp_path):
+    for name in hw.MNIST_SHA256:
+        shutil.copy(hw.MNIST_DIR / name, tmp_path / name)
+    assert len(hw.load_mnist("t10k", tmp_path)[0]) == 10000
+    labels = tmp_path / "t10k-labels-idx1-ubyte.gz"
+    raw = bytearray(labels.read_bytes())
+    raw[-20] ^= 0xFF
+    labels.write_bytes(bytes(raw))
+    with pytest.raises(hw.UsageError, match="t10k-labels-idx1-ubyte.gz: SHA-256 checksum mismatch"):
+        hw.load_mnist("t10k", tmp_path)
+
+
+def test_without_mnist_files_the_error_names_the_data_flag(tmp_path):
+    with pytest.raises(hw.UsageError, match="MNIST not found in .*: pass --data with the assignment's "
+                                            "mnist_train_images.npy or an IDX image file"):
+        hw.load_mnist("train", tmp_path)
+
+
+def test_idx_labels_are_read_and_told_apart_from_images(tmp_path):
+    labels = np.array([3, 1, 4, 1, 5], dtype=np.uint8)
+    path = tmp_path / "labels-idx1-ubyte"
+    path.write_bytes(b"\x00\x00\x08\x01" + len(labels).to_bytes(4, "big") + labels.tobytes())
+    assert hw.read_idx(path, hw.IDX_LABELS).tolist() == [3, 1, 4, 1, 5]
+    with pytest.raises(hw.UsageError, match="neither a .npy file nor an IDX image file"):
+        hw.read_image_file(path)
+
+
+def test_npy_layouts_all_load_the_same(tmp_path, images):
+    x = images[:20]
+    as_uint8 = np.round(x * 255).astype(np.uint8)
+    for name, array in [("flat", as_uint8 / 255.0), ("square", (as_uint8 / 255.0).reshape(20, 28, 28)),
+                        ("uint8", as_uint8)]:
+        np.save(tmp_path / f"{name}.npy", array)
+    loaded = [hw.read_image_file(tmp_path / f"{name}.npy") for name in ("flat", "square", "uint8")]
+    for tensor in loaded:
+        assert tensor.shape == (20, 784) and tensor.dtype == torch.float32
+        assert torch.allclose(tensor, loaded[0])
+
+
+def write_idx(path, pixels, gz=False):
+    raw = b"\x00\x00\x08\x03" + len(pixels).to_bytes(4, "big") + (28).to_bytes(4, "big") * 2 + pixels.tobytes()
+    path.write_bytes(gzip.compress(raw) if gz else raw)
+    return path
+
+
+def test_idx_files_plain_and_gzipped(tmp_path, images):
+    pixels = np.round(images[:10] * 255).astype(np.uint8).reshape(10, 28, 28)
+    for gz in (False, True):
+        x = hw.read_image_file(write_idx(tmp_path / f"t{gz}-images-idx3-ubyte", pixels, gz))
+        assert torch.equal(x, torch.from_numpy(pixels.reshape(10, 784) / np.float32(255)))
+
+
+def test_data_flag_holds_out_a_test_set(small_npy):
+    train_x, test_x = hw.load_images(hw.VAEConfig(data=str(small_npy)))
+    assert len(train_x) == 270 and len(test_x) == 30
+    train_x, _ = hw.load_images(hw.VAEConfig(data=str(small_npy), test_data=str(small_npy), n_train=50))
+    assert len(train_x) == 50
+
+
+
+# ----------------------------------------------------------------------------- end to end
+def test_vae_end_to_end_writes_figures_checkpoint_and_samples(tmp_path, cli):
+    status, out, _ = cli(main, "vae", "--n-train", "200", "--epochs", "2", *outputs(tmp_path))
+    assert status == 0
+    assert "vae epoch   2/2  train -elbo " in out and "  test -elbo " in out
+    for name in ("vae.png", "vae_curves.png"):
+        assert (tmp_path / "figures" / name).stat().st_size > 10_000
+    state = hw.load_checkpoint(tmp_path / "run" / "checkpoint.pt", "vae")
+    assert state["epoch"] == 2 and state["config"].n_train == 200
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert [m["epoch"] for m in metrics] == [1, 2] and metrics[1]["test"]["-elbo"] > 0
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["latent_dim"] == 32
+
+    out_file = tmp_path / "samples.npy"
+    status, _, _ = cli(main, "sample", "vae", "--n", "1500", "--out", out_file,
+                       "--checkpoint", tmp_path / "run" / "checkpoint.pt")
+    samples = np.load(out_file)
+    assert status == 0 and samples.shape == (1500, 784) and samples.dtype == np.float32
+    assert 0 <= samples.min() and samples.max() <= 1
+
+    status, _, err = cli(main, "sample", "gan", "--checkpoint", tmp_path / "run" / "checkpoint.pt")
+    assert status == 2 and "a vae checkpoint, not a gan one" in err
+
+
+def test_gan_end_to_end_writes_figures_checkpoint_and_samples(tmp_path, small_npy, cli):
+    status, out, _ = cli(main, "gan", "--data", small_npy, "--epochs", "3", *outputs(tmp_path))
+    assert status == 0 and "gan epoch   3/3  train d_loss " in out and " d_g_z " in out
+    for name in ("gan.png", "gan_curves.png", "gan_progress.png"):
+        assert (tmp_path / "figures" / name).stat().st_size > 10_000
+    state = hw.load_checkpoint(tmp_path / "run" / "checkpoint.pt", "gan")
+    assert set(state["trainer"]) >= {"G", "D", "opt_G", "opt_D"} and sorted(state["trainer"]["snapshots"]) == [1, 2, 3]
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert 0 < metrics[-1]["train"]["d_x"] < 1 and "g_loss" in metrics[-1]["train"]
+
+    status, _, _ = cli(main, "sample", "gan", "--n", "10", "--out", tmp_path / "g.npy",
+                       "--checkpoint", tmp_path / "run" / "checkpoint.pt")
+    samples = np.load(tmp_path / "g.npy")
+    assert status == 0 and samples.shape == (10, 784) and samples.dtype == np.float32
+
+
+def final_weights(run_dir):
+    trainer_state = hw.load_checkpoint(run_dir / "checkpoint.pt")["trainer"]
+    return {f"{part}.{k}": v for part in ("model", "G", "D", "G_ema") if part in trainer_state
+            for k, v in trainer_state[part].items()}
+
+
+@pytest.mark.parametrize("model, trainer_cls", [("vae", hw.VAETrainer), ("gan", hw.GANTrainer)])
+def test_a_stop_keeps_the_last_epoch_and_resume_ends_where_an_uninterrupted_run_does(model, trainer_cls, tmp_path,
+                                                                                      small_npy, monkeypatch, cli):
+    common = [model, "--data", small_npy, "--batch-size", "50", "--figures-dir", tmp_path / "figures"]
+    assert cli(main, *common, "--epochs", "3", "--run-dir", tmp_path / "straight")[0] == 0
+
+    with monkeypatch.context() as patch:
+        signal_at_step(patch, trainer_cls, step=6 + 2)  # 6 steps an epoch: stopped inside epoch 2
+        status, _, err = cli(main, *common, "--epochs", "3", "--run-dir", tmp_path / "cut")
+    assert status == 143 and "--resume" in err
+    assert hw.load_checkpoint(tmp_path / "cut" / "checkpoint.pt")["epoch"] == 1
+    assert not list((tmp_path / "cut").glob(".*.tmp"))
+
+    status, out, _ = cli(main, *common, "--epochs", "3", "--run-dir", tmp_path / "cut", "--resume")
+    assert status == 0 and "resuming after epoch 1" in out
+    straight, resumed = final_weights(tmp_path / "straight"), final_weights(tmp_path / "cut")
+    assert straight.keys() == resumed.keys()
+    for name in straight:
+        assert torch.equal(straight[name], resumed[name]), name
+
+
+# ----------------------------------------------------------------------------- the script on its own
+def test_the_script_alone_in_an_empty_directory_trains_both_models(tmp_path, small_npy, python_run):
+    """The submission is one file: copied alone into an empty directory, it asks for --data in one line,
+    trains each model on the assignment's .npy (or on data/ where it lies beside the script) and writes
+    its figures there, importing nothing of this project."""
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    shutil.copy(ROOT / "homework7.py", alone / "homework7.py")
+    env = {"PYTHONPATH": None, "PYTHONIOENCODING": "cp1252"}  # as Windows writes to a file or a pipe: no μ, −, ≥
+
+    def train(model, *flags):
+        return python_run(["homework7.py", model, "--epochs", "1", "--n-train", "200", *flags], alone, env)
+
+    status, out, err = train("vae")
+    assert status == 2 and out == ""
+    assert err == (f"homework7.py: error: MNIST not found in {alone / 'data'}/: pass --data with the "
+                           "assignment's mnist_train_images.npy or an IDX image file (train-images-idx3-ubyte)\n")
+    shutil.copy(small_npy, alone / small_npy.name)
+    shutil.copytree(ROOT / "data", alone / "data")
+    for model, flags in (("vae", ["--data", small_npy.name]), ("gan", [])):
+        status, out, err = train(model, *flags)
+        assert status == 0, err
+        assert f"{model} epoch   1/1" in out
+        assert (alone / "figures" / f"{model}.png").stat().st_size > 10_000
+        assert hw.load_checkpoint(alone / "runs" / model / "checkpoint.pt", model)["epoch"] == 1
+        assert model == "gan" or "Gaussians to 200 encodings mu(x)" in out
+    assert "200 training and 10000 test images" in out
+    assert sorted(p.name for p in alone.iterdir()) == ["data", "figures", "homework7.py", "mnist_train_images.npy",
+                                                       "runs"]
+
+
+def test_a_console_without_greek_letters_prints_what_it_can(tmp_path, small_npy, ascii_console):
+    read = ascii_console()
+    status = hw.main([str(a) for a in ["vae", "--data", small_npy, "--epochs", "1", "--mixture-components", "3",
+                                       "--mixture-fit-n", "100", *outputs(tmp_path)]])
+    out, err = read()
+    assert status == 0 and "fitted a mixture of 3 Gaussians to 100 encodings mu(x)" in out
+    assert "train -elbo" in out
+    with pytest.raises(SystemExit):
+        hw.main(["vae", "--help"])
+    out, _ = read()
+    assert "encodings ?(x) after training" in out and "784?hidden?2p" in out  # each character it lacks as ?
+
+
+def test_the_script_imports_only_what_the_design_card_allows():
+    source = (ROOT / "homework7.py").read_text()
+    imported = {line.split()[1].split(".")[0] for line in map(str.strip, source.splitlines())
+                if line.startswith(("import ", "from "))}
+    assert imported - set(sys.stdlib_module_names) == {"numpy", "torch", "matplotlib", "tqdm"}
+
+
+
+# ----------------------------------------------------------------------------- the VAE's mixture
+def test_vae_samples_from_its_fitted_mixture_and_from_the_prior(tmp_path, cli):
+    status, out, _ = cli(main, "vae", "--n-train", "300", "--epochs", "1", "--mixture-components", "5",
+                         *outputs(tmp_path))
+    assert status == 0
+    path = tmp_path / "run" / "checkpoint.pt"
+    mixture = torch.load(path, map_location="cpu", weights_only=True)["trainer"]["mixture"]
+    assert mixture["weights"].shape == (5,) and mixture["means"].shape == (5, 32)
+    assert mixture["covariances"].shape == (5, 32, 32)
+    assert abs(mixture["weights"].sum().item() - 1) < 1e-9
+
+    trainer = ts.trainer_from_checkpoint(hw.load_checkpoint(path, "vae"), CPU, path)
+    for name, value in mixture.items():  # the round trip keeps the mixture bit for bit
+        assert torch.equal(trainer.mixture[name], value), name
+    images = trainer.sample(500, torch.Generator().manual_seed(1), sampler="mixture")
+    assert images.shape == (500, hw.IMAGE_DIM) and images.dtype == torch.float32
+    assert 0 <= images.min() and images.max() <= 1
+    assert not torch.equal(images, trainer.sample(500, torch.Generator().manual_seed(1)))  # not N(0, I)
+
+    assert trainer.samplers() == {"prior": "z ~ N(0, I)", "mixture": "z ~ mixture of 5"}
+    for flag, expected in (("mixture", "mixture"), ("prior", "prior"), (None, ts.DEFAULT_SAMPLER)):
+        argv = ["sample", "vae", "--checkpoint", path, "--n", "20", "--out", tmp_path / f"{flag}.npy"]
+        status, out, _ = cli(main, *argv, *(["--sampler", flag] if flag else []))
+        assert status == 0 and trainer.samplers()[expected] in out
+    mixture_images = np.load(tmp_path / "mixture.npy")
+    expected = trainer.sample(20, torch.Generator().manual_seed(0), sampler="mixture").numpy()
+    assert np.array_equal(mixture_images, expected)
+
+    # the figure: the assignment's three rows and the mixture's, 0.75 inch each at 100 dpi, 0.5 inch of title
+    height = __import__("matplotlib.image").image.imread(tmp_path / "figures" / "vae.png").shape[0]
+    assert height == round(100 * (4 * 0.75 + 0.5))
+
+
+def test_a_vae_without_a_mixture_draws_from_the_prior_only(tmp_path, cli):
+    assert cli(main, "vae", "--n-train", "200", "--epochs", "1", "--mixture-components", "0",
+               *outputs(tmp_path))[0] == 0
+    path = tmp_path / "run" / "checkpoint.pt"
+    assert "mixture" not in hw.load_checkpoint(path)["trainer"]
+    height = __import__("matplotlib.image").image.imread(tmp_path / "figures" / "vae.png").shape[0]
+    assert height == round(100 * (3 * 0.75 + 0.5))  # the assignment's three rows only
+    status, out, _ = cli(main, "sample", "vae", "--checkpoint", path, "--n", "5", "--out", tmp_path / "s.npy")
+    assert status == 0 and "z ~ N(0, I)" in out  # the default falls back to the prior
+
+
+# ----------------------------------------------------------------------------- any machine, any moment
+def test_the_gan_trains_on_101_images(tmp_path, cli):
+    status, out, err = cli(main, "gan", "--n-train", "101", "--epochs", "1", "--hidden", "16", *outputs(tmp_path))
+    assert status == 0 and "gan epoch   1/1" in out, err
+
+
+def test_a_cuda_index_past_the_last_device_is_refused(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(hw.UsageError, match="not on this machine, which has cpu, cuda:0 "):
+        hw.resolve_device("cuda:7")
+    assert hw.resolve_device("cuda:0") == torch.device("cuda:0")
+
+
+def test_two_writers_of_one_file_use_two_temporary_files(tmp_path):
+    target = tmp_path / "classifier.pt"
+
+    def outer(f):  # a second run writes the same file while the first is still writing it
+        hw.atomic_write(target, lambda g: g.write(b"inner"))
+        f.write(b"outer")
+
+    hw.atomic_write(target, outer)
+    assert target.read_bytes() == b"outer" and [p.name for p in tmp_path.iterdir()] == ["classifier.pt"]
+
+
+def test_every_generator_state_is_saved_and_restored(monkeypatch):
+    """On a machine with a GPU the checkpoint keeps its generators' states too, and --resume restores them
+    (faked here, for the functions that save and restore them only: an optimizer step would go looking for
+    the GPU; the resume-equality test above stays on the CPU)."""
+    cuda_state, restored = [torch.tensor([7, 7], dtype=torch.uint8)], []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: cuda_state)
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", restored.append)
+    states = hw.rng_states()
+    assert set(states) == {"cpu", "cuda"} and torch.equal(states["cuda"][0], cuda_state[0])
+    assert torch.equal(states["cpu"], torch.get_rng_state())
+    torch.rand(3)  # the CPU's generator moves on
+    hw.set_rng_states(states)
+    assert restored == [cuda_state] and torch.equal(torch.get_rng_state(), states["cpu"])
+
+
+
+@pytest.mark.parametrize("model", ["vae", "gan"])
+def test_help_explains_every_flag_with_its_default(model, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        hw.main([model, "--help"])
+    out = "".join(capsys.readouterr().out.split())  # argparse wraps the help text, also at hyphens
+    assert stopped.value.code == 0
+    for f in dataclasses.fields(hw.TRAINERS[model][0]):
+        flag = f"--{f.name.replace('_', '-')}{f.name.upper()}"
+        assert flag in out, flag
+        said = [f.metadata["help"], *([f"default: {f.default!r}"] if f.default is not None else []),
+                *([f"within {f.metadata['within']}"] if f.metadata["within"] else [])]
+        for words in said:
+            assert "".join(words.split()) in out, (flag, words)
+    assert "--resume" in out
+
+
+# ----------------------------------------------------------------------------- nothing destroyed, nothing half-done
+def test_a_new_run_stopped_in_its_first_epoch_leaves_the_previous_run_as_it_was(tmp_path, small_npy, monkeypatch,
+                                                                                cli):
+    common = ["vae", "--data", small_npy, "--batch-size", "100", *outputs(tmp_path)]  # 3 steps an epoch
+    assert cli(main, *common, "--epochs", "1")[0] == 0
+    before = tree(tmp_path / "run")
+    signal_at_step(monkeypatch, hw.VAETrainer, step=2)  # in the first epoch of the new run
+    status, _, err = cli(main, *common, "--epochs", "3", "--latent-dim", "3")
+    assert status == 143 and "no epoch of this run finished, so it wrote no checkpoint" in err
+    assert tree(tmp_path / "run") == before
+    status, out, _ = cli(main, *common, "--epochs", "2", "--resume")
+    assert status == 0 and "resuming after epoch 1" in out
+
+
+def test_a_resumed_run_never_keeps_a_mixture_fitted_to_an_older_encoder(tmp_path, small_npy, monkeypatch, cli):
+    common = ["vae", "--data", small_npy, "--batch-size", "50", "--mixture-components", "2", *outputs(tmp_path)]
+    path = tmp_path / "run" / "checkpoint.pt"
+    assert cli(main, *common, "--epochs", "1")[0] == 0
+    assert "mixture" in hw.load_checkpoint(path)["trainer"]
+    with monkeypatch.context() as patch:  # stopped in epoch 3, after epoch 2 was saved, before the refit
+        signal_at_step(patch, hw.VAETrainer, step=6 + 2)
+        assert cli(main, *common, "--epochs", "3", "--resume")[0] == 143
+    state = hw.load_checkpoint(path)
+    assert state["epoch"] == 2 and "mixture" not in state["trainer"]
+    status, _, err = cli(main, "sample", "vae", "--checkpoint", path, "--sampler", "mixture")
+    assert status == 2 and "no fitted mixture" in err
+    assert cli(main, *common, "--epochs", "3", "--resume")[0] == 0
+    assert "mixture" in hw.load_checkpoint(path)["trainer"]
+    status, out, _ = cli(main, *common, "--epochs", "3", "--resume", "--mixture-components", "0")
+    assert status == 0 and "dropped the mixture fitted before" in out
+    assert "mixture" not in hw.load_checkpoint(path)["trainer"]
+
+
+def test_a_gan_resumed_after_it_finished_goes_on_as_a_straight_run(tmp_path, small_npy, cli):
+    """The BatchNorm statistics recomputed after training draw the figures, but the moving average that
+    training goes on with is untouched by them."""
+    flags = ["gan", "--data", small_npy, "--batch-size", "100", "--bn-batches", "3", "--figures-dir", tmp_path / "f"]
+    assert cli(main, *flags, "--epochs", "3", "--run-dir", tmp_path / "straight")[0] == 0
+    assert cli(main, *flags, "--epochs", "1", "--run-dir", tmp_path / "resumed")[0] == 0
+    assert cli(main, *flags, "--epochs", "3", "--run-dir", tmp_path / "resumed", "--resume")[0] == 0
+    straight, resumed = (hw.load_checkpoint(tmp_path / run / "checkpoint.pt")["trainer"]
+                         for run in ("straight", "resumed"))
+    for part in ("G", "D", "G_ema", "G_standing", "snapshots"):
+        for key in straight[part]:
+            assert torch.equal(straight[part][key], resumed[part][key]), (part, key)
+
+
+# ----------------------------------------------------------------------------- stop signals
+@pytest.mark.parametrize("signum, status, words", [
+    (signal.SIGINT, 130, "interrupted"),
+    (signal.SIGTERM, 143, "stopped by SIGTERM"),
+    (signal.SIGHUP, 129, "stopped by SIGHUP"),
+], ids=["Ctrl-C", "SIGTERM", "SIGHUP"])
+def test_every_stop_signal_ends_a_real_run_in_one_line_and_keeps_its_last_epoch(signum, status, words, tmp_path,
+                                                                                small_npy, interrupt_child):
+    run_dir = tmp_path / "my run"  # the advice quotes it
+    code, out, err = interrupt_child([ROOT / "homework7.py", "vae", "--data", small_npy, "--epochs", "100000",
+                                      "--figures-dir", tmp_path / "figures", "--run-dir", run_dir],
+                                     "vae epoch   2/", tmp_path, signals=[signum])
+    [line] = [line for line in err.splitlines() if line]
+    assert code == status and re.fullmatch(f"homework7.py: {words}; the checkpoint of epoch [0-9]+ is kept in "
+                                           f"{re.escape(str(run_dir))}; continue with: python homework7.py vae "
+                                           f"--resume --run-dir '{re.escape(str(run_dir))}'", line), err
+    assert hw.load_checkpoint(run_dir / "checkpoint.pt", "vae")["epoch"] >= 2
+    assert not list(tmp_path.rglob(".*.tmp"))
+
+
+def test_the_first_stop_signal_is_recorded_and_the_second_meets_the_systems_default():
+    with hw.StopSignals() as stop:
+        stop.check()  # nothing has come
+        os.kill(os.getpid(), signal.SIGTERM)  # handled between two bytecodes, as the signal lands
+        assert stop.signum == signal.SIGTERM
+        assert all(signal.getsignal(s) == signal.SIG_DFL for s in hw.STOP_SIGNALS
+                   if stop.previous[s] != signal.SIG_IGN)  # a second one ends the process at once
+        with pytest.raises(hw.Stopped):
+            stop.check()
+
+
+def stop_child(argv, log):
+    """The body of a child process of the crash test: homework7's main, its output into log."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # whatever the process that forked it had
+    sys.stdout = sys.stderr = open(log, "w", buffering=1)
+    sys.exit(hw.main(argv))
+
+
+def test_a_run_stopped_at_random_moments_always_resumes(tmp_path, small_npy):
+    """Trains in a child process and stops it at seeded random moments, 8 times each with SIGINT, SIGTERM and
+    SIGKILL; after each stop the run directory holds the previous checkpoint or a complete new one, config.json
+    and metrics.json hold its config and its metrics (or, stopped between the writes, those of the epoch before),
+    no temporary file is left but after SIGKILL, and the next run resumes after the checkpoint's epoch."""
+    context = multiprocessing.get_context("forkserver")  # children forked from a process that has torch loaded
+    context.set_forkserver_preload(["homework7", "torch._dynamo"])  # the second, which Adam imports, takes 1-2 s
+    rng = random.Random(0)
+    stops = [signal.SIGINT, signal.SIGTERM, signal.SIGKILL] * 8
+    rng.shuffle(stops)
+    run_dir, log = tmp_path / "run", tmp_path / "child.log"
+    argv = ["vae", "--data", str(small_npy), "--batch-size", "50", "--hidden", "32", "--latent-dim", "4",
+            "--mixture-components", "0", "--epochs", "100000", "--run-dir", str(run_dir), "--figures-dir",
+            str(tmp_path / "figures")]
+    epoch, statuses, killed_leftovers = 0, [], 0
+    for stop in stops:
+        resume = ["--resume"] if (run_dir / "checkpoint.pt").exists() else []
+        child = context.Process(target=stop_child, args=(argv + resume, log))
+        child.start()
+        while "training and" not in (log.read_text() if log.exists() else ""):  # its first line: signals handled
+            time.sleep(0.005)
+        time.sleep(rng.uniform(0, 0.4))
+        os.kill(child.pid, stop)
+        child.join(30)
+        statuses.append(child.exitcode)
+        started = log.read_text()
+        assert "resuming" not in started or f"resuming after epoch {epoch} " in started, started
+        leftovers = sorted(p.name for p in tmp_path.rglob(".*.tmp"))
+        assert stop == signal.SIGKILL or len(leftovers) == killed_leftovers, started
+        killed_leftovers = len(leftovers)  # SIGKILL cannot be caught: what it cut short stays
+        if epoch or (run_dir / "checkpoint.pt").exists():
+            state = hw.load_checkpoint(run_dir / "checkpoint.pt", "vae")
+            assert state["epoch"] >= epoch
+            epoch = state["epoch"]
+            if (run_dir / "config.json").exists():
+                config = json.loads((run_dir / "config.json").read_text())
+                assert config == {"model": "vae", **dataclasses.asdict(state["config"])}
+            if (run_dir / "metrics.json").exists():
+                assert json.loads((run_dir / "metrics.json").read_text()) in (state["metrics"], state["metrics"][:-1])
+        print(f"{signal.Signals(stop).name}: exit {child.exitcode}, checkpoint of epoch {epoch}, "
+              f"temporary files left: {leftovers or 'none'}")  # pytest -s shows what each stop left
+        log.unlink()
+    expected = {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGKILL: -signal.SIGKILL}
+    assert statuses == [expected[s] for s in stops]
+    assert epoch > 0
+    status = hw.main(argv[:-6] + ["--epochs", str(epoch + 1), "--resume", *argv[-4:]])
+    assert status == 0 and hw.load_checkpoint(run_dir / "checkpoint.pt")["epoch"] == epoch + 1
