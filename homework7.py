@@ -127,7 +127,6 @@ class VAE(nn.Module):
 
     def __init__(self, latent_dim=16, hidden=200, dropout=0.1):
         super().__init__()
-        self.latent_dim = latent_dim
         self.encoder = nn.Sequential(
             nn.Linear(IMAGE_DIM, hidden), nn.Tanh(), Dropout(dropout), nn.Linear(hidden, 2 * latent_dim)
         )
@@ -154,12 +153,12 @@ def reparameterize(mu, logvar, eps=None):
         eps = torch.randn_like(mu)
     return mu + torch.exp(0.5 * logvar) * eps
 
+
 class Generator(nn.Module):
     """G: noise z → 4 linear layers, BatchNorm + ReLU between them → 784 sigmoids."""
 
     def __init__(self, noise_dim=100, hidden=256):
         super().__init__()
-        self.noise_dim = noise_dim
         layers, width = [], noise_dim
         for _ in range(3):
             layers += [nn.Linear(width, hidden), nn.BatchNorm1d(hidden), nn.ReLU()]
@@ -238,7 +237,6 @@ def r1_penalty(real_logits, real, gamma):
     mean and variance, so this is the penalty of the summed logits, not of each image alone."""
     (grad,) = torch.autograd.grad(real_logits.sum(), real, create_graph=True)
     return 0.5 * gamma * grad.pow(2).sum(1).mean()
-
 
 
 # ----------------------------------------------------------------------------- training
@@ -634,6 +632,8 @@ def batch_bounds(n, batch_size):
 # Ex-post density estimation (Ghosh et al., ICLR 2020, §4): after training, fit a Gaussian mixture
 #   q(z) = Σ_k π_k N(z | m_k, S_k)
 # to the encoder means μ(x) of the training images; new images are z ~ q(z) through the decoder alone.
+
+
 def fit_mixture(z, k, iterations=100, tol=1e-3, seed=0, reg=1e-6):
     """EM for a full-covariance Gaussian mixture on the rows of z (N×p), seeded by k-means++ and 10 k-means
     steps; stops when the mean log-likelihood gains less than tol. Returns float64 tensors

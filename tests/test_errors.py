@@ -203,8 +203,6 @@ def make_bad_inputs(tmp_path, images, checkpoints):
     return d
 
 
-
-
 BAD_INPUTS = [  # (id, argv with {d} for the directory of bad files, words the one line must hold)
     ("strings", "vae --data {d}/strings.npy", "pixels must be numbers, got dtype <U1"),
     ("complex", "vae --data {d}/complex.npy", "pixels must be numbers, got dtype complex64"),
@@ -248,7 +246,8 @@ BAD_INPUTS = [  # (id, argv with {d} for the directory of bad files, words the o
     ("--figures-dir under a file", "gan --n-train 50 --figures-dir {d}/not_a_dir/f", "--figures-dir"),
     ("epochs not a number", "vae --epochs ten", "invalid int value: 'ten'"),
     ("GAN on 1 image", "gan --n-train 1", "at least 2 training images"),
-    ("mixture too large", "vae --n-train 30 --mixture-components 31", "more components than the 30 training encodings the mixture is fitted to; pass --mixture-components 30 or fewer"),
+    ("mixture too large", "vae --n-train 30 --mixture-components 31",
+     "more components than the 30 training encodings the mixture is fitted to; pass --mixture-components 30 or fewer"),
     ("unknown loss", "gan --generator-loss wasserstein", "invalid choice: 'wasserstein'"),
     ("device tpu", "vae --device tpu", "device 'tpu': not on this machine"),
     ("device cuda:-1", "gan --device cuda:-1", "device 'cuda:-1'"),
@@ -570,7 +569,6 @@ def test_a_full_disk_keeps_the_previous_checkpoint(tmp_path, small_npy, monkeypa
     assert not list((tmp_path / "run").glob(".*.tmp"))
 
 
-
 def test_a_gan_whose_loss_explodes_stops_with_a_clear_line(tmp_path, small_npy, cli):
     status, _, err = cli(main, "gan", "--data", small_npy, "--lr", "1e3", "--batch-size", "20", "--epochs", "3",
                          *outputs(tmp_path))
@@ -586,4 +584,3 @@ def test_memory_that_runs_out_ends_in_one_line(tmp_path, small_npy, monkeypatch,
     monkeypatch.setattr(hw.VAETrainer, "train_step", allocate)
     status, _, err = cli(main, "vae", "--data", small_npy, *outputs(tmp_path))
     assert status == 2 and err.count("\n") == 1 and "out of memory (" in err and "Traceback" not in err
-

@@ -356,7 +356,6 @@ def test_each_trainer_names_what_draws_its_samples_and_draws_from_each():
     assert standard.shape == mixture.shape == (5, hw.IMAGE_DIM) and not torch.equal(standard, mixture)
 
 
-
 def test_interpolation_runs_from_one_encoding_to_the_other_and_manifold_covers_the_quantiles():
     torch.manual_seed(0)
     trainer = hw.VAETrainer(hw.VAEConfig(latent_dim=2, hidden=20), CPU)
@@ -416,11 +415,9 @@ def test_mixture_samples_follow_the_stored_mixture():
     assert torch.equal(z, again)
 
 
-
 @pytest.mark.parametrize("n, batch_size, sizes", [(101, 100, [101]), (201, 100, [100, 101]), (200, 100, [100, 100]),
                                                   (1, 100, [1]), (7, 3, [3, 4]), (2, 100, [2])])
 def test_a_lone_leftover_image_joins_the_batch_before_it(n, batch_size, sizes):
     assert [end - start for start, end in hw.batch_bounds(n, batch_size)] == sizes
     batches = list(hw.minibatches(torch.arange(n).float()[:, None], batch_size))
     assert [len(b) for b in batches] == sizes and sorted(torch.cat(batches)[:, 0].tolist()) == list(range(n))
-

@@ -9,8 +9,6 @@ import homework7 as hw
 import tools.report
 
 
-
-
 def pdf_page_count(path):
     """Pages of a PDF, read back from its page tree (matplotlib writes it uncompressed)."""
     data = path.read_bytes()

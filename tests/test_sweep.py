@@ -7,8 +7,6 @@ import homework7 as hw
 import tools.sweep
 
 
-
-
 def test_sweep_scores_both_samplers_for_each_weight_and_epoch_count(tmp_path, stub_classifier, cli):
     status, out, _ = cli(tools.sweep.main, "--kl-weights", "2", "--epochs-list", "1", "2", "--components", "3", "5",
                          "--fit-sizes", "100", "500", "--n-train", "200", "--n", "200", "--classifier", stub_classifier,

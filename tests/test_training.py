@@ -109,7 +109,6 @@ def test_data_flag_holds_out_a_test_set(small_npy):
     assert len(train_x) == 50
 
 
-
 # ----------------------------------------------------------------------------- end to end
 def test_vae_end_to_end_writes_figures_checkpoint_and_samples(tmp_path, cli):
     status, out, _ = cli(main, "vae", "--n-train", "200", "--epochs", "2", *outputs(tmp_path))
@@ -228,7 +227,6 @@ def test_the_script_imports_only_what_the_design_card_allows():
     assert imported - set(sys.stdlib_module_names) == {"numpy", "torch", "matplotlib", "tqdm"}
 
 
-
 # ----------------------------------------------------------------------------- the VAE's mixture
 def test_vae_samples_from_its_fitted_mixture_and_from_the_prior(tmp_path, cli):
     status, out, _ = cli(main, "vae", "--n-train", "300", "--epochs", "1", "--mixture-components", "5",
@@ -311,7 +309,6 @@ def test_every_generator_state_is_saved_and_restored(monkeypatch):
     torch.rand(3)  # the CPU's generator moves on
     hw.set_rng_states(states)
     assert restored == [cuda_state] and torch.equal(torch.get_rng_state(), states["cpu"])
-
 
 
 @pytest.mark.parametrize("model", ["vae", "gan"])
