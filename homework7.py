@@ -26,6 +26,7 @@ import dataclasses
 import gzip
 import hashlib
 import json
+import logging
 import math
 import os
 import secrets
@@ -41,6 +42,7 @@ try:  # torch takes a second or more to load: a Ctrl-C then ends in one line too
     import numpy as np
     import torch
     import torch.nn.functional as F
+    logging.getLogger("matplotlib").setLevel(logging.ERROR)  # with no writable HOME it caches in /tmp, unsaid
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
     from torch import nn
@@ -494,9 +496,9 @@ class GANTrainer:
         Returns what was done, for the log, or None."""
         if not self.cfg.bn_batches:
             return None
-        generator = torch.Generator().manual_seed(self.cfg.seed)
-        noise = (torch.randn(self.cfg.batch_size, self.cfg.noise_dim, generator=generator).to(self.device)
-                 for _ in range(self.cfg.bn_batches))
+        generator, m = torch.Generator().manual_seed(self.cfg.seed), min(self.cfg.batch_size, 1000)
+        noise = (torch.randn(m, self.cfg.noise_dim, generator=generator).to(self.device)  # past 1,000 vectors a
+                 for _ in range(self.cfg.bn_batches))  # batch, the means over batches cost time, gain nothing
         self.standing = copy.deepcopy(self.G_ema or self.G).eval()
         torch.optim.swa_utils.update_bn(noise, self.standing)  # plain means over the batches, in training mode
         return f"recomputed the BatchNorm statistics of the sampling G over {self.cfg.bn_batches} batches of noise"
@@ -833,12 +835,12 @@ def read_image_file(path):
     return images_to_tensor(array, path)
 
 
-def read_idx(path, magic, sha256=None):
+def read_idx(path, magic, digest=None):
     """An IDX file (LeCun's MNIST format, optionally gzipped; its SHA-256 checked if given) as a uint8 array:
     after the 4-byte magic number (0x00000803 for images N×28×28, 0x00000801 for labels N), one big-endian
     4-byte size per axis, then the data."""
     raw = Path(path).read_bytes()
-    if sha256 and hashlib.sha256(raw).hexdigest() != sha256:
+    if digest and hashlib.sha256(raw).hexdigest() != digest:
         raise UsageError(f"{path}: SHA-256 checksum mismatch (corrupt, or not the original MNIST file)")
     if raw[:2] == b"\x1f\x8b":
         try:
@@ -896,6 +898,10 @@ def atomic_write(path, write):
             raise
         kept = "; the previous file is kept" if path.is_file() else ""
         raise UsageError(f"could not write {path}: {e.strerror or e}{kept}") from None
+
+
+def sha256(path):
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def save_json(path, obj):
@@ -966,7 +972,8 @@ def what_is_kept(run_dir, epoch, model=None):
     command that continues it."""
     if not epoch:
         return "no epoch of this run finished, so it wrote no checkpoint"
-    advice = f"; continue with: python homework7.py {model} --resume --run-dir {shlex.quote(str(run_dir))}"
+    script = sys.argv[0] if Path(sys.argv[0]).name.startswith("homework7") else "homework7.py"  # as started
+    advice = f"; continue with: python {shlex.quote(script)} {model} --resume --run-dir={shlex.quote(str(run_dir))}"
     return f"the checkpoint of epoch {epoch} is kept in {run_dir}{advice if model else ''}"
 
 
@@ -1012,8 +1019,8 @@ class Parser(argparse.ArgumentParser):
     """argparse, with a bad flag answered in one line (the usage is one --help away) and exit status 2, and
     no abbreviated flags (--epoch is a typo, not --epochs)."""
 
-    def __init__(self, **kwargs):
-        super().__init__(allow_abbrev=False, **kwargs)
+    def __init__(self, description=None, **kwargs):  # description: a docstring, whose first paragraph is used
+        super().__init__(allow_abbrev=False, description=(description or "").split("\n\n")[0], **kwargs)
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
@@ -1032,7 +1039,7 @@ def add_config_flags(parser, config_cls, skip=()):
 
 
 def build_parser():
-    parser = Parser(prog="homework7.py", description=__doc__.split("\n\n")[0])
+    parser = Parser(prog="homework7.py", description=__doc__)  # None under python -OO
     commands = parser.add_subparsers(dest="command", required=True, metavar="{vae,gan}")
     for name, (config_cls, _) in TRAINERS.items():
         sub = commands.add_parser(name, help=f"train the {name.upper()} and write its figures",
@@ -1123,6 +1130,8 @@ def train(name, cfg, stop, resume=False):
             save_checkpoint(cfg.run_dir, trainer, cfg, metrics[-1]["epoch"], metrics)
         test_x = test_x.to(device)
         trainer.write_figures(cfg.figures_dir, test_x, metrics)
+        drawn = [Path(cfg.run_dir) / "checkpoint.pt", *Path(cfg.figures_dir).glob(f"{name}*.png")]
+        save_json(Path(cfg.run_dir) / "figures.json", {p.name: sha256(p) for p in drawn})  # what this run drew
     print(f"{name}: trained in {time.perf_counter() - start:.1f} s; figures in {cfg.figures_dir}/, "
           f"checkpoint in {cfg.run_dir}/")
     return trainer, test_x
@@ -1162,34 +1171,46 @@ def output_dirs(*flagged_dirs):
 def run_cli(parser, argv, command):
     """Parses argv and runs command(args, stop) with the stop signals recorded in stop (StopSignals), for every
     command of this script and of tools/: whatever the console's encoding, what they print is written (a
-    character it lacks as ?); bad input, a file that cannot be read or written, memory that runs out and a
-    diverged run end in one line and exit status 2; a stop signal in one line and status 128 + its number: 130
-    for Ctrl-C, 143 for SIGTERM, 129 for SIGHUP."""
-    for stream in (sys.stdout, sys.stderr):
-        if hasattr(stream, "reconfigure"):
-            stream.reconfigure(errors="replace")
+    character it lacks as ?), and flushed before the end; bad input, a file that cannot be read or written, an
+    output that cannot be, memory that runs out and a diverged run end in one line and exit status 2, a closed
+    pipe quietly with 141; a stop signal in one line and status 128 + its number: 130 for Ctrl-C, 143 for
+    SIGTERM, 129 for SIGHUP."""
+    for name in ("stdout", "stderr"):
+        if getattr(sys, name) is None:  # closed when Python started (2>&-): what goes there is dropped
+            setattr(sys, name, open(os.devnull, "w"))
+        elif hasattr(getattr(sys, name), "reconfigure"):
+            getattr(sys, name).reconfigure(errors="replace")
     try:
         with StopSignals() as stop:
-            status = command(parser.parse_args(argv), stop)
+            try:
+                status = command(parser.parse_args(argv), stop)
+            except SystemExit as e:  # --help, or argparse's one line about a flag
+                status = e.code
+            sys.stdout.flush()  # the last lines, while an output that cannot take them can still be told
             stop.check()  # a signal during the last work after training: it ends as a stop still
             return status
     except (UsageError, Diverged) as e:
-        print(f"{parser.prog}: error: {e}", file=sys.stderr)
+        error = str(e)
     except OSError as e:  # one of the files the command names (a named file's error says which), or its output
-        if e.filename is None:  # the output: nothing more is written to it, not even at the exit
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            if isinstance(e, BrokenPipeError):  # its reader has gone (| head): end quietly, as a Unix filter does
-                return 128 + 13  # SIGPIPE's status
-        print(f"{parser.prog}: error: {e.filename or 'the output'}: {e.strerror or e}", file=sys.stderr)
+        if e.filename is None and isinstance(e, BrokenPipeError):  # its reader has gone (| head): end quietly,
+            return 128 + 13  # as a Unix filter does, with SIGPIPE's status
+        error = f"{e.filename or 'the output'}: {e.strerror or e}"
     except (MemoryError, RuntimeError) as e:
         if not out_of_memory(e):
             raise
-        print(f"{parser.prog}: error: out of memory ({first_line(e)}); choose smaller sizes", file=sys.stderr)
+        error = f"out of memory ({first_line(e)}); choose smaller sizes"
     except Stopped as e:
         signum, kept = e.args
         why = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
-        print(f"\n{parser.prog}: {why}" + (f"; {kept}" if kept else ""), file=sys.stderr)
+        line = f"{parser.prog}: {why}" + (f"; {kept}" if kept else "")
+        print("\n" + line.replace("\n", "\\n"), file=sys.stderr)  # on a line of its own after the ^C
         return 128 + signum
+    finally:  # an output that cannot take what is left gets nothing more, not even at the exit
+        try:
+            sys.stdout.flush()
+        except OSError:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    print(f"{parser.prog}: error: " + error.replace("\n", "\\n"), file=sys.stderr)  # one line, whatever a path holds
     return 2
 
 

@@ -1,6 +1,8 @@
 """Shared fixtures and helpers: a little real MNIST, loaded once, small image files made from it, a stub
 classifier, commands run in this process or as real child processes, and a stop signal at a chosen step."""
+import dataclasses
 import io
+import json
 import os
 import signal
 import subprocess
@@ -50,6 +52,24 @@ def _seeded_and_signals_restored():
 def outputs(tmp_path):
     """The flags that put a run's figures and run directory under tmp_path."""
     return ["--figures-dir", tmp_path / "figures", "--run-dir", tmp_path / "run"]
+
+
+def drawn_run(runs, figures, model, config=None, scores=None):
+    """runs/<model> as homework7.py leaves it for tools.report after drawing figures/<model>.png: a checkpoint,
+    config.json (config, or the defaults), figures.json with the SHA-256 of both, and, given the scores of the
+    samples, eval.json as tools.evaluate writes it of that checkpoint."""
+    run = runs / model
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "checkpoint.pt").write_bytes(os.urandom(64))
+    config = config or {"model": model, **dataclasses.asdict(hw.TRAINERS[model][0]())}
+    (run / "config.json").write_text(json.dumps(config))
+    (run / "figures.json").write_text(json.dumps({p.name: hw.sha256(p) for p in (run / "checkpoint.pt",
+                                                                                  figures / f"{model}.png")}))
+    if scores:
+        (run / "eval.json").write_text(json.dumps({
+            "model": model, "n_samples": 10000, "classifier_accuracy": 0.9931, "real": scores,
+            "samples": {"moving average of G": scores}, "checkpoint_sha256": hw.sha256(run / "checkpoint.pt")}))
+    return run
 
 
 def tree(directory):

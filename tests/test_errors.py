@@ -9,28 +9,39 @@ Bad input
   a .npy file by NumPy's own reader (mapped, never unpickled), an IDX file by its header before its data are
   shaped, MNIST by SHA-256, pixels by their type and range, a checkpoint by its format, model and config
   fields (one of another version, or whose weights do not fit, gets a line that says to train again).
-- Memory that runs out gets one line, exit status 2.
+- Memory that runs out gets one line, exit status 2; so does a diverged run. A message keeps its one line even
+  where a path in it holds a newline (written as \\n).
+- A value a tool takes by name (tools.gan_quality's FIELD=VALUE) is read as its flag is: the same type,
+  choices and range. The tools' one reader of JSON refuses, in one line, a file that is not JSON, is nested
+  deeper than the parser follows, or (a record) lacks the shape it must have.
 - Every size accepted runs end to end, down to a test set of one image.
 
 Files
 - Every file is written whole or not at all: a temporary file beside it, then a rename. A full disk gets one
   line, and the previous checkpoint stays. The files a user names to a tool (tools.sample --out,
-  tools.evaluate --classifier, tools.report's three) replace only a file of their own kind, never a symlink,
-  a FIFO, a directory or another kind of file.
+  tools.evaluate --classifier, tools.gan_quality --figure, tools.report's three) replace only a file of their
+  own kind, never a symlink, a FIFO, a directory or another kind of file.
+- tools.report puts beside a figure only the config and the scores of the run that drew it (figures.json
+  holds the SHA-256 of what each run drew and of its checkpoint; eval.json that of the checkpoint it scored),
+  and says what it left out in one line; it describes that run in words, a name that is not UTF-8 escaped.
 
 Stops and divergence
 - A stop signal is recorded, and training stops between two steps with one line and status 128 + its number:
   Ctrl-C 130, SIGTERM 143, SIGHUP 129. The checkpoint of the last finished epoch stays, and the line gives
-  the command that resumes it, with its --run-dir (where no epoch of this run finished, it says so). A second
+  the command that resumes this run: the script under the name it was started by, and --run-dir=DIR (where
+  no epoch of this run finished, it says so, whatever an earlier run left in the directory). A second
   signal ends the process at once, as the system does. A SIGINT or SIGHUP that the parent ignores (nohup, a
   script's &) stays ignored.
 - Nothing diverged is saved as good or drawn: an epoch whose losses, test metrics or weights are not all
   finite, or in which D has won or its loss exploded, stops the run in one line (status 2), and the last good
   checkpoint stays; no mixture is fitted to it and no figure drawn from it.
 
-The output
+The output, and how Python is started
 - A closed pipe (| head) ends the command quietly with status 141; an output that cannot be written
-  (> /dev/full) gets one line. A character the console's encoding lacks prints as ?.
+  (> /dev/full) gets one line. The last lines are flushed before the command ends, so this holds for them
+  too, unbuffered or not. A character the console's encoding lacks prints as ?.
+- A HOME that does not exist or cannot be written adds nothing to the output; python -OO and a stderr closed
+  at the start (2>&-) change nothing but where the progress bar goes.
 
 What is not promised
 - The start-up second: while Python loads torch, Ctrl-C ends the script in one line (status 130), but SIGTERM
@@ -41,6 +52,8 @@ What is not promised
 - A run stopped between writing checkpoint.pt and metrics.json leaves metrics.json one epoch behind until the
   next save; two runs in one --run-dir at once overwrite each other's checkpoint.
 - A long tool command that trains no model (tools.report, tools.sample) stops when it has finished.
+- Checkpoints edited by hand (a config field of the wrong type, an epoch of -3) are not guarded against: a
+  checkpoint is checked for its format, model and config fields, not for lies.
 """
 import argparse
 import dataclasses
@@ -65,7 +78,7 @@ import torch
 import homework7 as hw
 import tools.gan_quality as gq
 import tools.report
-from conftest import ROOT, child_process, outputs, tree
+from conftest import ROOT, child_process, drawn_run, outputs, tree
 
 NOBODY = 65534  # the unprivileged user of Debian and most Linux systems
 
@@ -199,6 +212,11 @@ def make_bad_inputs(tmp_path, images, checkpoints):
     (d / "dir.json").mkdir()
     gq.quality_dir(d).mkdir(parents=True)
     (gq.quality_dir(d) / "old.json").write_text('{"config": 1')  # a saved record that was damaged
+    (d / "deep.json").write_text("[" * 100_000 + "]" * 100_000)  # deeper than the parser follows
+    record = {"method": "new", "seed": 0, "epoch_seconds_median": 1.0, "threads": 1, "at": [1],
+              "points": [{"epoch": 1, "minutes": 0.1, "confident": 0.9, "inception_score": 9.0, "fid": 4.0}]}
+    (d / "at_of_text.json").write_text(json.dumps({**record, "at": ["one"]}))
+    (d / "bn_a_list.json").write_text(json.dumps({**record, "points": [{**record["points"][0], "bn": [1]}]}))
     (d / "idx_huge-idx3-ubyte").write_bytes(b"\x00\x00\x08\x03" + bytes(4) + (2**32 - 1).to_bytes(4, "big") * 2)
     return d
 
@@ -308,7 +326,19 @@ BAD_INPUTS = [  # (id, argv with {d} for the directory of bad files, words the o
     ("records not JSON", "tools.gan_quality --records {d}/text.json", "not JSON"),
     ("records not a record", "tools.gan_quality --records {d}/other.json", "not a record of tools.gan_quality"),
     ("records a directory", "tools.gan_quality --records {d}/dir.json", "Is a directory"),
-    ("a damaged record", "tools.gan_quality --methods old --out-dir {d} --n 2", "old.json: not a record"),
+    ("a damaged record", "tools.gan_quality --methods old --out-dir {d} --n 2", "old.json: not JSON"),
+    ("records nested deep", "tools.gan_quality --records {d}/deep.json", "deep.json: not JSON (maximum recursion depth"),
+    ("records, epochs of text", "tools.gan_quality --records {d}/at_of_text.json", "not a record of tools.gan_quality"),
+    ("records, bn a list", "tools.gan_quality --records {d}/bn_a_list.json", "not a record of tools.gan_quality"),
+    ("--figure a README", "tools.gan_quality --records {d}/deep.json --figure {d}/unrelated.npy", "not a PNG file"),
+    ("--figure a symlink", "tools.gan_quality --records {d}/deep.json --figure {d}/link.npy", "is a symbolic link"),
+    # a method's FIELD=VALUE, read as its flag is
+    ("method lr=abc", "tools.gan_quality --methods new+lr=abc", "'new+lr=abc': argument --lr: invalid float value: 'abc'"),
+    ("method epochs=1.5", "tools.gan_quality --methods new+epochs=1.5", "argument --epochs: invalid int value: '1.5'"),
+    ("method ema=", "tools.gan_quality --methods new+ema=", "argument --ema: invalid float value: ''"),
+    ("method g_noise=bogus", "tools.gan_quality --methods new+g_noise=bogus", "--g-noise: invalid choice: 'bogus'"),
+    ("method of no field", "tools.gan_quality --methods new+bogus=1", "unrecognized arguments: --bogus=1"),
+    ("method lr out of range", "tools.gan_quality --methods new+lr=-1", "--lr -1.0: must lie within (0, inf)"),
 ]
 
 
@@ -466,24 +496,45 @@ def test_file_system_errors_as_an_ordinary_user_end_in_one_line(user_dir):
 
 
 # ----------------------------------------------------------------------------- the output
+def run_into(argv, cwd, output):
+    """Runs `python argv` to its end with its output into a pipe its reader has closed ("closed") or into
+    /dev/full ("full"), buffered as Python buffers a pipe or a file (no PYTHONUNBUFFERED): (status, stderr)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    if output == "closed":
+        read, out = os.pipe()
+        os.close(read)
+    else:
+        out = os.open("/dev/full", os.O_WRONLY)
+    try:
+        child = subprocess.run([sys.executable, *map(str, argv)], cwd=cwd, stdout=out, stderr=subprocess.PIPE,
+                               text=True, env={**env, "PYTHONPATH": str(ROOT)}, timeout=300)
+    finally:
+        os.close(out)
+    return child.returncode, child.stderr
+
+
+@pytest.mark.parametrize("command, output", [("help", "closed"), ("sample", "closed"), ("sample", "full"),
+                                             ("train", "full")])
+def test_the_last_lines_into_a_closed_or_full_output_end_as_the_rules_say(command, output, tmp_path, small_npy,
+                                                                          checkpoints):
+    argv = {"help": [ROOT / "homework7.py", "vae", "--help"],
+            "sample": ["-m", "tools.sample", "vae", "--checkpoint", checkpoints["vae"], "--n", "5", "--out", "s.npy"],
+            "train": [ROOT / "homework7.py", "vae", "--data", small_npy, "--epochs", "1", *outputs(tmp_path)]}[command]
+    status, err = run_into(argv, tmp_path, output)
+    prog = "python -m tools.sample" if command == "sample" else "homework7.py"
+    assert (status, err) == ((141, "") if output == "closed" else
+                             (2, f"{prog}: error: the output: No space left on device\n"))
+
+
 def test_a_closed_pipe_ends_quietly_and_keeps_the_last_epoch(tmp_path, small_npy):
-    child = child_process([ROOT / "homework7.py", "vae", "--data", small_npy, "--epochs", "100000",
-                           "--figures-dir", tmp_path / "figures", "--run-dir", tmp_path / "run"], tmp_path)
-    while "vae epoch   2/" not in child.stdout.readline():  # as `| head` reads a little, then goes
-        pass
-    child.stdout.close()
-    err = child.stderr.read()
+    with child_process([ROOT / "homework7.py", "vae", "--data", small_npy, "--epochs", "100000",
+                        "--figures-dir", tmp_path / "figures", "--run-dir", tmp_path / "run"], tmp_path) as child:
+        while "vae epoch   2/" not in child.stdout.readline():  # as `| head` reads a little, then goes
+            pass
+        child.stdout.close()
+        err = child.stderr.read()
     assert child.wait(timeout=60) == 128 + signal.SIGPIPE and err == ""
     assert hw.load_checkpoint(tmp_path / "run" / "checkpoint.pt")["epoch"] >= 2
-
-
-def test_a_full_output_ends_in_one_line(tmp_path, small_npy):
-    with open("/dev/full", "w") as full:
-        child = subprocess.run([sys.executable, ROOT / "homework7.py", "vae", "--data", small_npy, "--epochs", "3",
-                                "--figures-dir", tmp_path / "figures", "--run-dir", tmp_path / "run"],
-                               stdout=full, stderr=subprocess.PIPE, text=True, timeout=300)
-    assert child.returncode == 2
-    assert child.stderr == "homework7.py: error: the output: No space left on device\n"
 
 
 @pytest.mark.parametrize("model, n, test_n", [("vae", 10, 0), ("vae", 3, 1), ("vae", 2, 0), ("gan", 3, 0),
@@ -523,13 +574,15 @@ def test_the_report_draws_text_from_files_as_written_and_checks_each_file(tmp_pa
     for name in ("vae.png", "gan.png"):
         hw.plot_grid(torch.rand(4, hw.IMAGE_DIM), figures / name, name)
     scores = {"coverage": 10, "confident": 0.9, "inception_score": 9.0, "fid": 5.0, "histogram": [1] * 10}
-    (runs / "gan").mkdir(parents=True)
-    (runs / "gan" / "eval.json").write_text(json.dumps({"model": "gan", "n_samples": 10, "classifier_accuracy": 0.99,
-                                                        "real": scores, "samples": {"cost $_$ x": scores}}))
+    eval_json = drawn_run(runs, figures, "gan", scores=scores) / "eval.json"
+    eval_json.write_text(eval_json.read_text().replace("moving average of G", "cost $_$ x"))
     (runs / "gan" / "config.json").write_text("[1, 2]")  # JSON, but not a config
+    drawn_run(runs, figures, "vae")
+    (runs / "vae" / "eval.json").write_text("[" * 100_000 + "]" * 100_000)  # nested deeper than the parser follows
     status, _, err = cli(tools.report.main, "--user", "ab", "--figures-dir", figures, "--runs-dir", runs,
                          "--out-dir", tmp_path / "out")
     assert status == 0 and "config.json is not a JSON object" in err, err
+    assert "vae/eval.json: not JSON (maximum recursion depth" in err
     (figures / "gan_curves.png").write_bytes(b"")  # a figure cut to nothing
     status, _, err = cli(tools.report.main, "--user", "ab", "--figures-dir", figures, "--out-dir", tmp_path / "out2")
     assert status == 2 and err.count("\n") == 1 and "gan_curves.png: not a readable PNG figure" in err
@@ -584,3 +637,26 @@ def test_memory_that_runs_out_ends_in_one_line(tmp_path, small_npy, monkeypatch,
     monkeypatch.setattr(hw.VAETrainer, "train_step", allocate)
     status, _, err = cli(main, "vae", "--data", small_npy, *outputs(tmp_path))
     assert status == 2 and err.count("\n") == 1 and "out of memory (" in err and "Traceback" not in err
+
+
+def test_a_path_with_a_newline_keeps_the_error_one_line(tmp_path, cli):
+    status, _, err = cli(hw.main, "vae", "--data", tmp_path / "two\nlines.npy")
+    assert status == 2 and err.count("\n") == 1 and "two\\nlines.npy: No such file or directory" in err
+
+
+# ----------------------------------------------------------------------------- however Python is started
+def test_a_home_that_does_not_exist_adds_nothing_to_an_error(tmp_path, python_run):
+    """A container's user, or Debian's nobody: matplotlib cannot make its cache under HOME, even as root."""
+    env = {"HOME": "/dev/null/home", "MPLCONFIGDIR": None, "XDG_CONFIG_HOME": None, "XDG_CACHE_HOME": None}
+    for argv in ([ROOT / "homework7.py", "vae", "--data", "missing.npy"],
+                 ["-m", "tools.sample", "vae", "--checkpoint", "missing.pt"]):
+        status, _, err = python_run(argv, tmp_path, env)
+        assert status == 2 and err.count("\n") == 1 and "missing." in err, err
+
+
+def test_python_with_its_docstrings_stripped_or_its_stderr_closed_runs_as_usual(tmp_path, small_npy, python_run):
+    status, _, err = python_run(["-OO", ROOT / "homework7.py", "vae", "--epochs", "0"], tmp_path)
+    assert status == 2 and err == "homework7.py: error: --epochs 0: must lie within [1, 1e6]\n"
+    status, out, _ = python_run([ROOT / "homework7.py", "vae", "--data", small_npy, "--epochs", "1",
+                                 *outputs(tmp_path)], tmp_path, preexec=lambda: os.close(2))  # 2>&-
+    assert status == 0 and "vae epoch   1/1" in out and hw.load_checkpoint(tmp_path / "run" / "checkpoint.pt")

@@ -23,8 +23,9 @@ def test_methods_change_only_their_flags_of_the_old_default():
         gq.method_config("r1+r2")
     recipe = gq.method_config("new+lr=2e-3+dropout=0.2+beta2=0.9")  # fields set by name on today's defaults
     assert (recipe.lr, recipe.dropout, recipe.beta2, recipe.r1) == (2e-3, 0.2, 0.9, hw.GANConfig.r1)
-    with pytest.raises(hw.UsageError, match="unknown field 'gamma'"):
+    with pytest.raises(hw.UsageError, match="unrecognized arguments: --gamma=3"):
         gq.method_config("new+gamma=3")
+    assert gq.method_config("new+n_train=5+g_noise=fresh").n_train == 5  # a field whose default is None
     on_new = gq.method_config("new+batch-1000+fresh-noise", seed=2)  # on today's defaults, a directory per seed
     assert (on_new.batch_size, on_new.g_noise, on_new.seed, on_new.r1) == (1000, "fresh", 2, hw.GANConfig.r1)
     assert on_new.run_dir.endswith("new+batch-1000+fresh-noise-seed2") and old.g_noise == "fresh"

@@ -317,7 +317,7 @@ def test_the_moving_average_ramps_up_with_gs_steps():
 
 def test_standing_statistics_are_the_plain_means_over_the_batches_of_noise():
     gan = small_gan(batch_size=8, bn_batches=5)
-    gan.after_training(None)
+    gan.after_training(torch.zeros(100, hw.IMAGE_DIM))  # more images than a batch: batches of 8
     generator = torch.Generator().manual_seed(gan.cfg.seed)  # the same noise, drawn again
     with torch.no_grad():
         h = [gan.G_ema.net[0](torch.randn(8, 8, generator=generator)) for _ in range(5)]  # G's first layer
@@ -325,6 +325,15 @@ def test_standing_statistics_are_the_plain_means_over_the_batches_of_noise():
     assert torch.allclose(bn.running_mean, torch.stack([b.mean(0) for b in h]).mean(0), atol=1e-6)
     assert torch.allclose(bn.running_var, torch.stack([b.var(0) for b in h]).mean(0), atol=1e-5)
     assert bn.momentum == 0.1 and not gan.standing.training and gan.sampling_G is gan.standing
+
+
+def test_the_noise_of_the_standing_statistics_comes_in_training_s_batches_up_to_1000(monkeypatch):
+    sizes = []
+    monkeypatch.setattr(torch.optim.swa_utils, "update_bn", lambda batches, model: sizes.extend(map(len, batches)))
+    small_gan(batch_size=10**6, bn_batches=3).after_training(torch.zeros(16, hw.IMAGE_DIM))
+    assert sizes == [1000, 1000, 1000]  # not 10^6 noise vectors a batch
+    small_gan(batch_size=8, bn_batches=2).after_training(torch.zeros(16, hw.IMAGE_DIM))
+    assert sizes[3:] == [8, 8]
 
 
 def test_gan_finish_recomputes_the_samplers_statistics_only_when_asked():

@@ -1,12 +1,15 @@
 """tools/report.py: the PDF, the script copy and the zip of the assignment's Rules."""
 import json
+import os
 import re
+import shutil
 import zipfile
 
 import torch
 
 import homework7 as hw
 import tools.report
+from conftest import drawn_run
 
 
 def pdf_page_count(path):
@@ -57,23 +60,61 @@ def test_the_pdf_opens_with_the_two_problems_and_their_scores(tmp_path, capsys):
     figures, runs = tmp_path / "figures", tmp_path / "runs"
     fake_figures(figures, ["vae.png", "gan.png"])
     scores = {"coverage": 10, "confident": 0.875, "inception_score": 8.76, "fid": 5.6, "histogram": [1000] * 10}
-    report = {"model": "gan", "n_samples": 10000, "classifier_accuracy": 0.9931, "real": scores,
-              "samples": {"moving average of G": scores}}
-    (runs / "gan").mkdir(parents=True)
-    (runs / "gan" / "eval.json").write_text(json.dumps(report))
+    drawn_run(runs, figures, "vae")
+    drawn_run(runs, figures, "gan", scores=scores)
     text = page_text(tools.report.build_pages(["ab"], figures, runs))
     assert text.index("1 Variational Auto-Encoders") < text.index("2 Generative Adversarial Networks")
     assert "not evaluated" in text and "python -m tools.evaluate vae" in text  # no eval.json for the VAE
     assert "Inception score" in text and "8.76" in text and "0.875" in text  # the GAN's table
+    assert ("Trained: p = 32, 200 hidden units, KL weight 0.5; new images also from a mixture of 200 Gaussians; 60 "
+            "epochs of Adam (lr 0.0045) in minibatches of 500 on MNIST's 60,000 training images, seed 0."
+            ) in " ".join(text.split())  # the lines as wrapped, joined
+
+
+def test_config_and_scores_of_another_run_than_the_figures_are_left_out(tmp_path, capsys):
+    figures, runs = tmp_path / "figures", tmp_path / "runs"
+    fake_figures(figures, ["vae.png", "gan.png"])
+    scores = {"coverage": 10, "confident": 0.875, "inception_score": 8.76, "fid": 5.6, "histogram": [1000] * 10}
+    drawn_run(runs, figures, "vae", scores=scores)
+    drawn_run(runs, figures, "gan", scores=scores)
+    fake_figures(figures, ["vae.png"])  # drawn again, by another run
+    (runs / "gan" / "checkpoint.pt").write_bytes(b"trained on")  # after its figures and its scores
+    text = page_text(tools.report.build_pages(["ab"], figures, runs))
+    err = capsys.readouterr().err
+    assert "Trained:" not in text and "0.875" not in text and text.count("not evaluated") == 2
+    assert err.count("was not drawn by the run in") == 2 and "vae.png" in err and "gan.png" in err
+    drawn_run(runs, figures, "vae", scores=scores)  # the figure's own run, but its eval.json of an earlier one
+    (runs / "vae" / "eval.json").write_text((runs / "vae" / "eval.json").read_text().replace('"checkpoint_sha256": "',
+                                                                                            '"checkpoint_sha256": "0'))
+    text = page_text(tools.report.build_pages(["ab"], figures, runs))
+    assert "Trained: p = 32" in text and "0.875" not in text
+    assert "vae/eval.json scored another checkpoint than the one that drew vae.png" in capsys.readouterr().err
 
 
 def test_a_corrupt_or_hand_edited_eval_json_is_left_out_with_one_line(tmp_path, cli):
     figures, runs = tmp_path / "figures", tmp_path / "runs"
     fake_figures(figures, ["vae.png", "gan.png"])
-    for model, content in (("vae", "{not json"), ("gan", json.dumps({"model": "gan", "samples": 3}))):
-        (runs / model).mkdir(parents=True)
-        (runs / model / "eval.json").write_text(content)
+    for model in ("vae", "gan"):
+        drawn_run(runs, figures, model)
+    (runs / "vae" / "eval.json").write_text("{not json")
+    checkpoint = hw.sha256(runs / "gan" / "checkpoint.pt")  # of the run that drew the figure, but no scores in it
+    (runs / "gan" / "eval.json").write_text(json.dumps({"model": "gan", "samples": 3, "checkpoint_sha256": checkpoint}))
     status, _, err = cli(tools.report.main, "--user", "ab", "--figures-dir", figures, "--out-dir", tmp_path,
                          "--runs-dir", runs)
     assert status == 0 and "Traceback" not in err
-    assert "vae/eval.json is not a JSON object" in err and "gan/eval.json is not an evaluation report" in err
+    assert "vae/eval.json: not JSON (" in err and "gan/eval.json is not an evaluation report" in err
+
+
+def test_a_run_on_a_file_whose_name_is_not_utf8_is_described_in_words(tmp_path, small_npy, monkeypatch, cli):
+    """A Latin-1 name from an old archive: its byte is drawn escaped, and the config reads as a sentence."""
+    monkeypatch.chdir(tmp_path)
+    data = tmp_path / os.fsdecode(b"caf\xe9.npy")
+    shutil.copy(small_npy, data)
+    assert hw.main(["vae", "--data", str(data), "--epochs", "1", "--mixture-components", "2"]) == 0
+    fake_figures(tmp_path / "figures", ["gan.png"])
+    drawn_run(tmp_path / "runs", tmp_path / "figures", "gan")
+    text = " ".join(page_text(tools.report.build_pages(["ab"], tmp_path / "figures", tmp_path / "runs")).split())
+    assert "Trained: p = 32, 200 hidden units, KL weight 0.5; new images also from a mixture of 2 Gaussians" in text
+    assert "caf\\xe9.npy, seed 0." in text and "Trained: noise of 100 dimensions" in text
+    status, _, err = cli(tools.report.main, "--user", "ab")
+    assert status == 0 and err == "" and (tmp_path / "homework7.ab.pdf").exists()

@@ -277,7 +277,7 @@ def bench(models, steps, batch_sizes=None):
 
 def build_parser():
     parser = Parser(
-        prog="python -m tools.bench", description=__doc__.split("\n\n")[0],
+        prog="python -m tools.bench", description=__doc__,
         epilog="Images per second at each model's default batch size, the fastest of three alternating rounds "
                "of each loop; then one whole epoch of fit() beside its bare steps.")
     parser.add_argument("--models", nargs="+", choices=TRAINERS, default=list(TRAINERS),

@@ -19,7 +19,7 @@ from torch import nn
 from tqdm import tqdm
 
 from homework7 import (IMAGE_DIM, IMAGE_SIDE, MNIST_SHA256, Parser, UsageError, first_line, load_images, load_mnist,
-                       make_adam, run_cli, save_json)
+                       make_adam, run_cli, save_json, sha256)
 from tools import number
 from tools.outputs import CHECKPOINT_FILE, check_replaceable, write_output
 from tools.sample import add_checkpoint_flags, checkpoint_trainer, draw_samples
@@ -267,7 +267,7 @@ def score_notes(report):
 
 def build_parser():
     parser = Parser(
-        prog="python -m tools.evaluate", description=__doc__.split("\n\n")[0],
+        prog="python -m tools.evaluate", description=__doc__,
         epilog="Writes eval.json beside the checkpoint; tools.report puts it in the PDF.")
     add_checkpoint_flags(parser, "how many samples to score (a Frechet distance needs 2)",
                          sampler_default="both, where the checkpoint has a mixture; a GAN has none", n_within="[2, 1e9]")
@@ -285,6 +285,7 @@ def evaluate_command(args, stop):
     _, test_x = load_images(trainer.cfg)
     report = evaluate_trainer(trainer, test_x.to(trainer.device), args.classifier, args.n, args.iwae_k,
                               args.iwae_n, args.seed, samplers=args.sampler and (args.sampler,), stop=stop)
+    report["checkpoint_sha256"] = sha256(path)  # the checkpoint scored: tools.report matches it to the figures
     save_json(path.parent / "eval.json", report)
     print(format_report(report))
     print(f"wrote {path.parent / 'eval.json'}")

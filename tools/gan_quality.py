@@ -21,10 +21,11 @@ from pathlib import Path
 import torch
 from matplotlib.figure import Figure
 
-from homework7 import (GANConfig, GANTrainer, Parser, UsageError, first_line, fit, load_checkpoint, load_images,
-                       output_dirs, resolve_device, run_cli, save_figure, save_json, validate_config)
+from homework7 import (GANConfig, GANTrainer, Parser, UsageError, add_config_flags, fit, load_checkpoint, load_images,
+                       output_dirs, resolve_device, run_cli, save_json, validate_config)
 from tools import number
 from tools.bench import endless_minibatches, time_loop
+from tools.outputs import PNG_FILE, check_replaceable, read_json, write_output
 from tools.evaluate import CLASSIFIER_PATH, classify, load_classifier, real_references, sample_scores
 from tools.sample import draw_samples, trainer_from_checkpoint
 
@@ -66,10 +67,7 @@ def method_config(name, epochs=None, out_dir=QUALITY_DIR, n_train=None, seed=0):
     flags = {} if on_new else dict(OLD_DEFAULT)
     for part in parts[1:] if on_new else parts:
         if "=" in part:  # FIELD=VALUE sets one field: new+lr=1.2e-3+beta2=0.99
-            key, value = part.split("=", 1)
-            if key not in {f.name for f in dataclasses.fields(GANConfig)}:
-                raise UsageError(f"unknown field {key!r} in method {name!r}")
-            flags[key] = type(getattr(GANConfig, key))(value)
+            flags.update(field_flags(part, name))
             continue
         if part not in METHODS:
             raise UsageError(f"unknown method {part!r}: use new or {', '.join(METHODS)}, joined by +")
@@ -77,10 +75,30 @@ def method_config(name, epochs=None, out_dir=QUALITY_DIR, n_train=None, seed=0):
     cfg = GANConfig(**flags, seed=seed)
     if epochs is not None:
         cfg.epochs = epochs
-    cfg.n_train = n_train
+    if n_train is not None:  # --n-train, over a method's own n_train=N
+        cfg.n_train = n_train
     cfg.run_dir = cfg.figures_dir = str(quality_dir(out_dir) / run_name(name, seed))
     validate_config(cfg)
     return cfg
+
+
+class FieldParser(Parser):
+    """homework7's parser of GANConfig's flags, whose errors become one line of this tool."""
+
+    def error(self, message):
+        raise UsageError(message)
+
+
+def field_flags(part, name):
+    """FIELD=VALUE of a method, read as homework7 reads --field VALUE: the same type and choices (the range is
+    checked with the config, validate_config)."""
+    parser = FieldParser(prog="")
+    add_config_flags(parser, GANConfig)
+    key, value = part.split("=", 1)
+    try:
+        return vars(parser.parse_args([f"--{key.replace('_', '-')}={value}"]))
+    except UsageError as e:
+        raise UsageError(f"method {name!r}: {e}") from None
 
 
 def run_name(name, seed):
@@ -145,15 +163,17 @@ def run_method(name, at, n, epochs, stop, retrain=False, out_dir=QUALITY_DIR, n_
 
 def read_record(path):
     """A record that run_method saved (NAME.json), or one line where the file is not one."""
-    try:
-        record = json.loads(Path(path).read_text())
-    except (UnicodeDecodeError, ValueError) as e:
-        raise UsageError(f"{path}: not a record of tools.gan_quality (not JSON: {first_line(e)})") from None
+    record = read_json(path)
     numeric = (int, float)
+
+    def scores(point):
+        return isinstance(point, dict) and all(isinstance(point.get(k), numeric) for k in POINT_SCORES)
+
     points_fit = isinstance(record, dict) and isinstance(record.get("points"), list) and all(
-        isinstance(p, dict) and all(isinstance(p.get(k), numeric) for k in ("epoch", "minutes", *POINT_SCORES))
+        scores(p) and all(isinstance(p.get(k), numeric) for k in ("epoch", "minutes")) and scores(p.get("bn", p))
         for p in record["points"])
     if not (points_fit and isinstance(record.get("method"), str) and isinstance(record.get("at"), list)
+            and all(isinstance(epoch, int) for epoch in record["at"])
             and all(isinstance(record.get(k), numeric) for k in ("seed", "epoch_seconds_median", "threads"))):
         raise UsageError(f"{path}: not a record of tools.gan_quality (its method, seed, epochs or scores are "
                          "missing)")
@@ -277,12 +297,12 @@ def plot_quality(results, path, epoch_seconds=None):
     source = "epochs × the step cost timed side by side" if epoch_seconds else "as each run recorded them"
     fig.suptitle("GAN sample quality against training time: 10,000 samples scored by the project's classifier\n"
                  f"the mean and range over seeds; minutes: {source}", fontsize=10)
-    save_figure(fig, path)
+    write_output(path, lambda f: fig.savefig(f, format="png", dpi=fig.dpi), PNG_FILE)
     return fig
 
 
 def build_parser():
-    parser = Parser(prog="python -m tools.gan_quality", description=__doc__.split("\n\n")[0])
+    parser = Parser(prog="python -m tools.gan_quality", description=__doc__)
     parser.add_argument("--methods", nargs="+", default=["old", "new"],
                         help=f"runs: new (today's defaults) or {', '.join(METHODS)}, or several joined by + "
                              "(default: old new)")
@@ -319,6 +339,8 @@ def main(argv=None):
 
 
 def quality(args, stop):
+    if args.figure:  # refused before any work where it names a file of another kind
+        check_replaceable(args.figure, PNG_FILE)
     if args.records:
         results = [read_record(path) for path in args.records]
         args.methods = list(dict.fromkeys(r["method"] for r in results))

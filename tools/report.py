@@ -7,7 +7,6 @@ The PDF opens with the assignment's two figures, each under its problem's headin
 tools.evaluate as tables (where it has been run), then an appendix with the training curves and the other
 figures. The .py is a copy of homework7.py, which runs on its own.
 """
-import json
 import sys
 import textwrap
 import zipfile
@@ -18,8 +17,8 @@ from matplotlib.backends.backend_pdf import PdfPages
 from matplotlib.figure import Figure
 
 import homework7 as hw
-from homework7 import Parser, RunConfig, UsageError, atomic_write, first_line, output_dirs, run_cli
-from tools.outputs import PDF_FILE, ZIP_FILE, check_replaceable
+from homework7 import Parser, RunConfig, UsageError, atomic_write, output_dirs, run_cli, sha256
+from tools.outputs import PDF_FILE, ZIP_FILE, check_replaceable, read_json
 from tools.evaluate import score_notes, score_rows
 
 PAGE_W, PAGE_H = 8.27, 11.69  # A4, inches
@@ -97,19 +96,33 @@ class Page:
         self.top -= height + gap
 
 
-def read_json(path):
-    """A run's config.json or eval.json (a JSON object), or None (with one line saying why) where it is missing
-    or not one."""
+def read_object(path):
+    """A run's config.json, eval.json or figures.json (a JSON object), or None (with one line saying why) where
+    it is missing or not one."""
     if not path.exists():
         return None
     try:
-        obj = json.loads(path.read_text())
-    except (UnicodeDecodeError, ValueError) as e:
-        obj = first_line(e)
+        obj = read_json(path)
+    except UsageError as e:  # it names the file
+        print(f"tools.report: {e}; left out of the PDF", file=sys.stderr)
+        return None
     if not isinstance(obj, dict):
         print(f"tools.report: {path} is not a JSON object ({str(obj)[:60]}); left out of the PDF", file=sys.stderr)
         return None
     return obj
+
+
+def the_run_that_drew(figure, run_dir):
+    """(config, eval.json's path) of the run in run_dir where it drew the figure, as its figures.json records
+    (the figure's and the checkpoint's SHA-256), or None, with one line saying why, where it did not."""
+    drawn = read_object(run_dir / "figures.json")
+    checkpoint = run_dir / "checkpoint.pt"
+    if drawn and drawn.get(figure.name) == sha256(figure) and checkpoint.exists() and \
+            drawn.get("checkpoint.pt") == sha256(checkpoint):
+        return read_object(run_dir / "config.json"), drawn["checkpoint.pt"]
+    print(f"tools.report: {figure} was not drawn by the run in {run_dir}; its config and scores are left out of "
+          "the PDF", file=sys.stderr)
+    return None, None
 
 
 def read_figure(path):
@@ -140,12 +153,25 @@ def scores_table(page, model, report, path):
     page.text("\n".join(notes), size=8, width=120)
 
 
-def config_line(config):
-    return ", ".join(f"{k} = {v}" for k, v in config.items() if k not in ("model", "figures_dir", "run_dir"))
+def described(config):
+    """What was trained, in words, from a run's config.json; a path that is not UTF-8 with its bytes escaped."""
+    c = {k: str(v).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace") for k, v in config.items()}
+    data = f"the images of {c['data']}" if config.get("data") else "MNIST's 60,000 training images"
+    data = f"the first {c['n_train']} of {data}" if config.get("n_train") else data
+    if config.get("model") == "vae":
+        model = (f"p = {c['latent_dim']}, {c['hidden']} hidden units, KL weight {c['kl_weight']}; "
+                 f"new images also from a mixture of {c['mixture_components']} Gaussians")
+    else:
+        model = (f"noise of {c['noise_dim']} dimensions, {c['hidden']} hidden units, the {c['generator_loss']} "
+                 f"loss of G, R1 γ = {c['r1']}, a moving average of G of decay {c['ema']}")
+    return (f"{model}; {c['epochs']} epochs of Adam (lr {c['lr']}) in minibatches of {c['batch_size']} on {data}, "
+            f"seed {c['seed']}")
 
 
 def build_pages(users, figures_dir, runs_dir):
     """The PDF's pages: the two problems with their figures and scores, then the appendix."""
+    names = [name for _, _, name, _ in PROBLEMS] + [name for name, _ in APPENDIX if (figures_dir / name).exists()]
+    images = {name: read_figure(figures_dir / name) for name in names}  # each checked before anything is said
     pages = []
     for i, (heading, model, name, caption) in enumerate(PROBLEMS):
         page = Page()
@@ -154,19 +180,27 @@ def build_pages(users, figures_dir, runs_dir):
             page.text("CS/DS 541 Deep Neural Networks. A VAE and a GAN on MNIST, both fully connected, "
                       "trained by homework7.py.", size=10, gap=0.3)
         page.text(heading, size=14, weight="bold", gap=0.15)
-        page.image(read_figure(figures_dir / name))
-        config = read_json(runs_dir / model / "config.json")
-        page.text(caption + (f"\nTrained with: {config_line(config)}." if config else ""), size=9, gap=0.3)
+        page.image(images[name])
+        config, checkpoint = the_run_that_drew(figures_dir / name, runs_dir / model)
+        try:
+            trained = f"\nTrained: {described(config)}." if config else ""
+        except KeyError:  # a config.json of another version
+            trained = ""
+        page.text(caption + trained, size=9, gap=0.3)
         eval_path = runs_dir / model / "eval.json"
-        scores_table(page, model, read_json(eval_path), eval_path)
+        report = read_object(eval_path) if checkpoint else None
+        if report and report.get("checkpoint_sha256") != checkpoint:
+            print(f"tools.report: {eval_path} scored another checkpoint than the one that drew {name}; left out "
+                  "of the PDF", file=sys.stderr)
+            report = None
+        scores_table(page, model, report, eval_path)
         pages.append(page)
     page = Page()
     page.text("Appendix: training curves and other figures", size=14, weight="bold", gap=0.2)
     for name, caption in APPENDIX:
-        path = figures_dir / name
-        if not path.exists():
+        if name not in images:
             continue
-        image = read_figure(path)
+        image = images[name]
         if page.image_height(image) + 0.6 > page.room() and page.top < PAGE_H - MARGIN - 0.6:
             pages.append(page)
             page = Page()
@@ -213,7 +247,7 @@ def write_zip(file, paths):
 
 
 def build_parser():
-    parser = Parser(prog="python -m tools.report", description=__doc__.split("\n\n")[0])
+    parser = Parser(prog="python -m tools.report", description=__doc__)
     parser.add_argument("--user", action="append", required=True, metavar="NAME",
                         help="WPI user name; repeat it for each team member (up to 3)")
     parser.add_argument("--out-dir", default=".", help="where the three files go (default: .)")

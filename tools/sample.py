@@ -83,7 +83,7 @@ def sample_command(args, stop):
 
 
 def build_parser():
-    parser = Parser(prog="python -m tools.sample", description=__doc__.split("\n\n")[0])
+    parser = Parser(prog="python -m tools.sample", description=__doc__)
     add_checkpoint_flags(parser, "how many images", sampler_default=DEFAULT_SAMPLER)
     parser.add_argument("--out", default="samples.npy", help="output .npy file (default: samples.npy)")
     return parser

@@ -104,7 +104,7 @@ def format_sweep(table):
 
 
 def build_parser():
-    parser = Parser(prog="python -m tools.sweep", description=__doc__.split("\n\n")[0],
+    parser = Parser(prog="python -m tools.sweep", description=__doc__,
                                      epilog="Every other flag is the vae command's, passed to each run.")
     add_config_flags(parser, VAEConfig, skip={"kl_weight", "latent_dim", "epochs", "mixture_components",
                                               "mixture_fit_n"})
