@@ -1120,18 +1120,18 @@ def train(name, cfg, stop, resume=False):
         metrics = fit(trainer, cfg, train_x, test_x, stop, metrics)
         finish_start = time.perf_counter()
         done = trainer.after_training(train_x)  # the VAE's mixture, the GAN's BatchNorm statistics: into the checkpoint
-        kept = what_is_kept(cfg.run_dir, len(metrics), name)
         if stop.signum:
-            raise Stopped(stop.signum, kept)
+            raise Stopped(stop.signum, what_is_kept(cfg.run_dir, len(metrics), name))
         if done:  # the state changed since fit() checked it: checked again before it is saved and drawn
             if not all_finite(trainer.state_dict()):
-                raise Diverged(f"training stopped: after training, {done}: it holds NaN or infinite numbers; {kept}")
+                raise Diverged(f"training stopped: after training, {done}: it holds NaN or infinite numbers; "
+                               f"{what_is_kept(cfg.run_dir, len(metrics))}")
             print(f"{name}: {done} in {time.perf_counter() - finish_start:.1f} s")
             save_checkpoint(cfg.run_dir, trainer, cfg, metrics[-1]["epoch"], metrics)
         test_x = test_x.to(device)
         trainer.write_figures(cfg.figures_dir, test_x, metrics)
-        drawn = [Path(cfg.run_dir) / "checkpoint.pt", *Path(cfg.figures_dir).glob(f"{name}*.png")]
-        save_json(Path(cfg.run_dir) / "figures.json", {p.name: sha256(p) for p in drawn})  # what this run drew
+        drawn = (Path(cfg.run_dir) / "checkpoint.pt", Path(cfg.figures_dir) / f"{name}.png")  # the assignment's
+        save_json(Path(cfg.run_dir) / "figures.json", {p.name: sha256(p) for p in drawn})  # figure, and by what
     print(f"{name}: trained in {time.perf_counter() - start:.1f} s; figures in {cfg.figures_dir}/, "
           f"checkpoint in {cfg.run_dir}/")
     return trainer, test_x

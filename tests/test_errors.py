@@ -22,7 +22,7 @@ Files
   tools.evaluate --classifier, tools.gan_quality --figure, tools.report's three) replace only a file of their
   own kind, never a symlink, a FIFO, a directory or another kind of file.
 - tools.report puts beside a figure only the config and the scores of the run that drew it (figures.json
-  holds the SHA-256 of what each run drew and of its checkpoint; eval.json that of the checkpoint it scored),
+  holds the SHA-256 of the figure each run drew and of its checkpoint; eval.json that of the checkpoint it scored),
   and says what it left out in one line; it describes that run in words, a name that is not UTF-8 escaped.
 
 Stops and divergence
