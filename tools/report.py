@@ -113,8 +113,9 @@ def read_object(path):
 
 
 def the_run_that_drew(figure, run_dir):
-    """(config, eval.json's path) of the run in run_dir where it drew the figure, as its figures.json records
-    (the figure's and the checkpoint's SHA-256), or None, with one line saying why, where it did not."""
+    """(config, the SHA-256 of its checkpoint) of the run in run_dir where it drew the figure, as its
+    figures.json records (the figure's and the checkpoint's SHA-256), or (None, None), with one line saying why,
+    where it did not."""
     drawn = read_object(run_dir / "figures.json")
     checkpoint = run_dir / "checkpoint.pt"
     if drawn and drawn.get(figure.name) == sha256(figure) and checkpoint.exists() and \
