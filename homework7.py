@@ -86,6 +86,20 @@ class VAEConfig(RunConfig):
     hidden: int = arg(200, "hidden units of encoder and decoder", "[1, 1e9]")
     dropout: float = arg(0.1, "dropout rate on the encoder's hidden layer", "[0, 1)")
     kl_weight: float = arg(0.5, "weight of the KL term of Eq. 10 against reconstruction", "[0, inf)")
+    mmd: float = arg(0.0, "λ of MMD²(codes z of the minibatch, as many z ~ N(0, I)) added to Eq. 10, pulling the "
+                          "codes of all images together towards the prior (InfoVAE; 0 = off)", "[0, inf)")
+    prior_gan: float = arg(0.0, "γ of the GAN's generator loss on decoded z ~ N(0, I), added to the decoder's "
+                                "Eq. 10, against a D of training images (VAE-GAN; 0 = off)", "[0, inf)")
+    prior_gan_hidden: int = arg(256, "hidden units of that D (fewer: a weaker, cheaper D)", "[1, 1e9]")
+    prior_gan_dropout: float = arg(0.1, "rate of that D's input dropout layer (higher: a weaker D)", "[0, 1)")
+    prior_gan_batch: int = arg(100, "decoded z ~ N(0, I) per step, and as many images of the minibatch that D "
+                                    "takes as real against them", "[2, 1e6]")
+    prior_gan_real: str = arg("data", "what that D takes as real: the training images (data), or their "
+                                      "reconstructions, so that D judges where z came from, not the decoder's blur",
+                              choices=("data", "reconstruction"))
+    prior_gan_loss: str = arg("non-saturating", "the decoder's loss on those samples: the GAN's non-saturating "
+                                                 "-log D, or feature matching of D's last hidden layer",
+                              choices=("non-saturating", "feature-matching"))
     mixture_components: int = arg(200, "components of the Gaussian mixture fitted to the encodings μ(x) after "
                                       "training, a second way to draw z (0 = none)", "[0, 1e6]")
     mixture_fit_n: int = arg(20000, "fit the mixture to the encodings of at most this many training images",
@@ -187,6 +201,10 @@ class Discriminator(nn.Module):
         """x: B×784 → B logits a, with D(x) = sigmoid(a); the losses use a for stability."""
         return self.net(x).squeeze(1)
 
+    def features(self, x):
+        """x: B×784 → the B×hidden activations before the last layer (what feature matching compares)."""
+        return self.net[:-1](x)
+
     def forward(self, x):
         """The probability that x is real."""
         return torch.sigmoid(self.logits(x))
@@ -214,6 +232,18 @@ def vae_loss(x, x_logits, mu, logvar, kl_weight=1.0):
     return (recon + kl_weight * kl).mean(), recon.mean(), kl.mean()
 
 
+# MMD (Gretton et al. 2012) between the codes z_i ~ q(z|x_i) of a minibatch and as many z'_i ~ N(0, I), with the
+# inverse multiquadric kernel k(a, b) = C / (C + ‖a − b‖²), C = 2p (InfoVAE, Zhao et al. 2019; WAE, Tolstikhin
+# et al. 2018):   MMD² = mean_{i≠j} k(z_i, z_j) + mean_{i≠j} k(z'_i, z'_j) − 2 mean_{i,j} k(z_i, z'_j)
+def mmd(z, z_prior):
+    """The unbiased estimate of MMD² above (z and z_prior: B×p each, B ≥ 2)."""
+    c = 2.0 * z.shape[1]
+    k = lambda a, b: c / (c + torch.cdist(a, b).pow(2))
+    off_diagonal = 1 - torch.eye(len(z), device=z.device)
+    within = lambda a: (k(a, a) * off_diagonal).sum() / (len(a) * (len(a) - 1))
+    return within(z) + within(z_prior) - 2 * k(z, z_prior).mean()
+
+
 # Goodfellow et al. Algorithm 1, D ascends  log D(x) + log(1 − D(G(z)));  with D = sigmoid(a):
 #   −log D(x) = softplus(−a_real),   −log(1 − D(G(z))) = softplus(a_fake)
 def discriminator_loss(real_logits, fake_logits):
@@ -229,6 +259,12 @@ def generator_loss(fake_logits, kind="non-saturating"):
     if kind == "minimax":
         return -F.softplus(fake_logits).mean()
     return F.softplus(-fake_logits).mean()
+
+
+# Feature matching (Salimans et al. 2016, §3.1): G descends  ‖E_x f(x) − E_z f(G(z))‖²,  f: D's last hidden layer
+def feature_matching_loss(real_features, fake_features):
+    """The squared distance between the minibatch means of D's features of real and of generated images."""
+    return (real_features.detach().mean(0) - fake_features.mean(0)).pow(2).sum()
 
 
 # R1 (Mescheder et al., ICML 2018): D's loss plus  γ/2 · E_x ‖∇_x a(x)‖²  over real images x,
@@ -255,16 +291,48 @@ class VAETrainer:
         self.model = VAE(cfg.latent_dim, cfg.hidden, cfg.dropout).to(device)
         self.optimizer = make_adam(self.model.parameters(), cfg.lr, device)
         self.mixture = None  # fitted after training: {"weights", "means", "covariances"}
+        self.D = self.opt_D = None  # with --prior-gan: the GAN's D, with the GAN's Adam, judging decoded z ~ N(0, I)
+        if cfg.prior_gan:
+            self.D = Discriminator(cfg.prior_gan_hidden, cfg.prior_gan_dropout).to(device)
+            self.opt_D = make_adam(self.D.parameters(), GANConfig.lr, device, betas=(GANConfig.beta1, GANConfig.beta2))
 
     def train_step(self, x):
+        """One step of Adam on Eq. 10 (plus --mmd's term), and with --prior-gan the decoder also on the GAN's
+        generator loss of decoded z ~ N(0, I), followed by one step of that D."""
+        cfg = self.cfg
         self.mixture = None  # the encoder moves: a mixture fitted to its earlier encodings no longer fits them
         self.model.train()
-        x_logits, mu, logvar = self.model(x)
-        loss, recon, kl = vae_loss(x, x_logits, mu, logvar, self.cfg.kl_weight)
+        mu, logvar = self.model.encode(x)
+        z = reparameterize(mu, logvar)
+        x_logits = self.model.decoder(z)
+        loss, recon, kl = vae_loss(x, x_logits, mu, logvar, cfg.kl_weight)
+        stats = {"-elbo": (recon + kl).detach(), "recon": recon.detach(), "kl": kl.detach()}
+        if cfg.mmd:
+            divergence = mmd(z, torch.randn_like(z))
+            loss = loss + cfg.mmd * divergence
+            stats["mmd"] = divergence.detach()
+        if self.D:
+            m = min(cfg.prior_gan_batch, len(x))
+            real = x[:m] if cfg.prior_gan_real == "data" else torch.sigmoid(x_logits[:m]).detach()
+            fake = self.model.decode(torch.randn_like(z[:m]))
+            self.D.requires_grad_(False)  # gradients flow through D into the decoder, but D's own are not needed
+            if cfg.prior_gan_loss == "feature-matching":
+                g_loss = feature_matching_loss(self.D.features(real), self.D.features(fake))
+            else:
+                g_loss = generator_loss(self.D.logits(fake))
+            self.D.requires_grad_(True)
+            loss = loss + cfg.prior_gan * g_loss
+            stats["g_loss"] = g_loss.detach()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        return {"-elbo": (recon + kl).detach(), "recon": recon.detach(), "kl": kl.detach()}
+        if self.D:
+            d_loss, _, _ = discriminator_loss(self.D.logits(real), self.D.logits(fake.detach()))
+            self.opt_D.zero_grad(set_to_none=True)
+            d_loss.backward()
+            self.opt_D.step()
+            stats["d_loss"] = d_loss.detach()
+        return stats
 
     def after_epoch(self, test_x, steps):
         """The epoch's test metrics (the VAE stops only where a number is not finite, which fit() checks)."""
@@ -367,12 +435,16 @@ class VAETrainer:
 
     def state_dict(self):
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                **({"mixture": self.mixture} if self.mixture else {})}
+                **({"mixture": self.mixture} if self.mixture else {}),
+                **({"D": self.D.state_dict(), "opt_D": self.opt_D.state_dict()} if self.D else {})}
 
     def load_state_dict(self, state):
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.mixture = state.get("mixture")
+        if self.D:
+            self.D.load_state_dict(state["D"])
+            self.opt_D.load_state_dict(state["opt_D"])
 
 
 class GANTrainer:

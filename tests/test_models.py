@@ -104,6 +104,53 @@ def test_evaluate_reports_test_elbo_with_kl_weight_one(images):
     assert result["kl"] > 0
 
 
+def test_mmd_against_its_sums_written_out():
+    """The unbiased MMD² with the inverse multiquadric kernel, against the double sums done one pair at a time."""
+    torch.manual_seed(0)
+    z, z_prior = torch.randn(6, 3) + 0.5, torch.randn(6, 3)
+    k = lambda a, b: 6.0 / (6.0 + float(((a - b) ** 2).sum()))  # C = 2p = 6
+    pairs = lambda a, b, skip_self: [k(a[i], b[j]) for i in range(6) for j in range(6) if not (skip_self and i == j)]
+    mean = lambda values: sum(values) / len(values)
+    expected = mean(pairs(z, z, True)) + mean(pairs(z_prior, z_prior, True)) - 2 * mean(pairs(z, z_prior, False))
+    assert hw.mmd(z, z_prior).item() == pytest.approx(expected, rel=1e-5)
+    assert abs(hw.mmd(z_prior, torch.randn(6, 3)).item()) < hw.mmd(z_prior + 3, torch.randn(6, 3)).item()
+
+
+def test_the_mmd_term_is_added_to_eq_10_and_moves_the_encoder():
+    x = torch.rand(8, hw.IMAGE_DIM)
+    grads = {}
+    for weight in (0.0, 100.0):
+        torch.manual_seed(0)
+        trainer = hw.VAETrainer(hw.VAEConfig(latent_dim=4, mmd=weight), CPU)
+        stats = trainer.train_step(x)
+        grads[weight] = trainer.model.encoder[0].weight.grad.clone()
+    assert "mmd" in stats and "mmd" not in hw.VAETrainer(hw.VAEConfig(latent_dim=4), CPU).train_step(x)
+    assert not torch.allclose(grads[0.0], grads[100.0])
+
+
+@pytest.mark.parametrize("real, loss", [("data", "non-saturating"), ("reconstruction", "feature-matching")])
+def test_the_prior_gan_moves_the_decoder_by_ds_verdict_on_prior_samples_and_then_d(real, loss):
+    """With --prior-gan, D's judgement of decoded z ~ N(0, I) reaches the decoder alone, then D takes its step on
+    training images (or their reconstructions) against those samples."""
+    x = torch.rand(8, hw.IMAGE_DIM)
+    cfg = hw.VAEConfig(latent_dim=4, prior_gan=1.0, prior_gan_real=real, prior_gan_loss=loss)
+    trainer = hw.VAETrainer(cfg, CPU)
+    plain = hw.VAETrainer(hw.VAEConfig(latent_dim=4), CPU)
+    plain.model.load_state_dict(trainer.model.state_dict())
+    d0 = snapshot(trainer.D)
+    torch.manual_seed(0)
+    stats = trainer.train_step(x)
+    assert set(stats) == {"-elbo", "recon", "kl", "g_loss", "d_loss"}
+    assert all(changed(d0, trainer.D))
+    decoder_grad = trainer.model.decoder[0].weight.grad.clone()
+    encoder_grad = trainer.model.encoder[0].weight.grad.clone()
+    torch.manual_seed(0)
+    plain.train_step(x)
+    assert torch.equal(plain.model.encoder[0].weight.grad, encoder_grad)  # the same z: the encoder's gradient is Eq. 10's
+    assert not torch.allclose(plain.model.decoder[0].weight.grad, decoder_grad)
+    assert plain.D is None and "D" not in plain.state_dict() and "D" in trainer.state_dict()
+
+
 def test_dropout_zeroes_a_share_p_keeps_the_mean_and_is_off_in_eval_mode():
     drop = hw.Dropout(0.3)
     x = torch.ones(200, 1000, requires_grad=True)
@@ -161,6 +208,15 @@ def test_batchnorm_uses_the_batch_in_train_mode_and_running_stats_in_eval_mode()
     G.eval()
     assert torch.allclose(G(z[:2]), G(z)[:2])  # running statistics do not
     assert not torch.allclose(G(z[:2]), alone)
+
+
+def test_feature_matching_against_its_formula_and_ds_features_feed_its_last_layer():
+    D = hw.Discriminator(hidden=8, dropout=0.0).eval()
+    x = torch.rand(5, hw.IMAGE_DIM)
+    assert torch.allclose(D.net[-1](D.features(x)).squeeze(1), D.logits(x))
+    real, fake = torch.randn(5, 8), torch.randn(7, 8)
+    expected = sum((real[:, j].mean() - fake[:, j].mean()) ** 2 for j in range(8))
+    assert hw.feature_matching_loss(real, fake).item() == pytest.approx(expected.item(), rel=1e-5)
 
 
 def test_discriminator_loss_against_its_formula():
