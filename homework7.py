@@ -90,6 +90,8 @@ class VAEConfig(RunConfig):
                           "codes of all images together towards the prior (InfoVAE; 0 = off)", "[0, inf)")
     prior_gan: float = arg(0.0, "γ of the GAN's generator loss on decoded z ~ N(0, I), added to the decoder's "
                                 "Eq. 10, against a D of training images (VAE-GAN; 0 = off)", "[0, inf)")
+    prior_gan_lr: float = arg(2e-3, "Adam learning rate of that D (lower: a slower D)", "(0, inf)")
+    prior_gan_every: int = arg(1, "the GAN loss and D's step on every this many steps only (cheaper)", "[1, 1e6]")
     prior_gan_hidden: int = arg(256, "hidden units of that D (fewer: a weaker, cheaper D)", "[1, 1e9]")
     prior_gan_dropout: float = arg(0.1, "rate of that D's input dropout layer (higher: a weaker D)", "[0, 1)")
     prior_gan_batch: int = arg(100, "decoded z ~ N(0, I) per step, and as many images of the minibatch that D "
@@ -294,7 +296,9 @@ class VAETrainer:
         self.D = self.opt_D = None  # with --prior-gan: the GAN's D, with the GAN's Adam, judging decoded z ~ N(0, I)
         if cfg.prior_gan:
             self.D = Discriminator(cfg.prior_gan_hidden, cfg.prior_gan_dropout).to(device)
-            self.opt_D = make_adam(self.D.parameters(), GANConfig.lr, device, betas=(GANConfig.beta1, GANConfig.beta2))
+            self.opt_D = make_adam(self.D.parameters(), cfg.prior_gan_lr, device,
+                                   betas=(GANConfig.beta1, GANConfig.beta2))
+        self.steps = 0
 
     def train_step(self, x):
         """One step of Adam on Eq. 10 (plus --mmd's term), and with --prior-gan the decoder also on the GAN's
@@ -311,7 +315,9 @@ class VAETrainer:
             divergence = mmd(z, torch.randn_like(z))
             loss = loss + cfg.mmd * divergence
             stats["mmd"] = divergence.detach()
-        if self.D:
+        adversarial = self.D and self.steps % cfg.prior_gan_every == 0
+        self.steps += 1
+        if adversarial:
             m = min(cfg.prior_gan_batch, len(x))
             real = x[:m] if cfg.prior_gan_real == "data" else torch.sigmoid(x_logits[:m]).detach()
             fake = self.model.decode(torch.randn_like(z[:m]))
@@ -326,7 +332,7 @@ class VAETrainer:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        if self.D:
+        if adversarial:
             d_loss, _, _ = discriminator_loss(self.D.logits(real), self.D.logits(fake.detach()))
             self.opt_D.zero_grad(set_to_none=True)
             d_loss.backward()
@@ -436,7 +442,8 @@ class VAETrainer:
     def state_dict(self):
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 **({"mixture": self.mixture} if self.mixture else {}),
-                **({"D": self.D.state_dict(), "opt_D": self.opt_D.state_dict()} if self.D else {})}
+                **({"D": self.D.state_dict(), "opt_D": self.opt_D.state_dict(), "steps": self.steps}
+                   if self.D else {})}
 
     def load_state_dict(self, state):
         self.model.load_state_dict(state["model"])
@@ -445,6 +452,7 @@ class VAETrainer:
         if self.D:
             self.D.load_state_dict(state["D"])
             self.opt_D.load_state_dict(state["opt_D"])
+            self.steps = state["steps"]
 
 
 class GANTrainer:
