@@ -88,20 +88,12 @@ class VAEConfig(RunConfig):
     kl_weight: float = arg(0.5, "weight of the KL term of Eq. 10 against reconstruction", "[0, inf)")
     mmd: float = arg(0.0, "λ of MMD²(codes z of the minibatch, as many z ~ N(0, I)) added to Eq. 10, pulling the "
                           "codes of all images together towards the prior (InfoVAE; 0 = off)", "[0, inf)")
-    prior_gan: float = arg(0.0, "γ of the GAN's generator loss on decoded z ~ N(0, I), added to the decoder's "
-                                "Eq. 10, against a D of training images (VAE-GAN; 0 = off)", "[0, inf)")
-    prior_gan_lr: float = arg(2e-3, "Adam learning rate of that D (lower: a slower D)", "(0, inf)")
-    prior_gan_every: int = arg(1, "the GAN loss and D's step on every this many steps only (cheaper)", "[1, 1e6]")
-    prior_gan_hidden: int = arg(256, "hidden units of that D (fewer: a weaker, cheaper D)", "[1, 1e9]")
-    prior_gan_dropout: float = arg(0.1, "rate of that D's input dropout layer (higher: a weaker D)", "[0, 1)")
-    prior_gan_batch: int = arg(100, "decoded z ~ N(0, I) per step, and as many images of the minibatch that D "
-                                    "takes as real against them", "[2, 1e6]")
-    prior_gan_real: str = arg("data", "what that D takes as real: the training images (data), or their "
-                                      "reconstructions, so that D judges where z came from, not the decoder's blur",
-                              choices=("data", "reconstruction"))
-    prior_gan_loss: str = arg("non-saturating", "the decoder's loss on those samples: the GAN's non-saturating "
-                                                 "-log D, or feature matching of D's last hidden layer",
-                              choices=("non-saturating", "feature-matching"))
+    prior_gan: float = arg(0.0, "γ of the GAN's generator loss on 100 decoded z ~ N(0, I) a step, added to the "
+                                "decoder's Eq. 10, against a D of training images (VAE-GAN; 0 = off)", "[0, inf)")
+    prior_gan_real: str = arg("reconstruction", "what that D takes as real: the reconstructions of training images, "
+                                                "so that it judges where z came from, not the decoder's blur, or the "
+                                                "images themselves (data)", choices=("reconstruction", "data"))
+    prior_gan_dropout: float = arg(0.5, "rate of that D's input dropout layer (higher: a weaker D)", "[0, 1)")
     mixture_components: int = arg(200, "components of the Gaussian mixture fitted to the encodings μ(x) after "
                                       "training, a second way to draw z (0 = none)", "[0, 1e6]")
     mixture_fit_n: int = arg(20000, "fit the mixture to the encodings of at most this many training images",
@@ -203,10 +195,6 @@ class Discriminator(nn.Module):
         """x: B×784 → B logits a, with D(x) = sigmoid(a); the losses use a for stability."""
         return self.net(x).squeeze(1)
 
-    def features(self, x):
-        """x: B×784 → the B×hidden activations before the last layer (what feature matching compares)."""
-        return self.net[:-1](x)
-
     def forward(self, x):
         """The probability that x is real."""
         return torch.sigmoid(self.logits(x))
@@ -263,12 +251,6 @@ def generator_loss(fake_logits, kind="non-saturating"):
     return F.softplus(-fake_logits).mean()
 
 
-# Feature matching (Salimans et al. 2016, §3.1): G descends  ‖E_x f(x) − E_z f(G(z))‖²,  f: D's last hidden layer
-def feature_matching_loss(real_features, fake_features):
-    """The squared distance between the minibatch means of D's features of real and of generated images."""
-    return (real_features.detach().mean(0) - fake_features.mean(0)).pow(2).sum()
-
-
 # R1 (Mescheder et al., ICML 2018): D's loss plus  γ/2 · E_x ‖∇_x a(x)‖²  over real images x,
 # which pulls D's gradient on the data towards 0 (a: D's logit).
 def r1_penalty(real_logits, real, gamma):
@@ -287,6 +269,7 @@ class VAETrainer:
     """Algorithm 1 of Kingma & Welling with L = 1 sample per image, Adam on θ and φ together."""
 
     name = "vae"
+    prior_batch = 100  # with --prior-gan, decoded z ~ N(0, I) a step (a whole minibatch of 500: 3.5× the step's time)
 
     def __init__(self, cfg, device):
         self.cfg, self.device = cfg, device
@@ -295,10 +278,8 @@ class VAETrainer:
         self.mixture = None  # fitted after training: {"weights", "means", "covariances"}
         self.D = self.opt_D = None  # with --prior-gan: the GAN's D, with the GAN's Adam, judging decoded z ~ N(0, I)
         if cfg.prior_gan:
-            self.D = Discriminator(cfg.prior_gan_hidden, cfg.prior_gan_dropout).to(device)
-            self.opt_D = make_adam(self.D.parameters(), cfg.prior_gan_lr, device,
-                                   betas=(GANConfig.beta1, GANConfig.beta2))
-        self.steps = 0
+            self.D = Discriminator(GANConfig.hidden, cfg.prior_gan_dropout).to(device)
+            self.opt_D = make_adam(self.D.parameters(), GANConfig.lr, device, betas=(GANConfig.beta1, GANConfig.beta2))
 
     def train_step(self, x):
         """One step of Adam on Eq. 10 (plus --mmd's term), and with --prior-gan the decoder also on the GAN's
@@ -311,28 +292,27 @@ class VAETrainer:
         x_logits = self.model.decoder(z)
         loss, recon, kl = vae_loss(x, x_logits, mu, logvar, cfg.kl_weight)
         stats = {"-elbo": (recon + kl).detach(), "recon": recon.detach(), "kl": kl.detach()}
+        # --mmd (InfoVAE, Zhao et al. 2019):  the loss  −L + λ · MMD²(codes z of the minibatch, z' ~ N(0, I))
         if cfg.mmd:
             divergence = mmd(z, torch.randn_like(z))
             loss = loss + cfg.mmd * divergence
             stats["mmd"] = divergence.detach()
-        adversarial = self.D and self.steps % cfg.prior_gan_every == 0
-        self.steps += 1
-        if adversarial:
-            m = min(cfg.prior_gan_batch, len(x))
+        # --prior-gan (VAE-GAN, Larsen et al. 2016, in its simplest form), with z' ~ N(0, I) and x̃ = the decoder's
+        # reconstruction of a training image (or, with --prior-gan-real data, the image itself):
+        #   the decoder descends  −L + γ · −log D(decoder(z')),  then D ascends  log D(x̃) + log(1 − D(decoder(z')))
+        if self.D:
+            m = min(self.prior_batch, len(x))
             real = x[:m] if cfg.prior_gan_real == "data" else torch.sigmoid(x_logits[:m]).detach()
             fake = self.model.decode(torch.randn_like(z[:m]))
             self.D.requires_grad_(False)  # gradients flow through D into the decoder, but D's own are not needed
-            if cfg.prior_gan_loss == "feature-matching":
-                g_loss = feature_matching_loss(self.D.features(real), self.D.features(fake))
-            else:
-                g_loss = generator_loss(self.D.logits(fake))
+            g_loss = generator_loss(self.D.logits(fake))
             self.D.requires_grad_(True)
             loss = loss + cfg.prior_gan * g_loss
             stats["g_loss"] = g_loss.detach()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        if adversarial:
+        if self.D:
             d_loss, _, _ = discriminator_loss(self.D.logits(real), self.D.logits(fake.detach()))
             self.opt_D.zero_grad(set_to_none=True)
             d_loss.backward()
@@ -442,8 +422,7 @@ class VAETrainer:
     def state_dict(self):
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 **({"mixture": self.mixture} if self.mixture else {}),
-                **({"D": self.D.state_dict(), "opt_D": self.opt_D.state_dict(), "steps": self.steps}
-                   if self.D else {})}
+                **({"D": self.D.state_dict(), "opt_D": self.opt_D.state_dict()} if self.D else {})}
 
     def load_state_dict(self, state):
         self.model.load_state_dict(state["model"])
@@ -452,7 +431,6 @@ class VAETrainer:
         if self.D:
             self.D.load_state_dict(state["D"])
             self.opt_D.load_state_dict(state["opt_D"])
-            self.steps = state["steps"]
 
 
 class GANTrainer:

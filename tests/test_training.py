@@ -156,10 +156,11 @@ def final_weights(run_dir):
             for k, v in trainer_state[part].items()}
 
 
-@pytest.mark.parametrize("model, trainer_cls", [("vae", hw.VAETrainer), ("gan", hw.GANTrainer)])
-def test_a_stop_keeps_the_last_epoch_and_resume_ends_where_an_uninterrupted_run_does(model, trainer_cls, tmp_path,
+@pytest.mark.parametrize("model, trainer_cls, flags", [("vae", hw.VAETrainer, []), ("gan", hw.GANTrainer, []),
+                                                       ("vae", hw.VAETrainer, ["--prior-gan", "1"])])
+def test_a_stop_keeps_the_last_epoch_and_resume_ends_where_an_uninterrupted_run_does(model, trainer_cls, flags, tmp_path,
                                                                                       small_npy, monkeypatch, cli):
-    common = [model, "--data", small_npy, "--batch-size", "50", "--figures-dir", tmp_path / "figures"]
+    common = [model, *flags, "--data", small_npy, "--batch-size", "50", "--figures-dir", tmp_path / "figures"]
     assert cli(main, *common, "--epochs", "3", "--run-dir", tmp_path / "straight")[0] == 0
 
     with monkeypatch.context() as patch:
