@@ -406,7 +406,9 @@ class VAETrainer:
         rows = [("MNIST test", x), ("reconstruction", self.reconstruct(x))]  # then the prior's row, the mixture's
         rows += [(f"new: {words}", self.sample(16, torch.Generator().manual_seed(self.cfg.seed), sampler))
                  for sampler, words in self.samplers().items()]
-        title = f"VAE, p = {self.cfg.latent_dim}, KL weight {self.cfg.kl_weight:g}, {len(metrics)} epochs"
+        terms = "".join(f", {name} {value:g}" for name, value in (("MMD λ", self.cfg.mmd), ("VAE-GAN γ", self.cfg.prior_gan))
+                        if value)
+        title = f"VAE, p = {self.cfg.latent_dim}, KL weight {self.cfg.kl_weight:g}{terms}, {len(metrics)} epochs"
         plot_rows(rows, Path(figures_dir) / "vae.png", title)
         series = [("-elbo", "−ELBO"), ("recon", "reconstruction −log p(x|z)"), ("kl", "KL(q(z|x) ‖ p(z))")]
         plot_curves(metrics, series, Path(figures_dir) / "vae_curves.png", ylabel="nats per image")
