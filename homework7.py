@@ -1151,6 +1151,8 @@ def validate_config(cfg, n_train=None):
                          "(0: no mixture)")
     if n_train is not None and isinstance(cfg, GANConfig) and n_train < 2:
         raise UsageError("the GAN needs at least 2 training images (BatchNorm normalises over a minibatch)")
+    if getattr(cfg, "prior_gan", 0) and min(cfg.batch_size, 2 if n_train is None else n_train) < 2:
+        raise UsageError("--prior-gan needs minibatches of at least 2 images (its D's BatchNorm normalises over one)")
 
 
 def lies_within(value, interval):

@@ -264,6 +264,8 @@ BAD_INPUTS = [  # (id, argv with {d} for the directory of bad files, words the o
     ("--figures-dir under a file", "gan --n-train 50 --figures-dir {d}/not_a_dir/f", "--figures-dir"),
     ("epochs not a number", "vae --epochs ten", "invalid int value: 'ten'"),
     ("GAN on 1 image", "gan --n-train 1", "at least 2 training images"),
+    ("VAE-GAN on 1 image", "vae --n-train 1 --prior-gan 1 --mixture-components 0", "--prior-gan needs minibatches"),
+    ("VAE-GAN, minibatch of 1", "vae --batch-size 1 --prior-gan 1", "--prior-gan needs minibatches of at least 2"),
     ("mixture too large", "vae --n-train 30 --mixture-components 31",
      "more components than the 30 training encodings the mixture is fitted to; pass --mixture-components 30 or fewer"),
     ("unknown loss", "gan --generator-loss wasserstein", "invalid choice: 'wasserstein'"),
