@@ -89,7 +89,8 @@ class VAEConfig(RunConfig):
     mmd: float = arg(0.0, "λ of MMD²(codes z of the minibatch, as many z ~ N(0, I)) added to Eq. 10, pulling the "
                           "codes of all images together towards the prior (InfoVAE; 0 = off)", "[0, inf)")
     prior_gan: float = arg(0.0, "γ of the GAN's generator loss on 100 decoded z ~ N(0, I) a step, added to the "
-                                "decoder's Eq. 10, against a D of training images (VAE-GAN; 0 = off)", "[0, inf)")
+                                "decoder's Eq. 10, against a D that tells them from training images' "
+                                "reconstructions (VAE-GAN; 0 = off)", "[0, inf)")
     prior_gan_real: str = arg("reconstruction", "what that D takes as real: the reconstructions of training images, "
                                                 "so that it judges where z came from, not the decoder's blur, or the "
                                                 "images themselves (data)", choices=("reconstruction", "data"))
@@ -406,8 +407,8 @@ class VAETrainer:
         rows = [("MNIST test", x), ("reconstruction", self.reconstruct(x))]  # then the prior's row, the mixture's
         rows += [(f"new: {words}", self.sample(16, torch.Generator().manual_seed(self.cfg.seed), sampler))
                  for sampler, words in self.samplers().items()]
-        terms = "".join(f", {name} {value:g}" for name, value in (("MMD λ", self.cfg.mmd), ("VAE-GAN γ", self.cfg.prior_gan))
-                        if value)
+        added = (("MMD λ", self.cfg.mmd), ("VAE-GAN γ", self.cfg.prior_gan))  # the terms that are on, if any
+        terms = "".join(f", {name} {value:g}" for name, value in added if value)
         title = f"VAE, p = {self.cfg.latent_dim}, KL weight {self.cfg.kl_weight:g}{terms}, {len(metrics)} epochs"
         plot_rows(rows, Path(figures_dir) / "vae.png", title)
         series = [("-elbo", "−ELBO"), ("recon", "reconstruction −log p(x|z)"), ("kl", "KL(q(z|x) ‖ p(z))")]
@@ -1149,10 +1150,10 @@ def validate_config(cfg, n_train=None):
         raise UsageError(f"--mixture-components {cfg.mixture_components}: more components than the {n_fit} "
                          f"training encodings the mixture is fitted to; pass --mixture-components {n_fit} or fewer "
                          "(0: no mixture)")
-    if n_train is not None and isinstance(cfg, GANConfig) and n_train < 2:
-        raise UsageError("the GAN needs at least 2 training images (BatchNorm normalises over a minibatch)")
-    if getattr(cfg, "prior_gan", 0) and min(cfg.batch_size, 2 if n_train is None else n_train) < 2:
-        raise UsageError("--prior-gan needs minibatches of at least 2 images (its D's BatchNorm normalises over one)")
+    has_d = "the GAN" if isinstance(cfg, GANConfig) else "--prior-gan" if cfg.prior_gan else None
+    if has_d and min(cfg.batch_size, 2 if n_train is None else n_train) < 2:  # a lone leftover joins the batch before
+        raise UsageError(f"{has_d} needs minibatches of at least 2 images, and so at least 2 training images "
+                         "(D's BatchNorm normalises over a minibatch)")
 
 
 def lies_within(value, interval):
