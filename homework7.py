@@ -25,6 +25,7 @@ import copy
 import dataclasses
 import gzip
 import hashlib
+import io
 import json
 import logging
 import math
@@ -37,6 +38,15 @@ import time
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
+
+# torch's CPU threads (OpenMP) spin while they wait for one another: GNU's libgomp (Linux) for about 3 ms, LLVM's and
+# Intel's (macOS, Windows) for 200 ms. Beside another busy process a spinning thread holds the core that the thread
+# it waits for needs, and a run slows several times over; a short spin keeps its speed alone and in company. Read
+# once, as torch loads; a setting of the user's own wins.
+SHORT_SPIN = {"GOMP_SPINCOUNT": "1000", "KMP_BLOCKTIME": "0"}  # GNU's spin in rounds, LLVM's and Intel's in ms
+if "OMP_WAIT_POLICY" not in os.environ:
+    for name, value in SHORT_SPIN.items():
+        os.environ.setdefault(name, value)
 
 try:  # torch takes a second or more to load: a Ctrl-C then ends in one line too
     import numpy as np
@@ -71,6 +81,8 @@ class RunConfig:
     data: str = arg("", "training images: .npy (N×784 or N×28×28) or IDX file; '' = MNIST from data/")
     test_data: str = arg("", "test images for --data; '' holds out the last 10% of --data")
     device: str = arg("auto", "cpu, cuda, cuda:N, mps, or auto (CUDA, then MPS, then CPU)")
+    threads: int = arg(0, "CPU threads of torch's operations (0 = torch's choice, one per core; 1 for several "
+                          "runs at once)", "[0, 1024]")
     figures_dir: str = arg("figures", "where the PNG figures go")
     run_dir: str = arg("", "where the checkpoint, config.json and metrics.json go ('' = runs/<model>)")
 
@@ -630,7 +642,7 @@ def fit(trainer, cfg, train_x, test_x, stop, metrics=(), on_epoch=None):
                    leave=False, disable=None)
         for x in bar:
             if stop.signum:
-                raise Stopped(stop.signum, what_is_kept(cfg.run_dir, len(metrics), trainer.name))
+                raise Stopped(stop.signum, what_is_kept(cfg, len(metrics), trainer.name))
             steps.append(trainer.train_step(x))
             if len(steps) % 25 == 0:  # the means of the last 25 steps
                 bar.set_postfix({k: f"{v:.3g}" for k, v in mean_of_steps(steps[-25:]).items()}, refresh=False)
@@ -640,7 +652,7 @@ def fit(trainer, cfg, train_x, test_x, stop, metrics=(), on_epoch=None):
             if not all_finite([record, trainer.state_dict()]):  # what is saved as good, fitted to and drawn, is finite
                 raise Diverged("a loss, a test metric or a weight became NaN or infinite")
         except Diverged as e:
-            kept = what_is_kept(cfg.run_dir, len(metrics))
+            kept = what_is_kept(cfg, len(metrics))
             raise Diverged(f"training stopped in epoch {epoch}: {e}; {kept}") from None
         record["seconds"] = round(time.perf_counter() - start, 3)
         metrics.append(record)
@@ -877,46 +889,58 @@ def load_mnist(split, data_dir=MNIST_DIR):
     if not all(path.exists() for path in paths.values()):
         raise UsageError(f"MNIST not found in {data_dir}/: pass --data with the assignment's "
                          "mnist_train_images.npy or an IDX image file (train-images-idx3-ubyte)")
-    images, labels = (read_idx(path, magic, MNIST_SHA256[path.name])
+    images, labels = (read_idx(path.read_bytes(), path, magic, MNIST_SHA256[path.name])
                       for path, magic in zip(paths.values(), (IDX_IMAGES, IDX_LABELS)))
     return images_to_tensor(images, paths["images-idx3-ubyte.gz"]), torch.from_numpy(labels.astype(np.int64))
 
 
 def read_image_file(path):
-    """Images from a .npy file (the assignment's mnist_train_images.npy, mapped by NumPy's own reader) or an IDX
-    image file (optionally gzipped), told apart by their first bytes, as an N×784 float32 tensor."""
-    with open(path, "rb") as f:
-        is_npy = f.read(6) == b"\x93NUMPY"
-    if not is_npy:
-        return images_to_tensor(read_idx(path, IDX_IMAGES), path)
-    try:  # a file of Python objects is refused; the data are read as the checks below need them
-        array = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OverflowError, TypeError, EOFError) as e:
-        raise UsageError(f"{path}: not a readable .npy file ({first_line(e)})") from None
+    """Images from a .npy file (the assignment's mnist_train_images.npy) or an IDX image file (optionally
+    gzipped), told apart by their first bytes, as an N×784 float32 tensor. The file is read once, whole, into
+    memory (MNIST: 47 MB): a pipe can be read, and a file that another program rewrites meanwhile cannot change
+    under the run."""
+    raw = Path(path).read_bytes()
+    array = read_npy(raw, path) if raw.startswith(b"\x93NUMPY") else read_idx(raw, path, IDX_IMAGES)
     return images_to_tensor(array, path)
 
 
-def read_idx(path, magic, digest=None):
-    """An IDX file (LeCun's MNIST format, optionally gzipped; its SHA-256 checked if given) as a uint8 array:
-    after the 4-byte magic number (0x00000803 for images N×28×28, 0x00000801 for labels N), one big-endian
-    4-byte size per axis, then the data."""
-    raw = Path(path).read_bytes()
+def read_npy(raw, source):
+    """The array in a .npy file's bytes, read by NumPy's own reader, which refuses a file of Python objects; its
+    header is checked first against the bytes that follow it, so that one claiming more allocates nothing."""
+    f, formats = io.BytesIO(raw), np.lib.format
+    try:
+        version = formats.read_magic(f)
+        if version in ((1, 0), (2, 0), (3, 0)):  # NumPy's own load refuses other versions in its words
+            shape, _, dtype = (formats.read_array_header_1_0 if version == (1, 0) else formats.read_array_header_2_0)(f)
+            if math.prod(shape) * dtype.itemsize > len(raw) - f.tell():
+                raise ValueError(f"truncated: the header says {'×'.join(map(str, shape))} of {dtype}, the file has "
+                                 f"{len(raw) - f.tell()} bytes of data")
+        f.seek(0)
+        return np.load(f, allow_pickle=False)
+    except (ValueError, OverflowError, TypeError, EOFError) as e:
+        raise UsageError(f"{source}: not a readable .npy file ({first_line(e)})") from None
+
+
+def read_idx(raw, source, magic, digest=None):
+    """An IDX file's bytes (LeCun's MNIST format, optionally gzipped; their SHA-256 checked if given) as a uint8
+    array: after the 4-byte magic number (0x00000803 for images N×28×28, 0x00000801 for labels N), one
+    big-endian 4-byte size per axis, then the data."""
     if digest and hashlib.sha256(raw).hexdigest() != digest:
-        raise UsageError(f"{path}: SHA-256 checksum mismatch (corrupt, or not the original MNIST file)")
+        raise UsageError(f"{source}: SHA-256 checksum mismatch (corrupt, or not the original MNIST file)")
     if raw[:2] == b"\x1f\x8b":
         try:
             raw = gzip.decompress(raw)
         except (EOFError, OSError, zlib.error) as e:
-            raise UsageError(f"{path}: corrupt gzip data: {e}") from None
+            raise UsageError(f"{source}: corrupt gzip data: {e}") from None
     ndim = magic[3]  # the magic number's last byte counts the axes: 3 for images, 1 for labels
     if raw[:4] != magic or len(raw) < 4 + 4 * ndim:
-        raise UsageError(f"{path}: neither a .npy file nor an IDX {'image' if ndim == 3 else 'label'} file "
+        raise UsageError(f"{source}: neither a .npy file nor an IDX {'image' if ndim == 3 else 'label'} file "
                          f"(magic number 0x{magic.hex()} expected)")
     shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     if shape[1:] not in ((), (IMAGE_SIDE, IMAGE_SIDE)):
-        raise UsageError(f"{path}: images must be {IMAGE_SIDE}×{IMAGE_SIDE}, the header says {shape[1]}×{shape[2]}")
+        raise UsageError(f"{source}: images must be {IMAGE_SIDE}×{IMAGE_SIDE}, the header says {shape[1]}×{shape[2]}")
     if len(raw) != 4 + 4 * ndim + math.prod(shape):
-        raise UsageError(f"{path}: truncated or corrupt: header says {'×'.join(map(str, shape))}, file has "
+        raise UsageError(f"{source}: truncated or corrupt: header says {'×'.join(map(str, shape))}, file has "
                          f"{len(raw) - 4 - 4 * ndim} bytes of data")
     return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
@@ -933,8 +957,10 @@ def images_to_tensor(array, source):
     if not np.isfinite(array).all():
         raise UsageError(f"{source}: holds NaN or infinite pixels")
     kind, high = ("integer", 255) if array.dtype.kind in "ui" else ("float", 1)
-    if array.min() < 0 or array.max() > high:
-        raise UsageError(f"{source}: {kind} pixels must lie in [0, {high}], got [{array.min():.9g}, {array.max():.9g}]")
+    lowest, highest = array.min(), array.max()
+    if lowest < 0 or highest > high:
+        raise UsageError(f"{source}: {kind} pixels must lie in [0, {high}], got one of "
+                         f"{(lowest if lowest < 0 else highest).item()!r}")
     return torch.from_numpy(np.array(array, dtype=np.float32).reshape(len(array), IMAGE_DIM) / high)  # a copy
 
 
@@ -943,13 +969,17 @@ CHECKPOINT_FORMAT = 4  # bump when what a checkpoint holds changes (4: the VAE's
 
 
 def atomic_write(path, write):
-    """Calls write(file) on a temporary file beside path, then renames it over path: path holds the old file
-    or the new one, never half of one. Where writing fails (a full disk), the previous file stays."""
+    """Calls write(file) on a file in memory, then writes its bytes to a temporary file beside path and renames
+    that over path: path holds the old file or the new one, never half of one. Only plain writes of bytes reach
+    the disk, so a full disk is an OSError wherever it strikes (torch's zip writer would make it a RuntimeError);
+    the previous file then stays."""
     path = Path(path)
+    buffer = io.BytesIO()
+    write(buffer)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")  # a name of its own for each writer
     try:
         with open(tmp, "xb") as f:
-            write(f)
+            f.write(buffer.getbuffer())
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -1028,14 +1058,19 @@ def restore(trainer, state, path):
     return trainer
 
 
-def what_is_kept(run_dir, epoch, model=None):
-    """What a run that stopped after that many epochs leaves in run_dir, as a phrase; with its model, the
-    command that continues it."""
+def what_is_kept(cfg, epoch, model=None):
+    """What a run that stopped after that many epochs leaves in its run directory, as a phrase; with its model,
+    the command that continues it: the run's own flags (those its config does not have by default), and --resume."""
     if not epoch:
         return "no epoch of this run finished, so it wrote no checkpoint"
+    kept = f"the checkpoint of epoch {epoch} is kept in {cfg.run_dir}"
+    if not model:
+        return kept
     script = sys.argv[0] if Path(sys.argv[0]).name.startswith("homework7") else "homework7.py"  # as started
-    advice = f"; continue with: python {shlex.quote(script)} {model} --resume --run-dir={shlex.quote(str(run_dir))}"
-    return f"the checkpoint of epoch {epoch} is kept in {run_dir}{advice if model else ''}"
+    default = type(cfg)()
+    flags = [f"--{f.name.replace('_', '-')}={shlex.quote(str(getattr(cfg, f.name)))}"
+             for f in dataclasses.fields(cfg) if getattr(cfg, f.name) != getattr(default, f.name)]
+    return f"{kept}; continue with: python {shlex.quote(script)} {model} --resume {' '.join(flags)}"
 
 
 # ----------------------------------------------------------------------------- stop signals
@@ -1111,7 +1146,7 @@ def build_parser():
     return parser
 
 
-RESUMABLE_CHANGES = {"epochs", "device", "figures_dir", "run_dir", "mixture_components", "mixture_fit_n"}
+RESUMABLE_CHANGES = {"epochs", "device", "threads", "figures_dir", "run_dir", "mixture_components", "mixture_fit_n"}
 
 
 def make_config(config_cls, given, name, resume=False):
@@ -1165,6 +1200,7 @@ def lies_within(value, interval):
 
 def train(name, cfg, stop, resume=False):
     """Trains one model as cfg says and writes its figures; returns (trainer, test images on its device)."""
+    use_threads(cfg.threads)
     device = resolve_device(cfg.device)
     train_x, test_x = load_images(cfg)
     validate_config(cfg, len(train_x))
@@ -1184,11 +1220,11 @@ def train(name, cfg, stop, resume=False):
         finish_start = time.perf_counter()
         done = trainer.after_training(train_x)  # the VAE's mixture, the GAN's BatchNorm statistics: into the checkpoint
         if stop.signum:
-            raise Stopped(stop.signum, what_is_kept(cfg.run_dir, len(metrics), name))
+            raise Stopped(stop.signum, what_is_kept(cfg, len(metrics), name))
         if done:  # the state changed since fit() checked it: checked again before it is saved and drawn
             if not all_finite(trainer.state_dict()):
                 raise Diverged(f"training stopped: after training, {done}: it holds NaN or infinite numbers; "
-                               f"{what_is_kept(cfg.run_dir, len(metrics))}")
+                               f"{what_is_kept(cfg, len(metrics))}")
             print(f"{name}: {done} in {time.perf_counter() - finish_start:.1f} s")
             save_checkpoint(cfg.run_dir, trainer, cfg, metrics[-1]["epoch"], metrics)
         test_x = test_x.to(device)
@@ -1209,6 +1245,12 @@ def resolve_device(name):
     if name not in here and not (name == "cuda" and "cuda:0" in here):
         raise UsageError(f"device {name!r}: not on this machine, which has {', '.join(here)} (or pass auto)")
     return torch.device(name)
+
+
+def use_threads(threads):
+    """torch's CPU operations on that many threads (0: as many as torch chose, one per core)."""
+    if threads:
+        torch.set_num_threads(threads)
 
 
 @contextlib.contextmanager
@@ -1243,6 +1285,20 @@ def run_cli(parser, argv, command):
             setattr(sys, name, open(os.devnull, "w"))
         elif hasattr(getattr(sys, name), "reconfigure"):
             getattr(sys, name).reconfigure(errors="replace")
+    status, line = outcome(parser, argv, command)
+    if line:
+        with contextlib.suppress(OSError):  # a closed or full stderr: the status still tells
+            print(line, file=sys.stderr)
+    for stream in (sys.stdout, sys.stderr):  # an output that cannot take what is left gets nothing more, not even
+        try:  # at the exit
+            stream.flush()
+        except OSError:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
+    return status
+
+
+def outcome(parser, argv, command):
+    """(the exit status, the one line for stderr or None) of command(args, stop), as run_cli says."""
     try:
         with StopSignals() as stop:
             try:
@@ -1251,12 +1307,12 @@ def run_cli(parser, argv, command):
                 status = e.code
             sys.stdout.flush()  # the last lines, while an output that cannot take them can still be told
             stop.check()  # a signal during the last work after training: it ends as a stop still
-            return status
+            return status, None
     except (UsageError, Diverged) as e:
         error = str(e)
     except OSError as e:  # one of the files the command names (a named file's error says which), or its output
         if e.filename is None and isinstance(e, BrokenPipeError):  # its reader has gone (| head): end quietly,
-            return 128 + 13  # as a Unix filter does, with SIGPIPE's status
+            return 128 + 13, None  # as a Unix filter does, with SIGPIPE's status
         error = f"{e.filename or 'the output'}: {e.strerror or e}"
     except (MemoryError, RuntimeError) as e:
         if not out_of_memory(e):
@@ -1266,15 +1322,8 @@ def run_cli(parser, argv, command):
         signum, kept = e.args
         why = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
         line = f"{parser.prog}: {why}" + (f"; {kept}" if kept else "")
-        print("\n" + line.replace("\n", "\\n"), file=sys.stderr)  # on a line of its own after the ^C
-        return 128 + signum
-    finally:  # an output that cannot take what is left gets nothing more, not even at the exit
-        try:
-            sys.stdout.flush()
-        except OSError:
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    print(f"{parser.prog}: error: " + error.replace("\n", "\\n"), file=sys.stderr)  # one line, whatever a path holds
-    return 2
+        return 128 + signum, "\n" + line.replace("\n", "\\n")  # on a line of its own after the ^C
+    return 2, f"{parser.prog}: error: " + error.replace("\n", "\\n")  # one line, whatever a path holds
 
 
 def out_of_memory(error):

@@ -5,10 +5,12 @@ Bad input
   or changed, no directory left behind. Every number a flag takes has a range, said in --help and checked
   before any work (BAD_INPUTS below holds every field's, generated from the config's `within`).
 - A file that cannot be read or written (missing, a directory, permission denied, a name too long) gets one
-  line that names it and the reason, exit status 2. A file that can be read is checked where it is read:
-  a .npy file by NumPy's own reader (mapped, never unpickled), an IDX file by its header before its data are
-  shaped, MNIST by SHA-256, pixels by their type and range, a checkpoint by its format, model and config
-  fields (one of another version, or whose weights do not fit, gets a line that says to train again).
+  line that names it and the reason, exit status 2. A data file is read once, whole, into memory (a pipe
+  works; a file rewritten meanwhile cannot pull its data from under the run), then checked: a .npy file by
+  NumPy's own reader (its header first against the bytes that follow, before any large allocation; never
+  unpickled), an IDX file by its header before its data are shaped, MNIST by SHA-256, pixels by their type
+  and range (the line shows a value that breaks it), a checkpoint by its format, model and config fields (one
+  of another version, or whose weights do not fit, gets a line that says to train again).
 - Memory that runs out gets one line, exit status 2; so does a diverged run. A message keeps its one line even
   where a path in it holds a newline (written as \\n).
 - A value a tool takes by name (tools.gan_quality's FIELD=VALUE) is read as its flag is: the same type,
@@ -17,8 +19,8 @@ Bad input
 - Every size accepted runs end to end, down to a test set of one image.
 
 Files
-- Every file is written whole or not at all: a temporary file beside it, then a rename. A full disk gets one
-  line, and the previous checkpoint stays. The files a user names to a tool (tools.sample --out,
+- Every file is written whole or not at all: made in memory, written to a temporary file beside it, then
+  renamed. A full disk gets one line wherever it strikes, and the previous checkpoint stays. The files a user names to a tool (tools.sample --out,
   tools.evaluate --classifier, tools.gan_quality --figure, tools.report's three) replace only a file of their
   own kind, never a symlink, a FIFO, a directory or another kind of file.
 - tools.report puts beside a figure only the config and the scores of the run that drew it (figures.json
@@ -28,8 +30,9 @@ Files
 Stops and divergence
 - A stop signal is recorded, and training stops between two steps with one line and status 128 + its number:
   Ctrl-C 130, SIGTERM 143, SIGHUP 129. The checkpoint of the last finished epoch stays, and the line gives
-  the command that resumes this run: the script under the name it was started by, and --run-dir=DIR (where
-  no epoch of this run finished, it says so, whatever an earlier run left in the directory). A second
+  the command that resumes this run: the script under the name it was started by, the run's own flags (as
+  FLAG=VALUE, those of a resumed run too) and --resume (where no epoch of this run finished, it says so,
+  whatever an earlier run left in the directory). A second
   signal ends the process at once, as the system does. A SIGINT or SIGHUP that the parent ignores (nohup, a
   script's &) stays ignored.
 - Nothing diverged is saved as good or drawn: an epoch whose losses, test metrics or weights are not all
@@ -39,7 +42,8 @@ Stops and divergence
 The output, and how Python is started
 - A closed pipe (| head) ends the command quietly with status 141; an output that cannot be written
   (> /dev/full) gets one line. The last lines are flushed before the command ends, so this holds for them
-  too, unbuffered or not. A character the console's encoding lacks prints as ?.
+  too, unbuffered or not. A closed or full stderr (2> /dev/full) loses the line, not the status. A
+  character the console's encoding lacks prints as ?.
 - A HOME that does not exist or cannot be written adds nothing to the output; python -OO and a stderr closed
   at the start (2>&-) change nothing but where the progress bar goes.
 
@@ -173,6 +177,10 @@ def make_bad_inputs(tmp_path, images, checkpoints):
     just_over = images[:10].copy()
     just_over[0, 0] = np.float32(1.0000001)
     np.save(d / "just_over_one.npy", just_over)
+    for name, pixel in (("over_by_1e-12", 1 + 1e-12), ("under_by_1e-12", -1e-12)):
+        barely = images[:10].astype(np.float64)
+        barely[0, 0] = pixel
+        np.save(d / f"{name}.npy", barely)
     # outputs that must not be replaced
     os.mkfifo(d / "fifo.npy")
     (d / "target.npy").write_bytes((d / "over_one.npy").read_bytes())
@@ -193,6 +201,7 @@ def make_bad_inputs(tmp_path, images, checkpoints):
     npy_header = "{'descr': '%s', 'fortran_order': False, 'shape': %s, }"
     write_npy(d / "negative_dims.npy", npy_header % ("<f4", "(-1, -784)"), b"\0" * 3136)
     write_npy(d / "zero_and_huge.npy", npy_header % ("<f4", f"(0, {2**70})"))
+    write_npy(d / "huge.npy", npy_header % ("<f4", f"({2**60}, 1)"), b"\0" * 3136)  # 4 EiB said, 3 KiB there
     write_npy(d / "void0.npy", npy_header % ("|V0", "(10, 784)"))
     write_npy(d / "str0.npy", npy_header % ("<U0", "(10, 784)"))
     write_npy(d / "bool_shape.npy", npy_header % ("<f4", "(True, 784)"), b"\0" * 3136)
@@ -224,7 +233,7 @@ def make_bad_inputs(tmp_path, images, checkpoints):
 BAD_INPUTS = [  # (id, argv with {d} for the directory of bad files, words the one line must hold)
     ("strings", "vae --data {d}/strings.npy", "pixels must be numbers, got dtype <U1"),
     ("complex", "vae --data {d}/complex.npy", "pixels must be numbers, got dtype complex64"),
-    ("objects", "vae --data {d}/objects.npy", "not a readable .npy file (Array can't be memory-mapped: Python objects"),
+    ("objects", "vae --data {d}/objects.npy", "not a readable .npy file (Object arrays cannot be loaded when allow_pickle=False"),
     ("nan", "vae --data {d}/nan.npy", "NaN or infinite"),
     ("inf", "gan --data {d}/inf.npy", "NaN or infinite"),
     ("float over 1", "vae --data {d}/over_one.npy", "float pixels must lie in [0, 1]"),
@@ -237,7 +246,7 @@ BAD_INPUTS = [  # (id, argv with {d} for the directory of bad files, words the o
     ("no images", "vae --data {d}/empty.npy", "holds no images"),
     ("no test set", "vae --data {d}/one_image.npy", "too few images to hold out a test set"),
     ("bad test data", "vae --data {d}/over_one.npy --test-data {d}/nan.npy", "over_one.npy: float pixels"),
-    ("truncated npy", "vae --data {d}/truncated.npy", "not a readable .npy file (mmap length is greater than file size)"),
+    ("truncated npy", "vae --data {d}/truncated.npy", "not a readable .npy file (truncated: the header says 10×784 of float32, the file has 4872 bytes of data)"),
     ("zero-byte npy", "vae --data {d}/zero_bytes.npy", "neither a .npy file nor an IDX image file"),
     ("text as npy", "vae --data {d}/text.npy", "neither a .npy file nor an IDX image file"),
     ("missing file", "vae --data {d}/missing.npy", "missing.npy: No such file or directory"),
@@ -299,13 +308,16 @@ BAD_INPUTS = [  # (id, argv with {d} for the directory of bad files, words the o
     ("--data .csv", "vae --data {d}/x.csv", "neither a .npy file nor an IDX image file"),
     ("--data .NPY", "vae --data {d}/X.NPY", "float pixels must lie in [0, 1]"),
     ("npz named .npy", "vae --data {d}/npz.npy", "neither a .npy file nor an IDX image file"),
-    ("npy header lies", "vae --data {d}/lies.npy", "not a readable .npy file (mmap length is greater than file size)"),
+    ("npy header lies", "vae --data {d}/lies.npy", "not a readable .npy file (truncated: the header says 10000000000×784"),
+    ("npy header of 2^62 bytes", "vae --data {d}/huge.npy", "not a readable .npy file (truncated: the header says 1152921504606846976×1 of float32"),
     ("npy header too long", "vae --data {d}/long_header.npy", "not a readable .npy file (Header info length"),
-    ("pixel 1.0000001", "vae --data {d}/just_over_one.npy", "must lie in [0, 1], got [0, 1.00000012]"),
+    ("pixel 1.0000001", "vae --data {d}/just_over_one.npy", "float pixels must lie in [0, 1], got one of 1.0000001192092896"),
+    ("pixel 1 + 1e-12", "vae --data {d}/over_by_1e-12.npy", "float pixels must lie in [0, 1], got one of 1.000000000001"),
+    ("pixel -1e-12", "vae --data {d}/under_by_1e-12.npy", "float pixels must lie in [0, 1], got one of -1e-12"),
     ("sample seed 2^64", "tools.sample gan --checkpoint {d}/gan.pt --seed 18446744073709551616", "[0, 4294967295]"),
     ("name too long", "vae --data {d}/" + "x" * 300 + ".npy", "File name too long"),
     # headers NumPy refuses, dtypes of no numbers, an IDX header of 2^64 pixels an image
-    ("npy dims negative", "vae --data {d}/negative_dims.npy", "not a readable .npy file (negative dimensions"),
+    ("npy dims negative", "vae --data {d}/negative_dims.npy", "not a readable .npy file (can only specify one unknown"),
     ("npy 0 x 2^70", "vae --data {d}/zero_and_huge.npy", "not a readable .npy file ("),
     ("npy dtype V0", "vae --data {d}/void0.npy", "pixels must be numbers, got dtype |V0"),
     ("npy dtype U0", "gan --data {d}/str0.npy", "pixels must be numbers, got dtype <U0"),
@@ -539,6 +551,19 @@ def test_a_closed_pipe_ends_quietly_and_keeps_the_last_epoch(tmp_path, small_npy
     assert hw.load_checkpoint(tmp_path / "run" / "checkpoint.pt")["epoch"] >= 2
 
 
+@pytest.mark.parametrize("stderr", ["full", "closed"])
+def test_a_full_or_closed_stderr_keeps_the_exit_status(stderr, tmp_path):
+    err = os.open("/dev/full", os.O_WRONLY) if stderr == "full" else None
+    try:
+        child = subprocess.run([sys.executable, ROOT / "homework7.py", "vae", "--lr", "nan"], cwd=tmp_path,
+                               stdout=subprocess.PIPE, stderr=err if err else subprocess.DEVNULL, timeout=120,
+                               **({} if err else {"preexec_fn": lambda: os.close(2)}))
+    finally:
+        if err:
+            os.close(err)
+    assert child.returncode == 2 and child.stdout == b""
+
+
 @pytest.mark.parametrize("model, n, test_n", [("vae", 10, 0), ("vae", 3, 1), ("vae", 2, 0), ("gan", 3, 0),
                                               ("gan", 2, 1)])
 def test_every_size_accepted_runs_end_to_end(model, n, test_n, tmp_path, images, cli):
@@ -606,17 +631,62 @@ def test_ctrl_c_while_torch_loads_ends_in_one_line(tmp_path):
     assert len([line for line in err.splitlines() if line]) == 1, err
 
 
-def test_a_full_disk_keeps_the_previous_checkpoint(tmp_path, small_npy, monkeypatch, cli):
-    real_save, calls = torch.save, []
+SMALL_DISK = {"vae": "6m", "gan": "15m"}  # room for one checkpoint of the run below, not for a second beside it
 
-    def save(obj, f, *args, **kwargs):  # the second checkpoint finds the disk full half-way through
-        calls.append(1)
-        if len(calls) == 2:
-            f.write(b"half a checkpoint")
+
+@pytest.mark.parametrize("argv", [["vae"], ["gan"], ["vae", "--resume"]], ids=["vae", "gan", "resume"])
+def test_a_full_disk_ends_in_one_line_and_keeps_the_previous_checkpoint(argv, tmp_path, small_npy):
+    """On a real small file system (tmpfs, in a mount namespace of its own: as root, or as a user where user
+    namespaces are allowed), the run's second checkpoint finds the disk full."""
+    if not shutil.which("unshare"):
+        pytest.skip("no unshare here: the stand-in below covers a full disk")
+    disk, kept, run = tmp_path / "disk", tmp_path / "kept", tmp_path / "run"
+    disk.mkdir()
+    flags = ["--data", small_npy, "--epochs", "3", "--figures-dir", tmp_path / "f"]
+    flags += ["--mixture-components", "0"] if argv[0] == "vae" else []
+    if "--resume" in argv:  # the run to resume, one epoch old, copied onto the small disk
+        assert hw.main([str(a) for a in ["vae", *flags, "--epochs", "1", "--run-dir", run]]) == 0
+    script = ('mount -t tmpfs -o size="$1" tmpfs "$2" || exit 99; if [ -d "$3" ]; then cp -a "$3" "$2/r"; fi; '
+              'shift 3; "$@"; status=$?; cp -a "${0}/r" "' + str(kept) + '"; exit $status')
+    child = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script, disk,
+                            SMALL_DISK[argv[0]], disk, run, sys.executable, ROOT / "homework7.py", *argv, *flags,
+                            "--run-dir", disk / "r"], capture_output=True, text=True, timeout=300)
+    if child.returncode == 99:
+        pytest.skip(f"no small file system can be mounted here ({child.stderr.strip()}): the stand-in covers it")
+    assert child.returncode == 2 and child.stderr.count("\n") == 1, child.stderr
+    assert "checkpoint.pt: No space left on device; the previous file is kept" in child.stderr
+    assert hw.load_checkpoint(kept / "checkpoint.pt")["epoch"] == 1
+    assert not list(kept.glob(".*.tmp"))
+
+
+def test_a_full_disk_stand_in_keeps_the_previous_checkpoint(tmp_path, small_npy, monkeypatch, cli):
+    """Where no small file system can be mounted: the second checkpoint's own write finds the disk full."""
+    real_open, opened = open, []
+
+    class FullDisk:  # the file atomic_write opens, whose write stops half-way with ENOSPC
+        def __init__(self, f):
+            self.f = f
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exception):
+            self.f.close()
+
+        def write(self, data):
+            self.f.write(bytes(data[: len(data) // 2]))
             raise OSError(errno.ENOSPC, "No space left on device")
-        return real_save(obj, f, *args, **kwargs)
 
-    monkeypatch.setattr(torch, "save", save)
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+    def open_(path, mode="r", *args, **kwargs):
+        f = real_open(path, mode, *args, **kwargs)
+        if ".checkpoint.pt." in str(path):
+            opened.append(path)
+        return FullDisk(f) if len(opened) == 2 and ".checkpoint.pt." in str(path) else f
+
+    monkeypatch.setattr(hw, "open", open_, raising=False)
     status, _, err = cli(main, "vae", "--data", small_npy, "--epochs", "3", *outputs(tmp_path))
     assert status == 2 and err.count("\n") == 1
     assert "checkpoint.pt: No space left on device; the previous file is kept" in err

@@ -11,6 +11,7 @@ import shlex
 import shutil
 import signal
 import sys
+import threading
 import time
 
 import numpy as np
@@ -73,7 +74,7 @@ def test_idx_labels_are_read_and_told_apart_from_images(tmp_path):
     labels = np.array([3, 1, 4, 1, 5], dtype=np.uint8)
     path = tmp_path / "labels-idx1-ubyte"
     path.write_bytes(b"\x00\x00\x08\x01" + len(labels).to_bytes(4, "big") + labels.tobytes())
-    assert hw.read_idx(path, hw.IDX_LABELS).tolist() == [3, 1, 4, 1, 5]
+    assert hw.read_idx(path.read_bytes(), path, hw.IDX_LABELS).tolist() == [3, 1, 4, 1, 5]
     with pytest.raises(hw.UsageError, match="neither a .npy file nor an IDX image file"):
         hw.read_image_file(path)
 
@@ -101,6 +102,38 @@ def test_idx_files_plain_and_gzipped(tmp_path, images):
     for gz in (False, True):
         x = hw.read_image_file(write_idx(tmp_path / f"t{gz}-images-idx3-ubyte", pixels, gz))
         assert torch.equal(x, torch.from_numpy(pixels.reshape(10, 784) / np.float32(255)))
+
+
+@pytest.mark.parametrize("kind", ["idx", "npy"])
+def test_a_data_file_given_through_a_pipe_is_read(kind, tmp_path, images):
+    """As --data <(cat FILE) gives it: a pipe, which can be read once only."""
+    pixels = np.round(images[:10] * 255).astype(np.uint8).reshape(10, 28, 28)
+    source = write_idx(tmp_path / "images-idx3-ubyte", pixels) if kind == "idx" else tmp_path / "images.npy"
+    if kind == "npy":
+        np.save(source, pixels)
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    writer = threading.Thread(target=lambda: pipe.write_bytes(source.read_bytes()))
+    writer.start()
+    try:
+        x = hw.read_image_file(pipe)
+    finally:
+        writer.join(timeout=10)
+    assert torch.equal(x, hw.read_image_file(source))
+
+
+def test_a_data_file_rewritten_while_the_run_loads_it_changes_nothing_under_it(tmp_path, small_npy, python_run):
+    """Another program truncates the file (np.save from a notebook) while the run checks its pixels."""
+    code = ("import sys, homework7 as hw\n"
+            "real = hw.images_to_tensor\n"
+            "def rewritten(array, source):\n"
+            "    open(source, 'wb').close()\n"
+            "    return real(array, source)\n"
+            "hw.images_to_tensor = rewritten\n"
+            "print(hw.read_image_file(sys.argv[1]).sum().item())\n")
+    expected = hw.read_image_file(small_npy).sum().item()
+    status, out, err = python_run(["-c", code, small_npy], tmp_path)
+    assert status == 0 and float(out) == expected, err
 
 
 def test_data_flag_holds_out_a_test_set(small_npy):
@@ -326,6 +359,44 @@ def test_help_explains_every_flag_with_its_default(model, capsys):
     assert "--resume" in out
 
 
+# ----------------------------------------------------------------------------- threads, alone and in company
+@pytest.mark.parametrize("given, expected", [
+    ({}, ("1000", "0")),
+    ({"GOMP_SPINCOUNT": "300000"}, ("300000", "0")),
+    ({"KMP_BLOCKTIME": "200"}, ("1000", "200")),
+    ({"OMP_WAIT_POLICY": "ACTIVE"}, (None, None)),  # the user's policy: no spin of ours overrides it
+], ids=["unset", "GOMP_SPINCOUNT set", "KMP_BLOCKTIME set", "OMP_WAIT_POLICY set"])
+def test_openmp_spins_briefly_before_torch_loads_unless_the_user_says_otherwise(given, expected, tmp_path,
+                                                                                python_run):
+    code = ("import builtins, json, os, sys\n"
+            "real_import = builtins.__import__\n"
+            "def spin_set_first(name, *args, **kwargs):\n"  # torch's OpenMP reads the variables as it loads
+            "    if name == 'torch' and 'torch' not in sys.modules:\n"
+            "        print(json.dumps([os.environ.get(k) for k in ('GOMP_SPINCOUNT', 'KMP_BLOCKTIME')]))\n"
+            "    return real_import(name, *args, **kwargs)\n"
+            "builtins.__import__ = spin_set_first\n"
+            "import homework7\n")
+    unset = dict.fromkeys(("GOMP_SPINCOUNT", "KMP_BLOCKTIME", "OMP_WAIT_POLICY"))
+    status, out, err = python_run(["-c", code], tmp_path, env={**unset, **given})
+    assert status == 0 and json.loads(out.splitlines()[0]) == list(expected), err
+
+
+def test_threads_sets_torchs_thread_count_for_a_run_and_a_tool(tmp_path, small_npy):
+    before, checkpoint = torch.get_num_threads(), tmp_path / "run" / "checkpoint.pt"
+    flags = [str(a) for a in ["--data", small_npy, *outputs(tmp_path)]]
+    try:
+        assert hw.main(["gan", *flags, "--epochs", "1", "--threads", "1"]) == 0
+        assert torch.get_num_threads() == 1 and hw.load_checkpoint(checkpoint)["config"].threads == 1
+        torch.set_num_threads(3)
+        assert ts.main(["gan", "--checkpoint", str(checkpoint), "--n", "3", "--out", str(tmp_path / "s.npy"),
+                        "--threads", "1"]) == 0
+        assert torch.get_num_threads() == 1
+        assert hw.main(["gan", *flags, "--epochs", "2", "--resume", "--threads", "2"]) == 0  # as --device may
+        assert torch.get_num_threads() == 2 and hw.load_checkpoint(checkpoint)["config"].threads == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 # ----------------------------------------------------------------------------- nothing destroyed, nothing half-done
 def test_a_new_run_stopped_in_its_first_epoch_leaves_the_previous_run_as_it_was(tmp_path, small_npy, monkeypatch,
                                                                                 cli):
@@ -388,7 +459,8 @@ def test_every_stop_signal_ends_a_real_run_in_one_line_and_keeps_its_last_epoch(
     [line] = [line for line in err.splitlines() if line]
     assert code == status and re.fullmatch(f"homework7.py: {words}; the checkpoint of epoch [0-9]+ is kept in "
                                            f"{re.escape(str(run_dir))}; continue with: python {ROOT}/homework7.py vae "
-                                           f"--resume --run-dir='{re.escape(str(run_dir))}'", line), err
+                                           f"--resume --data={small_npy} --figures-dir={tmp_path}/figures "
+                                           f"--run-dir='{re.escape(str(run_dir))}' --epochs=100000", line), err
     assert hw.load_checkpoint(run_dir / "checkpoint.pt", "vae")["epoch"] >= 2
     assert not list(tmp_path.rglob(".*.tmp"))
 
@@ -402,12 +474,27 @@ def test_the_advice_after_a_stop_is_the_command_that_continues_this_run(tmp_path
                                     "--figures-dir", "figures", "--run-dir=-r"], "vae epoch   2/", tmp_path,
                                    signals=[signal.SIGTERM])
     [line] = [line for line in err.splitlines() if line]
-    assert code == 143 and line.endswith("; continue with: python homework7.alice.py vae --resume --run-dir=-r"), err
+    assert code == 143 and line.endswith(f"; continue with: python homework7.alice.py vae --resume --data={small_npy} "
+                                         "--run-dir=-r --epochs=100000"), err  # figures/ is the default
     epoch = hw.load_checkpoint(tmp_path / "-r" / "checkpoint.pt")["epoch"]
     monkeypatch.chdir(tmp_path)
     argv = shlex.split(line.split("continue with: ")[1])[2:]  # what follows `python homework7.alice.py`
     assert hw.main([*argv, "--epochs", str(epoch + 1)]) == 0  # one epoch more than the stopped run had
     assert hw.load_checkpoint(tmp_path / "-r" / "checkpoint.pt")["epoch"] == epoch + 1
+
+
+def test_the_advice_after_a_stopped_resume_keeps_the_flags_it_was_given(tmp_path, small_npy, interrupt_child):
+    flags = ["--data", small_npy, "--figures-dir", tmp_path / "figures", "--run-dir", tmp_path / "r"]
+    assert hw.main([str(a) for a in ["vae", *flags, "--epochs", "1", "--mixture-components", "0"]]) == 0
+    code, _, err = interrupt_child([ROOT / "homework7.py", "vae", "--resume", "--epochs", "6", "--mixture-components",
+                                    "20", "--mixture-fit-n", "250", *flags], "vae epoch   2/", tmp_path,
+                                   signals=[signal.SIGTERM])
+    [line] = [line for line in err.splitlines() if line]
+    advice = shlex.split(line.split("continue with: ")[1])
+    assert code == 143 and advice[:4] == ["python", str(ROOT / "homework7.py"), "vae", "--resume"], err
+    assert {"--epochs=6", "--mixture-components=20", "--mixture-fit-n=250"} <= set(advice), err
+    assert hw.main(advice[2:]) == 0  # it continues the run to the epochs it was given
+    assert hw.load_checkpoint(tmp_path / "r" / "checkpoint.pt")["epoch"] == 6
 
 
 def test_the_first_stop_signal_is_recorded_and_the_second_meets_the_systems_default():

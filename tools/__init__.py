@@ -8,8 +8,9 @@
 homework7.py never imports this package: it runs on its own.
 """
 import argparse
+import dataclasses
 
-from homework7 import lies_within
+from homework7 import RunConfig, lies_within
 
 
 def number(kind, within):
@@ -21,3 +22,11 @@ def number(kind, within):
             raise argparse.ArgumentTypeError(f"{text}: must lie within {within}")
         return value
     return convert
+
+
+def add_threads_flag(parser):
+    """--threads of a tool that trains or samples, as the training commands have it (RunConfig.threads)."""
+    field = next(f for f in dataclasses.fields(RunConfig) if f.name == "threads")
+    within = field.metadata["within"]
+    parser.add_argument("--threads", type=number(int, within), default=field.default,
+                        help=f"{field.metadata['help']} (default: {field.default}; within {within})")

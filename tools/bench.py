@@ -21,10 +21,10 @@ import torch.nn.functional as F
 from torch import nn
 
 import homework7 as hw
-from tools import number
+from tools import add_threads_flag, number
 from homework7 import (TRAINERS, VAE, Discriminator, Dropout, Generator, Parser, RunConfig, StopSignals, UsageError,
                        batch_bounds, fit, load_images, mean_of_steps, minibatches, reparameterize, run_cli,
-                       save_checkpoint)
+                       save_checkpoint, use_threads)
 
 
 def with_stock_dropout(model):
@@ -287,11 +287,17 @@ def build_parser():
     parser.add_argument("--batch-sizes", type=number(int, "[2, 1e6]"), nargs="+", default=None, metavar="B",
                         help="instead of the table: seconds per epoch of the bare steps at each batch size, "
                              "timed side by side (default: off; each within [2, 1e6])")
+    add_threads_flag(parser)
     return parser
 
 
+def bench_command(args, stop):
+    use_threads(args.threads)
+    return bench(args.models, args.steps, args.batch_sizes)
+
+
 def main(argv=None):
-    return run_cli(build_parser(), argv, lambda args, stop: bench(args.models, args.steps, args.batch_sizes))
+    return run_cli(build_parser(), argv, bench_command)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ Usage:
   python -m tools.gan_quality --methods old new --figure figures/gan_quality.png
 
 Each run keeps its checkpoint in runs/gan_quality/T-thread/NAME/ and its scores in
-runs/gan_quality/T-thread/NAME.json (T: torch's thread count, OMP_NUM_THREADS), reused while the config,
+runs/gan_quality/T-thread/NAME.json (T: torch's thread count, --threads), reused while the config,
 epochs and sample count match (--retrain trains again). Runs with --bn-batches 0 are also
 scored with the BatchNorm statistics recomputed (row "NAME + bn"), which needs no training of its own.
 """
@@ -22,8 +22,8 @@ import torch
 from matplotlib.figure import Figure
 
 from homework7 import (GANConfig, GANTrainer, Parser, UsageError, add_config_flags, fit, load_checkpoint, load_images,
-                       output_dirs, resolve_device, run_cli, save_json, validate_config)
-from tools import number
+                       output_dirs, resolve_device, run_cli, save_json, use_threads, validate_config)
+from tools import add_threads_flag, number
 from tools.bench import endless_minibatches, time_loop
 from tools.outputs import PNG_FILE, check_replaceable, read_json, write_output
 from tools.evaluate import CLASSIFIER_PATH, classify, load_classifier, real_references, sample_scores
@@ -331,6 +331,7 @@ def build_parser():
     parser.add_argument("--r1-coupling", metavar="CHECKPOINT", default=None,
                         help="instead of training: R1's squared gradient norms on 100 test images through the "
                              "checkpoint's D, of the summed logits and of each image's own logit")
+    add_threads_flag(parser)
     return parser
 
 
@@ -339,6 +340,7 @@ def main(argv=None):
 
 
 def quality(args, stop):
+    use_threads(args.threads)
     if args.figure:  # refused before any work where it names a file of another kind
         check_replaceable(args.figure, PNG_FILE)
     if args.records:

@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from homework7 import IMAGE_DIM, TRAINERS, Parser, UsageError, load_checkpoint, resolve_device, restore, run_cli
-from tools import number
+from homework7 import (IMAGE_DIM, TRAINERS, Parser, UsageError, load_checkpoint, resolve_device, restore, run_cli,
+                       use_threads)
+from tools import add_threads_flag, number
 from tools.outputs import NPY_FILE, check_replaceable, write_output
 
 VAE_SAMPLERS = ("prior", "mixture")  # the VAE's new images: z ~ N(0, I), or z ~ the mixture fitted to μ(x)
@@ -29,6 +30,7 @@ def add_checkpoint_flags(parser, n_help, sampler_default, n_within="[1, 1e9]"):
     parser.add_argument("--seed", type=number(int, "[0, 4294967295]"), default=0,
                         help="random seed of the noise (default: 0; within [0, 4294967295])")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto (default: auto)")
+    add_threads_flag(parser)
     parser.add_argument("--sampler", choices=VAE_SAMPLERS, default=None,
                         help=f"VAE: z ~ its prior N(0, I) (prior) or z ~ the mixture fitted after training "
                              f"(default: {sampler_default})")
@@ -44,6 +46,7 @@ def checkpoint_trainer(args):
     --n and --sampler checked against it."""
     if args.model == "gan" and args.sampler:
         raise UsageError("--sampler: only the VAE has a choice of sampler")
+    use_threads(args.threads)
     path = Path(args.checkpoint or f"runs/{args.model}/checkpoint.pt")
     trainer = trainer_from_checkpoint(load_checkpoint(path, args.model), resolve_device(args.device), path)
     if args.sampler and args.sampler not in trainer.samplers():
