@@ -98,8 +98,6 @@ class VAEConfig(RunConfig):
     hidden: int = arg(200, "hidden units of encoder and decoder", "[1, 1e9]")
     dropout: float = arg(0.1, "dropout rate on the encoder's hidden layer", "[0, 1)")
     kl_weight: float = arg(0.5, "weight of the KL term of Eq. 10 against reconstruction", "[0, inf)")
-    mmd: float = arg(0.0, "λ of MMD²(codes z of the minibatch, as many z ~ N(0, I)) added to Eq. 10, pulling the "
-                          "codes of all images together towards the prior (InfoVAE; 0 = off)", "[0, inf)")
     prior_gan: float = arg(0.0, "γ of the GAN's generator loss on 100 decoded z ~ N(0, I) a step, added to the "
                                 "decoder's Eq. 10, against a D that tells them from training images' "
                                 "reconstructions (VAE-GAN; 0 = off)", "[0, inf)")
@@ -148,10 +146,10 @@ class GANConfig(RunConfig):
 class VAE(nn.Module):
     """Encoder Q_φ(z|x) = N(μ, diag σ²) and decoder P_θ(x|z) = Π Bernoulli(sigmoid(logits))."""
 
-    def __init__(self, latent_dim=16, hidden=200, dropout=0.1):
+    def __init__(self, latent_dim, hidden, dropout):
         super().__init__()
         self.encoder = nn.Sequential(
-            nn.Linear(IMAGE_DIM, hidden), nn.Tanh(), Dropout(dropout), nn.Linear(hidden, 2 * latent_dim)
+            nn.Linear(IMAGE_DIM, hidden), nn.Tanh(), FastDropout(dropout), nn.Linear(hidden, 2 * latent_dim)
         )
         self.decoder = nn.Sequential(nn.Linear(latent_dim, hidden), nn.Tanh(), nn.Linear(hidden, IMAGE_DIM))
 
@@ -160,8 +158,8 @@ class VAE(nn.Module):
         mu, logvar = self.encoder(x).chunk(2, dim=1)
         return mu, logvar
 
-    def decode(self, z):
-        """z: B×p → the 784 Bernoulli means in (0, 1)."""
+    def pixel_means(self, z):
+        """z: B×p → the 784 Bernoulli means y = sigmoid(decoder(z)) in (0, 1); decoder(z) itself gives their logits."""
         return torch.sigmoid(self.decoder(z))
 
     def forward(self, x, eps=None):
@@ -180,7 +178,7 @@ def reparameterize(mu, logvar, eps=None):
 class Generator(nn.Module):
     """G: noise z → 4 linear layers, BatchNorm + ReLU between them → 784 sigmoids."""
 
-    def __init__(self, noise_dim=100, hidden=256):
+    def __init__(self, noise_dim, hidden):
         super().__init__()
         layers, width = [], noise_dim
         for _ in range(3):
@@ -195,10 +193,10 @@ class Generator(nn.Module):
 class Discriminator(nn.Module):
     """D: input dropout → 3 linear layers, BatchNorm + ReLU between them → one sigmoid."""
 
-    def __init__(self, hidden=256, dropout=0.1):
+    def __init__(self, hidden, dropout):
         super().__init__()
         self.net = nn.Sequential(
-            Dropout(dropout),
+            FastDropout(dropout),
             nn.Linear(IMAGE_DIM, hidden), nn.BatchNorm1d(hidden), nn.ReLU(),
             nn.Linear(hidden, hidden), nn.BatchNorm1d(hidden), nn.ReLU(),
             nn.Linear(hidden, 1),
@@ -213,9 +211,9 @@ class Discriminator(nn.Module):
         return torch.sigmoid(self.logits(x))
 
 
-class Dropout(nn.Dropout):
-    """nn.Dropout with its mask drawn by torch.rand: the same distribution, but on a CPU about 4× faster
-    than the bernoulli_ kernel nn.Dropout uses (0.2 ms against 0.8 ms for 100 images of 784 pixels)."""
+class FastDropout(nn.Dropout):
+    """nn.Dropout with its mask drawn by torch.rand: the same distribution, but on a CPU faster than the
+    bernoulli_ kernel that nn.Dropout uses."""
 
     def forward(self, x):
         if not self.training or self.p == 0:
@@ -233,18 +231,6 @@ def vae_loss(x, x_logits, mu, logvar, kl_weight=1.0):
     recon = F.binary_cross_entropy_with_logits(x_logits, x, reduction="none").sum(1)
     kl = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).sum(1)
     return (recon + kl_weight * kl).mean(), recon.mean(), kl.mean()
-
-
-# MMD (Gretton et al. 2012) between the codes z_i ~ q(z|x_i) of a minibatch and as many z'_i ~ N(0, I), with the
-# inverse multiquadric kernel k(a, b) = C / (C + ‖a − b‖²), C = 2p (InfoVAE, Zhao et al. 2019; WAE, Tolstikhin
-# et al. 2018):   MMD² = mean_{i≠j} k(z_i, z_j) + mean_{i≠j} k(z'_i, z'_j) − 2 mean_{i,j} k(z_i, z'_j)
-def mmd(z, z_prior):
-    """The unbiased estimate of MMD² above (z and z_prior: B×p each, B ≥ 2)."""
-    c = 2.0 * z.shape[1]
-    k = lambda a, b: c / (c + torch.cdist(a, b).pow(2))
-    off_diagonal = 1 - torch.eye(len(z), device=z.device)
-    within = lambda a: (k(a, a) * off_diagonal).sum() / (len(a) * (len(a) - 1))
-    return within(z) + within(z_prior) - 2 * k(z, z_prior).mean()
 
 
 # Goodfellow et al. Algorithm 1, D ascends  log D(x) + log(1 − D(G(z)));  with D = sigmoid(a):
@@ -276,13 +262,12 @@ def r1_penalty(real_logits, real, gamma):
 
 # ----------------------------------------------------------------------------- training
 # Each trainer holds its networks and optimizers, and gives fit() one minibatch step (train_step), what ends
-# an epoch (after_epoch), what follows the last one (after_training) and its figures; the tools also draw
-# new images from it by name (samplers, sample).
+# an epoch (after_epoch), what follows the last one (after_training), its new images (sample) and its figures.
 class VAETrainer:
     """Algorithm 1 of Kingma & Welling with L = 1 sample per image, Adam on θ and φ together."""
 
     name = "vae"
-    prior_batch = 100  # with --prior-gan, decoded z ~ N(0, I) a step (a whole minibatch of 500: 3.5× the step's time)
+    prior_batch = 100  # with --prior-gan, decoded z ~ N(0, I) a step: fewer than a minibatch, for speed
 
     def __init__(self, cfg, device):
         self.cfg, self.device = cfg, device
@@ -291,12 +276,13 @@ class VAETrainer:
         self.mixture = None  # fitted after training: {"weights", "means", "covariances"}
         self.D = self.opt_D = None  # with --prior-gan: the GAN's D, with the GAN's Adam, judging decoded z ~ N(0, I)
         if cfg.prior_gan:
-            self.D = Discriminator(GANConfig.hidden, cfg.prior_gan_dropout).to(device)
-            self.opt_D = make_adam(self.D.parameters(), GANConfig.lr, device, betas=(GANConfig.beta1, GANConfig.beta2))
+            gan = GANConfig()  # the default GAN's D and Adam
+            self.D = Discriminator(gan.hidden, cfg.prior_gan_dropout).to(device)
+            self.opt_D = make_adam(self.D.parameters(), gan.lr, device, betas=(gan.beta1, gan.beta2))
 
     def train_step(self, x):
-        """One step of Adam on Eq. 10 (plus --mmd's term), and with --prior-gan the decoder also on the GAN's
-        generator loss of decoded z ~ N(0, I), followed by one step of that D."""
+        """One step of Adam on Eq. 10, and with --prior-gan the decoder also on the GAN's generator loss of decoded
+        z ~ N(0, I), followed by one step of that D."""
         cfg = self.cfg
         self.mixture = None  # the encoder moves: a mixture fitted to its earlier encodings no longer fits them
         self.model.train()
@@ -305,31 +291,21 @@ class VAETrainer:
         x_logits = self.model.decoder(z)
         loss, recon, kl = vae_loss(x, x_logits, mu, logvar, cfg.kl_weight)
         stats = {"-elbo": (recon + kl).detach(), "recon": recon.detach(), "kl": kl.detach()}
-        # --mmd (InfoVAE, Zhao et al. 2019):  the loss  −L + λ · MMD²(codes z of the minibatch, z' ~ N(0, I))
-        if cfg.mmd:
-            divergence = mmd(z, torch.randn_like(z))
-            loss = loss + cfg.mmd * divergence
-            stats["mmd"] = divergence.detach()
         # --prior-gan (VAE-GAN, Larsen et al. 2016, in its simplest form), with z' ~ N(0, I) and x̃ = the decoder's
         # reconstruction of a training image (or, with --prior-gan-real data, the image itself):
         #   the decoder descends  −L + γ · −log D(decoder(z')),  then D ascends  log D(x̃) + log(1 − D(decoder(z')))
         if self.D:
             m = min(self.prior_batch, len(x))
             real = x[:m] if cfg.prior_gan_real == "data" else torch.sigmoid(x_logits[:m]).detach()
-            fake = self.model.decode(torch.randn_like(z[:m]))
-            self.D.requires_grad_(False)  # gradients flow through D into the decoder, but D's own are not needed
-            g_loss = generator_loss(self.D.logits(fake))
-            self.D.requires_grad_(True)
+            fake = self.model.pixel_means(torch.randn_like(z[:m]))
+            with frozen(self.D):
+                g_loss = generator_loss(self.D.logits(fake))
             loss = loss + cfg.prior_gan * g_loss
             stats["g_loss"] = g_loss.detach()
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        descend(self.optimizer, loss)
         if self.D:
             d_loss, _, _ = discriminator_loss(self.D.logits(real), self.D.logits(fake.detach()))
-            self.opt_D.zero_grad(set_to_none=True)
-            d_loss.backward()
-            self.opt_D.step()
+            descend(self.opt_D, d_loss)
             stats["d_loss"] = d_loss.detach()
         return stats
 
@@ -342,42 +318,38 @@ class VAETrainer:
         """Test-set −ELBO (KL weight 1), reconstruction and KL, nats per image, model in eval mode."""
         self.model.eval()
         totals = {}
-        for start in range(0, len(test_x), 1000):
-            x = test_x[start : start + 1000]
+        for x in test_x.split(1000):
             _, recon, kl = vae_loss(x, *self.model(x), kl_weight=1.0)
             for key, value in {"-elbo": recon + kl, "recon": recon, "kl": kl}.items():
                 totals[key] = totals.get(key, 0) + value * len(x)
         return {key: (total / len(test_x)).item() for key, total in totals.items()}
 
+    @torch.no_grad()
     def after_training(self, train_x):
-        """After the last epoch: fit the mixture (fit_mixture_to_encodings), or with --mixture-components 0 drop
+        """After the last epoch: fits a mixture of --mixture-components Gaussians to the encodings μ(x) of (up to)
+        --mixture-fit-n training images, drawn with the run's seed (the sampler "mixture"), or with none drops
         one fitted before. Returns what was done, for the log (the checkpoint is then written again), or None."""
-        if not self.cfg.mixture_components:
+        cfg = self.cfg
+        if not cfg.mixture_components:
             dropped, self.mixture = self.mixture, None
             return "dropped the mixture fitted before (--mixture-components 0)" if dropped else None
-        return self.fit_mixture_to_encodings(train_x, self.cfg.mixture_components, self.cfg.mixture_fit_n)
-
-    @torch.no_grad()
-    def fit_mixture_to_encodings(self, train_x, components, fit_n):
-        """Fits a mixture of that many Gaussians to the encodings μ(x) of (up to) fit_n training images, drawn
-        with the run's seed; it becomes the sampler "mixture"."""
         self.model.eval()
-        pick = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(self.cfg.seed))
-        x = train_x[pick[:fit_n]].to(self.device)
-        mu = torch.cat([self.model.encode(x[i : i + 1000])[0] for i in range(0, len(x), 1000)])
+        pick = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(cfg.seed))
+        x = train_x[pick[: cfg.mixture_fit_n]].to(self.device)
+        mu = torch.cat([self.model.encode(chunk)[0] for chunk in x.split(1000)])
         try:
-            self.mixture = fit_mixture(mu, components, seed=self.cfg.seed)
+            self.mixture = fit_mixture(mu, cfg.mixture_components, seed=cfg.seed)
         except torch.linalg.LinAlgError:  # a covariance that float64 cannot hold: encodings of a diverged encoder
             raise Diverged("the mixture could not be fitted to these encodings; train with a lower --lr, or "
                            "pass --mixture-components 0") from None
-        return f"fitted a mixture of {components} Gaussians to {len(x)} encodings mu(x)"
+        return f"fitted a mixture of {cfg.mixture_components} Gaussians to {len(x)} encodings mu(x)"
 
-    def samplers(self):
-        """The ways to draw new images, by name, each described: the prior z ~ N(0, I), then the mixture."""
-        names = {"prior": "z ~ N(0, I)"}
+    def sampler_labels(self):
+        """The ways to draw new images, by name, each with its label: the prior z ~ N(0, I), then the mixture."""
+        labels = {"prior": "z ~ N(0, I)"}
         if self.mixture:
-            names["mixture"] = f"z ~ mixture of {len(self.mixture['weights'])}"
-        return names
+            labels["mixture"] = f"z ~ mixture of {len(self.mixture['weights'])}"
+        return labels
 
     @torch.inference_mode()
     def sample(self, n, generator=None, sampler="prior"):
@@ -388,14 +360,14 @@ class VAETrainer:
             z = sample_mixture(self.mixture, n, generator).float()
         else:
             z = torch.randn(n, self.cfg.latent_dim, generator=generator)
-        return self.model.decode(z.to(self.device))
+        return self.model.pixel_means(z.to(self.device))
 
     @torch.inference_mode()
     def reconstruct(self, x):
         """Decoder mean of the encoder mean, model in eval mode."""
         self.model.eval()
         mu, _ = self.model.encode(x)
-        return self.model.decode(mu)
+        return self.model.pixel_means(mu)
 
     @torch.inference_mode()
     def interpolate(self, x_a, x_b, steps=10):
@@ -404,7 +376,7 @@ class VAETrainer:
         (mu_a, _), (mu_b, _) = self.model.encode(x_a), self.model.encode(x_b)
         t = torch.linspace(0, 1, steps, device=mu_a.device)[None, :, None]  # 1×steps×1
         z = mu_a[:, None] + t * (mu_b - mu_a)[:, None]  # B×steps×p
-        return self.model.decode(z.reshape(-1, z.shape[-1])).reshape(len(x_a), steps, IMAGE_DIM)
+        return self.model.pixel_means(z.reshape(-1, z.shape[-1])).reshape(len(x_a), steps, IMAGE_DIM)
 
     @torch.inference_mode()
     def manifold(self, n=20):
@@ -412,16 +384,15 @@ class VAETrainer:
         self.model.eval()
         q = torch.distributions.Normal(0.0, 1.0).icdf(torch.linspace(0.05, 0.95, n))
         z2, z1 = torch.cartesian_prod(q.flip(0), q).unbind(1)  # row by row: z₂ falls down, z₁ grows across
-        return self.model.decode(torch.stack([z1, z2], 1).to(self.device))
+        return self.model.pixel_means(torch.stack([z1, z2], 1).to(self.device))
 
     def write_figures(self, figures_dir, test_x, metrics):
         x = test_x[:16]
         rows = [("MNIST test", x), ("reconstruction", self.reconstruct(x))]  # then the prior's row, the mixture's
         rows += [(f"new: {words}", self.sample(16, torch.Generator().manual_seed(self.cfg.seed), sampler))
-                 for sampler, words in self.samplers().items()]
-        added = (("MMD λ", self.cfg.mmd), ("VAE-GAN γ", self.cfg.prior_gan))  # the terms that are on, if any
-        terms = "".join(f", {name} {value:g}" for name, value in added if value)
-        title = f"VAE, p = {self.cfg.latent_dim}, KL weight {self.cfg.kl_weight:g}{terms}, {len(metrics)} epochs"
+                 for sampler, words in self.sampler_labels().items()]
+        gan_term = f", VAE-GAN γ {self.cfg.prior_gan:g}" if self.cfg.prior_gan else ""
+        title = f"VAE, p = {self.cfg.latent_dim}, KL weight {self.cfg.kl_weight:g}{gan_term}, {len(metrics)} epochs"
         plot_rows(rows, Path(figures_dir) / "vae.png", title)
         series = [("-elbo", "−ELBO"), ("recon", "reconstruction −log p(x|z)"), ("kl", "KL(q(z|x) ‖ p(z))")]
         plot_curves(metrics, series, Path(figures_dir) / "vae_curves.png", ylabel="nats per image")
@@ -470,7 +441,7 @@ class GANTrainer:
         self.fixed_z = torch.randn(self.n_fixed, cfg.noise_dim, generator=torch.Generator().manual_seed(cfg.seed))
         self.d_steps = 0
         self.snapshots = {}  # epoch → G(fixed z[:16]), for figures/gan_progress.png
-        self.standing = None  # after training: a copy of G_ema (or G) with its BatchNorm statistics recomputed
+        self.G_standing = None  # after training: a copy of G_ema (or G) with its BatchNorm statistics recomputed
 
     def noise(self, m):
         return torch.randn(m, self.cfg.noise_dim, device=self.device)
@@ -478,7 +449,7 @@ class GANTrainer:
     def train_step(self, x):
         """One step of D, then, after every k of them, one of G: on the minibatch of noise of D's step, whose
         G(z) it reuses (one pass of G fewer), or with --g-noise fresh on one drawn anew, as in Algorithm 1."""
-        self.standing = None  # G moves on: statistics recomputed for its earlier weights no longer fit them
+        self.G_standing = None  # G moves on: statistics recomputed for its earlier weights no longer fit them
         self.G.train()
         g_step_follows = (self.d_steps + 1) % self.cfg.k == 0
         shared = g_step_follows and self.cfg.g_noise == "shared"
@@ -506,21 +477,16 @@ class GANTrainer:
             penalty = r1_penalty(real_logits, real, cfg.r1)
             loss = loss + cfg.r1_every * penalty
             stats["r1"] = penalty.detach()
-        self.opt_D.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt_D.step()
+        descend(self.opt_D, loss)
         self.d_steps += 1
         return stats
 
     def g_step(self, fake):
         """Descend G's objective on a minibatch of fakes G(z), made with their graph; only G's parameters move."""
         self.D.train()
-        self.D.requires_grad_(False)  # gradients flow through D into G, but D's own are not needed
-        loss = generator_loss(self.D.logits(fake), self.cfg.generator_loss)
-        self.opt_G.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt_G.step()
-        self.D.requires_grad_(True)
+        with frozen(self.D):
+            loss = generator_loss(self.D.logits(fake), self.cfg.generator_loss)
+        descend(self.opt_G, loss)
         self.update_ema()
         return loss.detach()
 
@@ -542,18 +508,17 @@ class GANTrainer:
             else:  # BatchNorm's count of batches
                 ema.copy_(current)
 
-    @property
-    def sampling_G(self):
-        """The G that draws the samples, in eval mode: G or its moving average, or after training that one with
-        its BatchNorm statistics recomputed."""
-        return (self.standing or self.G_ema or self.G).eval()
+    def sampling_generator(self):
+        """The G that draws the samples, switched to eval mode: G or its moving average, or after training that one
+        with its BatchNorm statistics recomputed."""
+        return (self.G_standing or self.G_ema or self.G).eval()
 
     @torch.inference_mode()
     def after_epoch(self, test_x, steps):
         """Keeps G(fixed z) of this epoch for the progress figure, and stops where D has won or diverged; the GAN
         has no test metric."""
         epoch = len(self.snapshots) + 1
-        self.snapshots[epoch] = self.sampling_G(self.fixed_z[:16].to(self.device)).cpu()
+        self.snapshots[epoch] = self.sampling_generator()(self.fixed_z[:16].to(self.device)).cpu()
         if max(s["d_g_z"] for s in steps) < self.collapse_d_fake:
             raise Diverged(f"D(G(z)) stayed below {self.collapse_d_fake:g} for the whole epoch: D has won and G "
                            "gets no signal")
@@ -572,23 +537,19 @@ class GANTrainer:
         generator, m = torch.Generator().manual_seed(self.cfg.seed), min(self.cfg.batch_size, 1000)
         noise = (torch.randn(m, self.cfg.noise_dim, generator=generator).to(self.device)  # past 1,000 vectors a
                  for _ in range(self.cfg.bn_batches))  # batch, the means over batches cost time, gain nothing
-        self.standing = copy.deepcopy(self.G_ema or self.G).eval()
-        torch.optim.swa_utils.update_bn(noise, self.standing)  # plain means over the batches, in training mode
+        self.G_standing = copy.deepcopy(self.G_ema or self.G).eval()
+        torch.optim.swa_utils.update_bn(noise, self.G_standing)  # plain means over the batches, in training mode
         return f"recomputed the BatchNorm statistics of the sampling G over {self.cfg.bn_batches} batches of noise"
 
-    def samplers(self):
-        """The ways to draw new images, by name, described: the one G, or its moving average."""
-        return {"G": "moving average of G" if self.G_ema else "G"}
-
     @torch.inference_mode()
-    def sample(self, n, generator=None, sampler="G"):
+    def sample(self, n, generator=None):
         """n new images G(z), z ~ N(0, I), G in eval mode."""
-        return self.sampling_G(torch.randn(n, self.cfg.noise_dim, generator=generator).to(self.device))
+        return self.sampling_generator()(torch.randn(n, self.cfg.noise_dim, generator=generator).to(self.device))
 
     def write_figures(self, figures_dir, test_x, metrics):
         figures_dir = Path(figures_dir)
         with torch.inference_mode():
-            images = self.sampling_G(self.fixed_z.to(self.device))
+            images = self.sampling_generator()(self.fixed_z.to(self.device))
         plot_grid(images, figures_dir / "gan.png", f"GAN samples G(z) for fixed z, {len(metrics)} epochs")
         series = [("d_loss", "D loss"), ("g_loss", "G loss"), ("d_x", "mean D(x)"), ("d_g_z", "mean D(G(z))")]
         plot_curves(metrics, series, figures_dir / "gan_curves.png")
@@ -603,7 +564,7 @@ class GANTrainer:
             "opt_G": self.opt_G.state_dict(), "opt_D": self.opt_D.state_dict(),
             "d_steps": self.d_steps, "snapshots": self.snapshots,
             **({"G_ema": self.G_ema.state_dict()} if self.G_ema else {}),
-            **({"G_standing": self.standing.state_dict()} if self.standing else {}),
+            **({"G_standing": self.G_standing.state_dict()} if self.G_standing else {}),
         }
 
     def load_state_dict(self, state):
@@ -615,10 +576,10 @@ class GANTrainer:
         self.snapshots = dict(state["snapshots"])
         if self.G_ema:
             self.G_ema.load_state_dict(state["G_ema"])
-        self.standing = None
+        self.G_standing = None
         if "G_standing" in state:
-            self.standing = copy.deepcopy(self.G_ema or self.G)
-            self.standing.load_state_dict(state["G_standing"])
+            self.G_standing = copy.deepcopy(self.G_ema or self.G)
+            self.G_standing.load_state_dict(state["G_standing"])
 
 
 TRAINERS = {"vae": (VAEConfig, VAETrainer), "gan": (GANConfig, GANTrainer)}
@@ -629,10 +590,27 @@ def make_adam(params, lr, device, **kwargs):
     return torch.optim.Adam(params, lr=lr, fused=device.type in ("cpu", "cuda"), **kwargs)
 
 
-def fit(trainer, cfg, train_x, test_x, stop, metrics=(), on_epoch=None):
-    """Trains epoch by epoch after the epochs of metrics (those of a resumed run); after each epoch saves the
-    checkpoint and metrics in cfg.run_dir, so a stop loses at most one epoch. Between steps it checks stop,
-    which records a stop signal. on_epoch(trainer, record), where given, is called after each epoch."""
+def descend(optimizer, loss):
+    """One step of the optimizer down the loss's gradient."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
+@contextlib.contextmanager
+def frozen(module):
+    """Within the block, gradients flow through the module to what feeds it, but its own are not computed."""
+    module.requires_grad_(False)
+    try:
+        yield module
+    finally:
+        module.requires_grad_(True)
+
+
+def fit(trainer, cfg, train_x, test_x, stop, metrics=()):
+    """Trains epoch by epoch after the epochs of metrics (those of a resumed run) up to cfg.epochs; after each
+    epoch saves the checkpoint and metrics in cfg.run_dir, so a stop loses at most one epoch. Between steps it
+    checks stop, which records a stop signal. Returns the metrics of all epochs."""
     metrics = list(metrics)
     train_x, test_x = train_x.to(trainer.device), test_x.to(trainer.device)
     n_batches = len(batch_bounds(len(train_x), cfg.batch_size))
@@ -659,8 +637,6 @@ def fit(trainer, cfg, train_x, test_x, stop, metrics=(), on_epoch=None):
         save_checkpoint(cfg.run_dir, trainer, cfg, epoch, metrics)
         print(f"{trainer.name} epoch {epoch:3d}/{cfg.epochs}  {epoch_line(record)}  {record['seconds']:.1f} s",
               flush=True)
-        if on_epoch:
-            on_epoch(trainer, record)
     return metrics
 
 
@@ -692,7 +668,7 @@ def minibatches(x, batch_size):
     """One epoch of shuffled minibatches, sliced from the tensor itself (no per-image DataLoader)."""
     order = torch.randperm(len(x)).to(x.device)
     for start, end in batch_bounds(len(x), batch_size):
-        yield x.index_select(0, order[start:end])  # the same rows as x[...], ~3× faster on a CPU
+        yield x.index_select(0, order[start:end])  # the same rows as x[order[start:end]], faster on a CPU
 
 
 def batch_bounds(n, batch_size):
@@ -857,20 +833,18 @@ def first_line(error):
 
 
 # ----------------------------------------------------------------------------- data files
-MNIST_DIR = Path(__file__).resolve().parent / "data"  # MNIST's four original IDX files, beside this script
-MNIST_SHA256 = {  # each file as published with MNIST (data/README.md says where it comes from)
+MNIST_DIR = Path(__file__).resolve().parent / "data"  # MNIST's original IDX files, beside this script
+MNIST_SHA256 = {  # each image file as published with MNIST (data/README.md says where it comes from)
     "train-images-idx3-ubyte.gz": "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
-    "train-labels-idx1-ubyte.gz": "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
     "t10k-images-idx3-ubyte.gz": "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
-    "t10k-labels-idx1-ubyte.gz": "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
 }
-IDX_IMAGES, IDX_LABELS = b"\x00\x00\x08\x03", b"\x00\x00\x08\x01"  # IDX magic numbers: uint8, 3 axes or 1
+IDX_IMAGES = b"\x00\x00\x08\x03"  # the IDX magic number of images: uint8, 3 axes
 
 
 def load_images(cfg):
     """(train_x, test_x) as N×784 float32 tensors in [0,1], as the config asks."""
     if not cfg.data:
-        train_x, test_x = load_mnist("train")[0], load_mnist("t10k")[0]
+        train_x, test_x = load_mnist("train"), load_mnist("t10k")
     elif cfg.test_data:
         train_x, test_x = read_image_file(cfg.data), read_image_file(cfg.test_data)
     else:  # hold out the last 10% of --data as the test set
@@ -883,15 +857,13 @@ def load_images(cfg):
 
 
 def load_mnist(split, data_dir=MNIST_DIR):
-    """MNIST's "train" (60,000) or "t10k" (10,000) split from its original IDX files in data_dir, each file
-    checked against its SHA-256: (images N×784 float32 in [0,1], labels N int64)."""
-    paths = {kind: Path(data_dir) / f"{split}-{kind}" for kind in ("images-idx3-ubyte.gz", "labels-idx1-ubyte.gz")}
-    if not all(path.exists() for path in paths.values()):
+    """MNIST's "train" (60,000) or "t10k" (10,000) images from their original IDX file in data_dir, checked
+    against its SHA-256, as an N×784 float32 tensor in [0,1]."""
+    path = Path(data_dir) / f"{split}-images-idx3-ubyte.gz"
+    if not path.exists():
         raise UsageError(f"MNIST not found in {data_dir}/: pass --data with the assignment's "
                          "mnist_train_images.npy or an IDX image file (train-images-idx3-ubyte)")
-    images, labels = (read_idx(path.read_bytes(), path, magic, MNIST_SHA256[path.name])
-                      for path, magic in zip(paths.values(), (IDX_IMAGES, IDX_LABELS)))
-    return images_to_tensor(images, paths["images-idx3-ubyte.gz"]), torch.from_numpy(labels.astype(np.int64))
+    return images_to_tensor(read_idx(path.read_bytes(), path, IDX_IMAGES, MNIST_SHA256[path.name]), path)
 
 
 def read_image_file(path):
@@ -965,7 +937,7 @@ def images_to_tensor(array, source):
 
 
 # ----------------------------------------------------------------------------- checkpoints
-CHECKPOINT_FORMAT = 4  # bump when what a checkpoint holds changes (4: the VAE's "prior" named "mixture")
+CHECKPOINT_FORMAT = 5  # bump when what a checkpoint holds changes
 
 
 def atomic_write(path, write):
@@ -1030,12 +1002,7 @@ def load_checkpoint(path, model=None):
     path = Path(path)
     if not path.exists():
         raise UsageError(f"{path}: no checkpoint here (train first, or pass --checkpoint / --run-dir)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many kinds for a corrupt file
-        # torch's advice for a file of other objects, to load it with weights_only=False, would run a pickle's code
-        reason = "it holds objects other than tensors and plain data" if "weights_only" in str(e) else first_line(e)
-        raise UsageError(f"{path}: not a readable checkpoint ({reason})") from None
+    state = torch_load(path)
     if not isinstance(state, dict) or state.get("model") not in TRAINERS:
         raise UsageError(f"{path}: not a homework7 checkpoint")
     config_cls = TRAINERS[state["model"]][0]
@@ -1046,6 +1013,17 @@ def load_checkpoint(path, model=None):
         raise UsageError(f"{path}: a {state['model']} checkpoint, not a {model} one")
     state["config"] = config_cls(**state["config"])
     return state
+
+
+def torch_load(path):
+    """The tensors and plain data of a file torch.save wrote, on the CPU, or one line where it is damaged or holds
+    other objects (whose code a pickle would run)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many kinds for a corrupt file
+        # torch's advice for a file of other objects, to load it with weights_only=False, would run a pickle's code
+        reason = "it holds objects other than tensors and plain data" if "weights_only" in str(e) else first_line(e)
+        raise UsageError(f"{path}: not a readable checkpoint ({reason})") from None
 
 
 def restore(trainer, state, path):
@@ -1150,8 +1128,9 @@ RESUMABLE_CHANGES = {"epochs", "device", "threads", "figures_dir", "run_dir", "m
 
 
 def make_config(config_cls, given, name, resume=False):
-    """The run's config: defaults updated by the given flags, or, with --resume, the checkpoint's config."""
-    run_dir = Path(given.get("run_dir") or f"runs/{name}")
+    """(the run's config, the checkpoint to resume or None): the defaults updated by the given flags, or, with
+    --resume, the checkpoint's config updated by those that may change."""
+    run_dir, state = Path(given.get("run_dir") or f"runs/{name}"), None
     if not resume:
         cfg = config_cls(**given)
     else:
@@ -1166,12 +1145,11 @@ def make_config(config_cls, given, name, resume=False):
                              f"pass --epochs {state['epoch']} or more")
     cfg.run_dir = str(run_dir)
     validate_config(cfg)
-    return cfg
+    return cfg, state
 
 
-def validate_config(cfg, n_train=None):
-    """Refuses, before any work, a number outside its field's range and flags that do not go together; given
-    the number of training images, sizes that do not fit it."""
+def validate_config(cfg):
+    """Refuses, before any work, a number outside its field's range and flags that do not go together."""
     for f in dataclasses.fields(cfg):
         value, within = getattr(cfg, f.name), f.metadata.get("within")
         if within and value is not None and not lies_within(value, within):
@@ -1180,14 +1158,19 @@ def validate_config(cfg, n_train=None):
         raise UsageError("--test-data needs --data (MNIST from data/ has its own test set)")
     if not cfg.figures_dir:
         raise UsageError("--figures-dir '': must name a directory")
-    n_fit = min(n_train or 0, getattr(cfg, "mixture_fit_n", 0))
-    if n_train is not None and getattr(cfg, "mixture_components", 0) > n_fit:
+
+
+def check_sizes(cfg, n_train):
+    """Refuses, once the data are loaded, sizes that do not fit the number of training images: more mixture
+    components than encodings, minibatches of one image for a D (a lone leftover joins the minibatch before it)."""
+    n_fit = min(n_train, getattr(cfg, "mixture_fit_n", n_train))
+    if getattr(cfg, "mixture_components", 0) > n_fit:
         raise UsageError(f"--mixture-components {cfg.mixture_components}: more components than the {n_fit} "
                          f"training encodings the mixture is fitted to; pass --mixture-components {n_fit} or fewer "
                          "(0: no mixture)")
-    has_d = "the GAN" if isinstance(cfg, GANConfig) else "--prior-gan" if cfg.prior_gan else None
-    if has_d and min(cfg.batch_size, 2 if n_train is None else n_train) < 2:  # a lone leftover joins the batch before
-        raise UsageError(f"{has_d} needs minibatches of at least 2 images, and so at least 2 training images "
+    d_of = "the GAN" if isinstance(cfg, GANConfig) else "--prior-gan" if cfg.prior_gan else None
+    if d_of and min(cfg.batch_size, n_train) < 2:
+        raise UsageError(f"{d_of} needs minibatches of at least 2 images, and so at least 2 training images "
                          "(D's BatchNorm normalises over a minibatch)")
 
 
@@ -1198,19 +1181,19 @@ def lies_within(value, interval):
     return above and (value <= high if interval[-1] == "]" else value < high)
 
 
-def train(name, cfg, stop, resume=False):
-    """Trains one model as cfg says and writes its figures; returns (trainer, test images on its device)."""
+def run(name, cfg, stop, state=None):
+    """The run: loads the data, trains one model as cfg says (from the checkpoint state where resumed), finishes
+    it (after_training) and writes its figures; returns (trainer, test images on its device)."""
     use_threads(cfg.threads)
     device = resolve_device(cfg.device)
     train_x, test_x = load_images(cfg)
-    validate_config(cfg, len(train_x))
+    check_sizes(cfg, len(train_x))
     with output_dirs(("--run-dir", cfg.run_dir), ("--figures-dir", cfg.figures_dir)):
         print(f"{name}: {len(train_x)} training and {len(test_x)} test images on {device}; run dir {cfg.run_dir}")
         torch.manual_seed(cfg.seed)  # initial weights, data order, dropout and noise
         trainer, metrics = TRAINERS[name][1](cfg, device), []
-        if resume:
+        if state:
             path = Path(cfg.run_dir) / "checkpoint.pt"
-            state = load_checkpoint(path, name)
             restore(trainer, state, path)
             set_rng_states(state["rng"])  # the noise an uninterrupted run would draw
             metrics = state["metrics"]
@@ -1218,14 +1201,14 @@ def train(name, cfg, stop, resume=False):
         start = time.perf_counter()
         metrics = fit(trainer, cfg, train_x, test_x, stop, metrics)
         finish_start = time.perf_counter()
-        done = trainer.after_training(train_x)  # the VAE's mixture, the GAN's BatchNorm statistics: into the checkpoint
+        summary = trainer.after_training(train_x)  # the VAE's mixture, the GAN's BatchNorm statistics, or None
         if stop.signum:
             raise Stopped(stop.signum, what_is_kept(cfg, len(metrics), name))
-        if done:  # the state changed since fit() checked it: checked again before it is saved and drawn
+        if summary:  # the state changed since fit() checked it: checked again before it is saved and drawn
             if not all_finite(trainer.state_dict()):
-                raise Diverged(f"training stopped: after training, {done}: it holds NaN or infinite numbers; "
+                raise Diverged(f"training stopped: after training, {summary}: it holds NaN or infinite numbers; "
                                f"{what_is_kept(cfg, len(metrics))}")
-            print(f"{name}: {done} in {time.perf_counter() - finish_start:.1f} s")
+            print(f"{name}: {summary} in {time.perf_counter() - finish_start:.1f} s")
             save_checkpoint(cfg.run_dir, trainer, cfg, metrics[-1]["epoch"], metrics)
         test_x = test_x.to(device)
         trainer.write_figures(cfg.figures_dir, test_x, metrics)
@@ -1334,7 +1317,8 @@ def out_of_memory(error):
 def train_command(args, stop):
     """`vae` or `gan`: train that model."""
     given = {k: v for k, v in vars(args).items() if k not in ("command", "resume")}
-    train(args.command, make_config(TRAINERS[args.command][0], given, args.command, args.resume), stop, args.resume)
+    cfg, state = make_config(TRAINERS[args.command][0], given, args.command, args.resume)
+    run(args.command, cfg, stop, state)
     return 0
 
 

@@ -1,6 +1,7 @@
 """Shared fixtures and helpers: a little real MNIST, loaded once, small image files made from it, a stub
 classifier, commands run in this process or as real child processes, and a stop signal at a chosen step."""
 import dataclasses
+import gzip
 import io
 import json
 import os
@@ -20,14 +21,25 @@ import tools.evaluate as ev
 
 @pytest.fixture(scope="session")
 def mnist():
-    """MNIST's training split from data/ (images, labels), read once through the project's own loader."""
-    return hw.load_mnist("train")
+    """MNIST's training split from data/ (images, labels), read once through the project's own loaders."""
+    return ev.load_mnist_with_labels("train")
 
 
 @pytest.fixture(scope="session")
 def images(mnist):
     """The first 1,000 MNIST training images, N×784 float32 in [0, 1]."""
     return mnist[0][:1000].numpy().copy()
+
+
+@pytest.fixture(scope="session")
+def checkpoints(tmp_path_factory):
+    """A trained VAE (with and without a mixture) and GAN, one epoch on 200 images each."""
+    d = tmp_path_factory.mktemp("checkpoints")
+    for name, argv in (("vae", ["vae", "--mixture-components", "2"]),
+                       ("vae_prior", ["vae", "--mixture-components", "0"]), ("gan", ["gan"])):
+        assert hw.main([*argv, "--n-train", "200", "--epochs", "1", "--run-dir", str(d / name),
+                        "--figures-dir", str(d / name)]) == 0
+    return {name: d / name / "checkpoint.pt" for name in ("vae", "vae_prior", "gan")}
 
 
 @pytest.fixture
@@ -70,6 +82,13 @@ def drawn_run(runs, figures, model, config=None, scores=None):
             "model": model, "n_samples": 10000, "classifier_accuracy": 0.9931, "real": scores,
             "samples": {"moving average of G": scores}, "checkpoint_sha256": hw.sha256(run / "checkpoint.pt")}))
     return run
+
+
+def write_idx(path, pixels, gz=False):
+    """An IDX image file (optionally gzipped) of N×28×28 uint8 pixels at path."""
+    raw = b"\x00\x00\x08\x03" + len(pixels).to_bytes(4, "big") + (28).to_bytes(4, "big") * 2 + pixels.tobytes()
+    path.write_bytes(gzip.compress(raw) if gz else raw)
+    return path
 
 
 def tree(directory):

@@ -49,7 +49,7 @@ def test_endless_minibatches_show_every_image_once_an_epoch():
     assert not torch.equal(epochs[0], epochs[1])  # shuffled anew each epoch
 
 
-def test_batch_seconds_converts_steps_to_epochs_at_each_size_and_keeps_the_fastest_round(images, monkeypatch):
+def test_epoch_seconds_converts_steps_to_epochs_of_each_config_and_keeps_the_fastest_round(images, monkeypatch):
     import torch
     timed = []
 
@@ -58,7 +58,8 @@ def test_batch_seconds_converts_steps_to_epochs_at_each_size_and_keeps_the_faste
         return steps * cfg.batch_size * (1e-3 if len(timed) <= 2 else 5e-4)
 
     monkeypatch.setattr(bench, "project_steps", project_steps)
-    seconds = bench.batch_seconds("vae", torch.from_numpy(images[:1000]), [100, 300], steps=5, rounds=2)
+    configs = {b: ("vae", hw.VAEConfig(batch_size=b)) for b in (100, 300)}
+    seconds = bench.epoch_seconds(configs, torch.from_numpy(images[:1000]), steps=5, rounds=2)
     assert timed == [100, 300, 100, 300]
     # 1,000 images: 10 batches of 100; 4 of 300 (the last of 100), each timed as a full one
     assert seconds == pytest.approx({100: 5e-4 * 100 * 10, 300: 5e-4 * 300 * 4})

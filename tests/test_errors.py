@@ -82,7 +82,7 @@ import torch
 import homework7 as hw
 import tools.gan_quality as gq
 import tools.report
-from conftest import ROOT, child_process, drawn_run, outputs, tree
+from conftest import ROOT, child_process, drawn_run, outputs, tree, write_idx
 
 NOBODY = 65534  # the unprivileged user of Debian and most Linux systems
 
@@ -100,12 +100,6 @@ def one_line_or_none(status, err):
 
 
 # ----------------------------------------------------------------------------- bad input, one line each
-def write_idx(path, pixels, gz=False):
-    raw = b"\x00\x00\x08\x03" + len(pixels).to_bytes(4, "big") + (28).to_bytes(4, "big") * 2 + pixels.tobytes()
-    path.write_bytes(gzip.compress(raw) if gz else raw)
-    return path
-
-
 def write_npy(path, header, data=b"", version=b"\x01\x00"):
     """A .npy file with the header written by hand (NumPy's np.save refuses what it does not write)."""
     text = header.encode("latin1")
@@ -273,7 +267,6 @@ BAD_INPUTS = [  # (id, argv with {d} for the directory of bad files, words the o
     ("--figures-dir under a file", "gan --n-train 50 --figures-dir {d}/not_a_dir/f", "--figures-dir"),
     ("epochs not a number", "vae --epochs ten", "invalid int value: 'ten'"),
     ("GAN on 1 image", "gan --n-train 1", "at least 2 training images"),
-    ("VAE-GAN on 1 image", "vae --n-train 1 --prior-gan 1 --mixture-components 0", "--prior-gan needs minibatches"),
     ("VAE-GAN, minibatch of 1", "vae --batch-size 1 --prior-gan 1", "--prior-gan needs minibatches of at least 2"),
     ("mixture too large", "vae --n-train 30 --mixture-components 31",
      "more components than the 30 training encodings the mixture is fitted to; pass --mixture-components 30 or fewer"),
@@ -386,17 +379,6 @@ def exit_status(argv):
 def bad_inputs(tmp_path_factory, images, checkpoints):
     """The directory of bad files, made once: each case checks that it leaves every one of them as it was."""
     return make_bad_inputs(tmp_path_factory.mktemp("bad"), images, checkpoints)
-
-
-@pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory):
-    """A trained VAE (with and without a mixture) and GAN, one epoch on 200 images each."""
-    d = tmp_path_factory.mktemp("checkpoints")
-    for name, argv in (("vae", ["vae", "--mixture-components", "2"]),
-                       ("vae_prior", ["vae", "--mixture-components", "0"]), ("gan", ["gan"])):
-        assert hw.main([*argv, "--n-train", "200", "--epochs", "1", "--run-dir", str(d / name),
-                        "--figures-dir", str(d / name)]) == 0
-    return {name: d / name / "checkpoint.pt" for name in ("vae", "vae_prior", "gan")}
 
 
 @pytest.mark.parametrize("argv, words", [case[1:] for case in BAD_INPUTS], ids=[case[0] for case in BAD_INPUTS])

@@ -68,21 +68,6 @@ def test_unknown_methods_are_refused_in_one_line(tmp_path, capsys):
     assert "unknown method 'r3'" in capsys.readouterr().err and not list(tmp_path.iterdir())
 
 
-def test_step_cost_times_each_method_on_its_own_batches_and_keeps_the_fastest_round(images, monkeypatch):
-    timed = []
-
-    def time_loop(step, batches, steps):  # a clock that reads 10 ms per step in round 1, 5 ms in round 2
-        x = next(batches)
-        step(x)  # the method's real training step runs on its own batch size
-        timed.append(len(x))
-        return steps * (0.01 if len(timed) <= 2 else 0.005)
-
-    monkeypatch.setattr(gq, "time_loop", time_loop)
-    seconds = gq.epoch_seconds(["old", "batch-500"], torch.from_numpy(images[:600]), steps=4, rounds=2)
-    assert timed == [100, 500, 100, 500]  # alternating over the methods, round by round
-    assert seconds == pytest.approx({"old": 0.005 * 600 / 100, "batch-500": 0.005 * 600 / 500})
-
-
 def test_the_seed_table_gives_each_scores_mean_and_spread_over_seeds():
     def record(method, seed, conf, fid):
         return {"method": method, "seed": seed, "at": [10, 20],

@@ -24,9 +24,17 @@ def number(kind, within):
     return convert
 
 
+def add_number_flag(parser, flag, kind, within, default, help, shown=None, **kwargs):
+    """A flag that takes a number of that kind (or several, with nargs) within the interval; its help ends as
+    the help of homework7's own flags does: "(default: ...; within ...)"."""
+    if shown is None:
+        shown = " ".join(map(str, default)) if isinstance(default, list) else default
+    each = "each " if "nargs" in kwargs else ""
+    parser.add_argument(flag, type=number(kind, within), default=default,
+                        help=f"{help} (default: {shown}; {each}within {within})", **kwargs)
+
+
 def add_threads_flag(parser):
     """--threads of a tool that trains or samples, as the training commands have it (RunConfig.threads)."""
     field = next(f for f in dataclasses.fields(RunConfig) if f.name == "threads")
-    within = field.metadata["within"]
-    parser.add_argument("--threads", type=number(int, within), default=field.default,
-                        help=f"{field.metadata['help']} (default: {field.default}; within {within})")
+    add_number_flag(parser, "--threads", int, field.metadata["within"], field.default, field.metadata["help"])

@@ -21,17 +21,17 @@ import torch.nn.functional as F
 from torch import nn
 
 import homework7 as hw
-from tools import add_threads_flag, number
-from homework7 import (TRAINERS, VAE, Discriminator, Dropout, Generator, Parser, RunConfig, StopSignals, UsageError,
+from tools import add_number_flag, add_threads_flag
+from homework7 import (TRAINERS, VAE, Discriminator, FastDropout, Generator, Parser, RunConfig, StopSignals, UsageError,
                        batch_bounds, fit, load_images, mean_of_steps, minibatches, reparameterize, run_cli,
                        save_checkpoint, use_threads)
 
 
 def with_stock_dropout(model):
-    """The model with torch's own nn.Dropout in place of this project's Dropout, as a newcomer's code has it."""
+    """The model with torch's own nn.Dropout in place of this project's FastDropout, as a newcomer's code has it."""
     for module in list(model.modules()):
         for name, child in module.named_children():
-            if isinstance(child, Dropout):
+            if isinstance(child, FastDropout):
                 setattr(module, name, nn.Dropout(child.p))
     return model
 
@@ -46,7 +46,7 @@ def plain_vae_steps(train_x, steps, cfg):
 
     def step(x):
         mu, logvar = model.encode(x)
-        y = model.decode(reparameterize(mu, logvar))
+        y = model.pixel_means(reparameterize(mu, logvar))
         recon = F.binary_cross_entropy(y, x, reduction="sum")
         kl = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
         loss = (recon + kl) / len(x)
@@ -97,15 +97,14 @@ def project_steps(name, train_x, steps, cfg):
     return seconds
 
 
-def batch_seconds(name, train_x, batch_sizes, steps, rounds=3):
-    """Seconds per epoch of the model's bare training steps at each batch size (its other flags the defaults),
-    from `steps` steps, the fastest of `rounds` rounds alternating over the sizes."""
-    best = dict.fromkeys(batch_sizes, math.inf)
+def epoch_seconds(configs, train_x, steps, rounds=3):
+    """Seconds per epoch of the bare training steps of each config (by label: (model, config)), from `steps` steps,
+    the fastest of `rounds` rounds alternating over the configs."""
+    best = dict.fromkeys(configs, math.inf)
     for _ in range(rounds):
-        for batch_size in batch_sizes:
-            cfg = dataclasses.replace(TRAINERS[name][0](), batch_size=batch_size)
+        for label, (name, cfg) in configs.items():
             seconds = project_steps(name, train_x, steps, cfg)
-            best[batch_size] = min(best[batch_size], seconds / steps * len(batch_bounds(len(train_x), batch_size)))
+            best[label] = min(best[label], seconds / steps * len(batch_bounds(len(train_x), cfg.batch_size)))
     return best
 
 
@@ -198,10 +197,11 @@ def epoch_parts(name, train_x, test_x, cfg, run_dir, epochs=3):
     Path(run_dir).mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     trainer = timed_steps(TRAINERS[name][1])(cfg, torch.device("cpu"))
-    ends = []
+    ends, metrics = [], []
     with contextlib.redirect_stdout(io.StringIO()):  # fit()'s line per epoch
-        metrics = fit(trainer, cfg, train_x, test_x, StopSignals(),
-                      on_epoch=lambda *_: ends.append((time.perf_counter(), trainer.step_seconds)))
+        for epoch in range(1, epochs + 1):  # one epoch a call: fit() goes on where it stopped
+            metrics = fit(trainer, dataclasses.replace(cfg, epochs=epoch), train_x, test_x, StopSignals(), metrics)
+            ends.append((time.perf_counter(), trainer.step_seconds))
     whole, steps = min((b[0] - a[0], b[1] - a[1]) for a, b in zip(ends, ends[1:]))
     evaluate, checkpoint = math.inf, math.inf
     for _ in range(3):
@@ -234,7 +234,8 @@ def bench(models, steps, batch_sizes=None):
     if batch_sizes:
         print(f"bench: {torch.get_num_threads()} threads, {steps} timed steps per batch size, fastest of 3 rounds")
         for name in models:
-            for batch_size, seconds in batch_seconds(name, train_x, batch_sizes, steps).items():
+            sizes = {b: (name, dataclasses.replace(TRAINERS[name][0](), batch_size=b)) for b in batch_sizes}
+            for batch_size, seconds in epoch_seconds(sizes, train_x, steps).items():
                 print(f"{name} batch {batch_size}: {seconds:.2f} s per epoch of {len(train_x):,} images")
         return 0
     batches = ", ".join(f"{name} {TRAINERS[name][0]().batch_size}" for name in models)
@@ -282,11 +283,9 @@ def build_parser():
                "of each loop; then one whole epoch of fit() beside its bare steps.")
     parser.add_argument("--models", nargs="+", choices=TRAINERS, default=list(TRAINERS),
                         help="which models (default: vae gan)")
-    parser.add_argument("--steps", type=number(int, "[1, 1e6]"), default=300,
-                        help="timed training steps per loop (default: 300; within [1, 1e6])")
-    parser.add_argument("--batch-sizes", type=number(int, "[2, 1e6]"), nargs="+", default=None, metavar="B",
-                        help="instead of the table: seconds per epoch of the bare steps at each batch size, "
-                             "timed side by side (default: off; each within [2, 1e6])")
+    add_number_flag(parser, "--steps", int, "[1, 1e6]", 300, "timed training steps per loop")
+    add_number_flag(parser, "--batch-sizes", int, "[2, 1e6]", None, "instead of the table: seconds per epoch of the "
+                    "bare steps at each batch size, timed side by side", shown="off", nargs="+", metavar="B")
     add_threads_flag(parser)
     return parser
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from statistics import median
 
 import homework7 as hw
-from tools import number
+from tools import add_number_flag
 
 # Each case: the runs started together, each a model or "busy" (a pure-Python loop at nice 19, another user's job).
 # A "1 thread" run has OMP_NUM_THREADS=1: the reference of the rule "in company, within 1.5x of one thread alone".
@@ -105,11 +105,9 @@ def build_parser():
                        epilog="Run it alone on the machine: anything else running is company too.")
     parser.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES), metavar="CASE",
                         help=f"which cases (default: all: {'; '.join(CASES)})")
-    parser.add_argument("--repeats", type=number(int, "[1, 100]"), default=3,
-                        help="runs of each case (default: 3; within [1, 100])")
-    parser.add_argument("--epochs", type=number(int, "[2, 1000]"), default=5,
-                        help="epochs each run trains before all stop; the first is not counted (default: 5; "
-                             "within [2, 1000])")
+    add_number_flag(parser, "--repeats", int, "[1, 100]", 3, "runs of each case")
+    add_number_flag(parser, "--epochs", int, "[2, 1000]", 4, "epochs each run trains before all stop; the first "
+                    "is not counted")
     parser.add_argument("--script", default=str(Path(hw.__file__).resolve()),
                         help="the homework7.py to run (default: this one); another keeps its data/ beside it")
     parser.add_argument("--env", type=env_setting, nargs="+", default=[], metavar="NAME=VALUE",

@@ -13,16 +13,17 @@ import math
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from homework7 import (IMAGE_DIM, IMAGE_SIDE, MNIST_SHA256, Parser, UsageError, first_line, load_images, load_mnist,
-                       make_adam, run_cli, save_json, sha256)
-from tools import number
+from homework7 import (IMAGE_DIM, IMAGE_SIDE, MNIST_DIR, MNIST_SHA256, Parser, UsageError, descend, load_images,
+                       load_mnist, make_adam, read_idx, run_cli, save_json, sha256, torch_load)
+from tools import add_number_flag
 from tools.outputs import CHECKPOINT_FILE, check_replaceable, write_output
-from tools.sample import add_checkpoint_flags, checkpoint_trainer, draw_samples
+from tools.sample import add_checkpoint_flags, checkpoint_trainer, draw_samples, sampler_labels
 
 CLASSIFIER_PATH = "runs/classifier.pt"  # where the trained classifier is cached
 CLASSIFIER_VERSION = 2  # bump when the classifier or its training changes: cached copies are rebuilt
@@ -30,6 +31,11 @@ CLASSIFIER_MIN_ACCURACY = 0.99  # a judge worse than this on the MNIST test set 
 CONFIDENT = 0.9  # a sample is "clearly a digit" when one class gets at least this probability
 COVERED = 0.05  # a class is covered when it holds at least this share of the samples
 N_CLASSES = 10
+LABELS_SHA256 = {  # MNIST's label files as published, beside the image files homework7 reads
+    "train-labels-idx1-ubyte.gz": "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
+    "t10k-labels-idx1-ubyte.gz": "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
+}
+IDX_LABELS = b"\x00\x00\x08\x01"  # the IDX magic number of labels: uint8, 1 axis
 
 
 class DigitClassifier(nn.Module):
@@ -55,8 +61,8 @@ def classify(classifier, x, batch_size=1000):
     classifier.eval()
     device = next(classifier.parameters()).device
     probs, features = [], []
-    for start in range(0, len(x), batch_size):
-        h = classifier.features(x[start : start + batch_size].to(device))
+    for chunk in x.split(batch_size):
+        h = classifier.features(chunk.to(device))
         probs.append(torch.softmax(classifier.head(h), 1).cpu())
         features.append(h.cpu())
     return torch.cat(probs), torch.cat(features)
@@ -75,16 +81,12 @@ def train_classifier(train_x, train_y, test_x, test_y, device, epochs=10, seed=0
         for epoch in range(1, epochs + 1):
             classifier.train()
             order = torch.randperm(len(train_x), device=device)
-            for start in range(0, len(train_x), 100):
+            for batch in order.split(100):
                 if stop:
                     stop.check()
-                batch = order[start : start + 100]
                 shift = torch.randint(-2, 3, (2,)).tolist()  # MNIST's 4-pixel black border makes wrapping harmless
                 x = train_x[batch].reshape(-1, IMAGE_SIDE, IMAGE_SIDE).roll(shift, dims=(1, 2))  # B×28×28
-                loss = F.cross_entropy(classifier(x.reshape(-1, IMAGE_DIM)), train_y[batch])
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+                descend(optimizer, F.cross_entropy(classifier(x.reshape(-1, IMAGE_DIM)), train_y[batch]))
                 bar.update()
             schedule.step()
             probs, _ = classify(classifier, test_x.to(device))
@@ -94,9 +96,17 @@ def train_classifier(train_x, train_y, test_x, test_y, device, epochs=10, seed=0
     return classifier.cpu(), accuracy
 
 
+def load_mnist_with_labels(split, data_dir=MNIST_DIR):
+    """MNIST's images of that split (homework7's load_mnist) and their labels (N int64), each file checked
+    against its SHA-256."""
+    path = Path(data_dir) / f"{split}-labels-idx1-ubyte.gz"
+    labels = read_idx(path.read_bytes(), path, IDX_LABELS, LABELS_SHA256[path.name])
+    return load_mnist(split, data_dir), torch.from_numpy(labels.astype(np.int64))
+
+
 def classifier_stamp():
     """What a cached classifier must have been made by: this version of its code, on these MNIST files."""
-    return {"version": CLASSIFIER_VERSION, "data_sha256": MNIST_SHA256}
+    return {"version": CLASSIFIER_VERSION, "data_sha256": {**MNIST_SHA256, **LABELS_SHA256}}
 
 
 def load_classifier(path, device, log=print, stop=None):
@@ -107,10 +117,10 @@ def load_classifier(path, device, log=print, stop=None):
     if path.exists():
         check_replaceable(path, CHECKPOINT_FILE)  # a file of another kind is never trained over
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # a corrupt cache is rebuilt, not fatal
+            state = torch_load(path)
+        except UsageError as e:  # a corrupt cache is rebuilt, not fatal
             state = None
-            log(f"{path}: unreadable ({first_line(e)}); retraining")
+            log(f"{e}; retraining")
         if state is not None:
             if not isinstance(state, dict) or "stamp" not in state:
                 raise UsageError(f"{path} is not a classifier of tools.evaluate; not replaced (pass another "
@@ -120,7 +130,8 @@ def load_classifier(path, device, log=print, stop=None):
                 return classifier.to(device), state["accuracy"]
             log(f"{path}: made by another version of this script; retraining")
     log(f"training the MNIST classifier that judges the samples (cached in {path})")
-    classifier, accuracy = train_classifier(*load_mnist("train"), *load_mnist("t10k"), device, log=log, stop=stop)
+    classifier, accuracy = train_classifier(*load_mnist_with_labels("train"), *load_mnist_with_labels("t10k"), device,
+                                            log=log, stop=stop)
     if accuracy < CLASSIFIER_MIN_ACCURACY:
         raise UsageError(f"the MNIST classifier reached only {accuracy:.4f} test accuracy "
                          f"(< {CLASSIFIER_MIN_ACCURACY}); its scores would not be trusted")
@@ -198,15 +209,15 @@ def iwae_bound(model, x, k, eps=None):
 def iwae_nll(model, x, k, chunk_elements=2_000_000):
     """−L_K averaged over the images of x, in nats per image (an upper bound on −log p(x))."""
     batch = max(1, chunk_elements // (k * IMAGE_DIM))
-    bounds = [iwae_bound(model, x[start : start + batch], k) for start in range(0, len(x), batch)]
+    bounds = [iwae_bound(model, chunk, k) for chunk in x.split(batch)]
     return -torch.cat(bounds).mean().item()
 
 
 def real_references(classifier, device):
     """(the classifier's features of the MNIST test set, FID's reference; the scores of 10,000 real
     training images, the table's reference row): the same for every model the classifier judges."""
-    _, reference = classify(classifier, load_mnist("t10k")[0].to(device))
-    real_x = load_mnist("train")[0][:10000].to(device)
+    _, reference = classify(classifier, load_mnist("t10k").to(device))
+    real_x = load_mnist("train")[:10000].to(device)
     return reference, sample_scores(*classify(classifier, real_x), reference)
 
 
@@ -219,10 +230,10 @@ def evaluate_trainer(trainer, test_x, classifier_path, n=10000, iwae_k=1000, iwa
     reference, real_scores = references or real_references(classifier, trainer.device)
     report = {"model": trainer.name, "n_samples": n, "classifier_accuracy": accuracy, "real": real_scores,
               "samples": {}}
-    described = trainer.samplers()
-    for sampler in samplers or described:
+    labels = sampler_labels(trainer)
+    for sampler in samplers or labels:
         samples = draw_samples(trainer, n, seed, sampler)
-        report["samples"][described[sampler]] = sample_scores(*classify(classifier, samples), reference)
+        report["samples"][labels[sampler]] = sample_scores(*classify(classifier, samples), reference)
     if trainer.name == "vae":  # its test-set bounds; the IWAE bound is computed on the VAE itself
         torch.manual_seed(seed)
         report["test_elbo"] = trainer.evaluate(test_x)["-elbo"]
@@ -271,10 +282,8 @@ def build_parser():
         epilog="Writes eval.json beside the checkpoint; tools.report puts it in the PDF.")
     add_checkpoint_flags(parser, "how many samples to score (a Frechet distance needs 2)",
                          sampler_default="both, where the checkpoint has a mixture; a GAN has none", n_within="[2, 1e9]")
-    parser.add_argument("--iwae-k", type=number(int, "[1, 1e6]"), default=1000,
-                        help="VAE: importance samples K per image (default: 1000; within [1, 1e6])")
-    parser.add_argument("--iwae-n", type=number(int, "[1, 1e9]"), default=1000,
-                        help="VAE: the IWAE bound uses the first N test images (default: 1000; within [1, 1e9])")
+    add_number_flag(parser, "--iwae-k", int, "[1, 1e6]", 1000, "VAE: importance samples K per image")
+    add_number_flag(parser, "--iwae-n", int, "[1, 1e9]", 1000, "VAE: the IWAE bound uses the first N test images")
     parser.add_argument("--classifier", default=CLASSIFIER_PATH,
                         help=f"the cached MNIST classifier, trained if missing (default: {CLASSIFIER_PATH})")
     return parser

@@ -1,5 +1,5 @@
-"""The GAN's training methods, measured: each trained from the default of before issue 15 with one change (or
-several, joined by +), its samples scored at chosen epochs against the minutes of training spent so far;
+"""The GAN's training methods, measured: each trained from the GAN's old default (batch 100, 75 epochs) with one
+change (or several, joined by +), its samples scored at chosen epochs against the minutes of training spent so far;
 prints the table of methods and draws the three scores against training minutes.
 
 Usage:
@@ -23,19 +23,17 @@ from matplotlib.figure import Figure
 
 from homework7 import (GANConfig, GANTrainer, Parser, UsageError, add_config_flags, fit, load_checkpoint, load_images,
                        output_dirs, resolve_device, run_cli, save_json, use_threads, validate_config)
-from tools import add_threads_flag, number
-from tools.bench import endless_minibatches, time_loop
+from tools import add_number_flag, add_threads_flag
+from tools.bench import epoch_seconds
 from tools.outputs import PNG_FILE, check_replaceable, read_json, write_output
 from tools.evaluate import CLASSIFIER_PATH, classify, load_classifier, real_references, sample_scores
 from tools.sample import draw_samples, trainer_from_checkpoint
 
-# GANConfig's defaults before issue 15, with the methods it added switched off
+# the GAN's old default: GANConfig's first defaults, with the training methods below switched off
 OLD_DEFAULT = {"epochs": 75, "batch_size": 100, "lr": 4e-4, "beta1": 0.5, "beta2": 0.999, "noise_dim": 100,
                "hidden": 256, "dropout": 0.5, "k": 1, "r1": 0.0, "r1_every": 16, "ema": 0.9999, "ema_rampup": 0.0,
                "bn_batches": 0, "generator_loss": "non-saturating", "g_noise": "fresh"}
-# each method: the flags it changes from the old default. Top-k G updates, two time scales (D at twice G's rate),
-# a learning-rate decay and instance noise were measured too, at commit 925065a, and removed since: none won;
-# so was the hinge objective, at commit a416054 (tools/RESULTS.md).
+# each method: the flags it changes from the old default (the methods measured and dropped: tools/RESULTS.md)
 METHODS = {
     "old": {},
     "r1": {"r1": 0.01, "r1_every": 16},  # R1 γ 0.01 on every 16th D step, weighted by 16
@@ -48,10 +46,10 @@ METHODS = {
     "fresh-noise": {"g_noise": "fresh"},  # G's step on a minibatch of noise of its own, as in Algorithm 1
 }
 QUALITY_DIR = Path("runs/gan_quality")
-POINT_SCORES = ("confident", "inception_score", "fid")  # what each scored point of a record holds
-# (key, title, the target of issue 29: what 110 epochs of the default of commit e980f84 gave, the axis's range)
+# (key, title, the target line of the figure: what 110 epochs of the old default gave, the axis's range)
 SCORES = (("confident", "confident share", 0.89, (0.75, 0.95)), ("inception_score", "IS", 9.0, (8.0, 9.4)),
           ("fid", "FID* (log scale)", 3.5, (2.0, 60.0)))
+POINT_SCORES = tuple(key for key, *_ in SCORES)  # what each scored point of a record holds
 
 
 def quality_dir(out_dir):
@@ -133,26 +131,21 @@ def run_method(name, at, n, epochs, stop, retrain=False, out_dir=QUALITY_DIR, n_
     train_x, test_x = load_images(cfg)
     torch.manual_seed(cfg.seed)
     trainer = GANTrainer(cfg, device)
-    points, scoring = [], [0.0]
-    start = time.perf_counter()
-
-    def on_epoch(trainer, record):
-        epoch = record["epoch"]
-        if epoch not in at:
-            return
-        began = time.perf_counter()
-        minutes = (began - start - scoring[0]) / 60
-        point = {"epoch": epoch, "minutes": minutes,  # unrounded: two points never tie, however fast the machine
-                 **score(trainer, train_x, classifier, reference, n, cfg.seed)}
-        if not cfg.bn_batches:
-            point["bn"] = score(trainer, train_x, classifier, reference, n, cfg.seed,
-                                standing_batches=METHODS["bn"]["bn_batches"])
-        points.append(point)
-        print(f"{name} epoch {epoch}: {point}", flush=True)
-        scoring[0] += time.perf_counter() - began
-
+    points, metrics, training = [], [], 0.0
     with output_dirs(("run dir", cfg.run_dir)):
-        metrics = fit(trainer, cfg, train_x, test_x, stop, on_epoch=on_epoch)
+        for epoch in sorted({e for e in at if e <= cfg.epochs} | {cfg.epochs}):  # fit() goes on where it stopped
+            began = time.perf_counter()
+            metrics = fit(trainer, dataclasses.replace(cfg, epochs=epoch), train_x, test_x, stop, metrics)
+            training += time.perf_counter() - began
+            if epoch not in at:
+                continue
+            point = {"epoch": epoch, "minutes": training / 60,  # unrounded: two points never tie, however fast
+                     **score(trainer, train_x, classifier, reference, n, cfg.seed)}
+            if not cfg.bn_batches:
+                point["bn"] = score(trainer, train_x, classifier, reference, n, cfg.seed,
+                                    standing_batches=METHODS["bn"]["bn_batches"])
+            points.append(point)
+            print(f"{name} epoch {epoch}: {point}", flush=True)
     seconds = [m["seconds"] for m in metrics]
     result = {**wanted, "method": name, "seed": seed, "points": points,
               "epoch_seconds_median": statistics.median(seconds),
@@ -178,23 +171,6 @@ def read_record(path):
         raise UsageError(f"{path}: not a record of tools.gan_quality (its method, seed, epochs or scores are "
                          "missing)")
     return record
-
-
-def epoch_seconds(names, train_x, steps=300, rounds=3):
-    """Seconds per epoch of each method's bare training steps (no scoring, no checkpoints), from `steps` steps,
-    the fastest of `rounds` rounds alternating over the methods."""
-    trainers = {}
-    for name in names:
-        cfg = method_config(name)
-        torch.manual_seed(cfg.seed)
-        trainers[name] = GANTrainer(cfg, torch.device("cpu"))
-    best = dict.fromkeys(names, float("inf"))
-    for _ in range(rounds):
-        for name, trainer in trainers.items():
-            batch_size = trainer.cfg.batch_size
-            seconds = time_loop(trainer.train_step, endless_minibatches(train_x, batch_size), steps)
-            best[name] = min(best[name], seconds / (steps * batch_size) * len(train_x))
-    return best
 
 
 def r1_batch_coupling(D, x):
@@ -306,22 +282,17 @@ def build_parser():
     parser.add_argument("--methods", nargs="+", default=["old", "new"],
                         help=f"runs: new (today's defaults) or {', '.join(METHODS)}, or several joined by + "
                              "(default: old new)")
-    parser.add_argument("--at", nargs="+", type=number(int, "[1, 1e6]"), default=[10, 20, 30, 40, 50, 55, 60, 75],
-                        help="epochs at which the samples are scored (default: 10 20 30 40 50 55 60 75; "
-                             "each within [1, 1e6])")
-    parser.add_argument("--epochs", type=number(int, "[1, 1e6]"), default=None,
-                        help="train this many epochs (default: the method's; within [1, 1e6])")
-    parser.add_argument("--n", type=number(int, "[2, 1e9]"), default=10000,
-                        help="samples scored at each point (default: 10000; within [2, 1e9]: a Frechet distance "
-                             "needs 2)")
-    parser.add_argument("--seeds", type=number(int, "[0, 4294967295]"), nargs="+", default=[0],
-                        help="train each method with each of these seeds (default: 0; each within [0, 4294967295])")
+    add_number_flag(parser, "--at", int, "[1, 1e6]", [10, 20, 30, 40, 50, 55, 60, 75],
+                    "epochs at which the samples are scored", nargs="+")
+    add_number_flag(parser, "--epochs", int, "[1, 1e6]", None, "train this many epochs", shown="the method's")
+    add_number_flag(parser, "--n", int, "[2, 1e9]", 10000, "samples scored at each point (a Frechet distance needs 2)")
+    add_number_flag(parser, "--seeds", int, "[0, 4294967295]", [0], "train each method with each of these seeds",
+                    nargs="+")
     parser.add_argument("--records", nargs="+", metavar="JSON", default=None,
                         help="instead of training: the tables and the figure of these saved records (NAME.json)")
     parser.add_argument("--figure", default=None, help="also draw the scores against minutes into this PNG")
     parser.add_argument("--retrain", action="store_true", help="train again even where a saved record matches")
-    parser.add_argument("--n-train", type=number(int, "[1, 1e9]"), default=None,
-                        help="train on the first N images (default: all; within [1, 1e9])")
+    add_number_flag(parser, "--n-train", int, "[1, 1e9]", None, "train on the first N images", shown="all")
     parser.add_argument("--out-dir", default=str(QUALITY_DIR), help=f"where the runs go (default: {QUALITY_DIR})")
     parser.add_argument("--classifier", default=CLASSIFIER_PATH,
                         help=f"the judge's cache, trained on first use (default: {CLASSIFIER_PATH})")
@@ -349,7 +320,7 @@ def quality(args, stop):
     step_cost = None
     if args.step_cost:
         train_x = load_images(method_config("old"))[0]
-        step_cost = epoch_seconds(args.methods, train_x)
+        step_cost = epoch_seconds({name: ("gan", method_config(name)) for name in args.methods}, train_x, 300)
         for name, seconds in step_cost.items():
             print(f"{name}: {seconds:.2f} s per epoch of {len(train_x):,} images ({torch.get_num_threads()} threads)")
         if not args.figure:

@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 
 import homework7 as hw
 from homework7 import Parser, RunConfig, UsageError, atomic_write, output_dirs, run_cli, sha256
-from tools.outputs import PDF_FILE, ZIP_FILE, check_replaceable, read_json
+from tools.outputs import PDF_FILE, PNG_FILE, ZIP_FILE, check_replaceable, read_json
 from tools.evaluate import score_notes, score_rows
 
 PAGE_W, PAGE_H = 8.27, 11.69  # A4, inches
@@ -129,7 +129,7 @@ def the_run_that_drew(figure, run_dir):
 def read_figure(path):
     """A figure that homework7.py wrote, as an image array; one line where it is not a PNG that can be read."""
     with open(path, "rb") as f:
-        png = f.read(8) == b"\x89PNG\r\n\x1a\n"
+        png = f.read(len(PNG_FILE[1])) == PNG_FILE[1]
     try:
         if png:
             return matplotlib.image.imread(path)

@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from homework7 import (IMAGE_DIM, TRAINERS, Parser, UsageError, load_checkpoint, resolve_device, restore, run_cli,
-                       use_threads)
-from tools import add_threads_flag, number
+from homework7 import (IMAGE_DIM, TRAINERS, GANTrainer, Parser, UsageError, load_checkpoint, resolve_device, restore,
+                       run_cli, use_threads)
+from tools import add_number_flag, add_threads_flag
 from tools.outputs import NPY_FILE, check_replaceable, write_output
 
 VAE_SAMPLERS = ("prior", "mixture")  # the VAE's new images: z ~ N(0, I), or z ~ the mixture fitted to μ(x)
@@ -24,11 +24,9 @@ DEFAULT_SAMPLER = "mixture"  # the one whose samples scored better
 def add_checkpoint_flags(parser, n_help, sampler_default, n_within="[1, 1e9]"):
     """The flags of the commands that load a trained model (this one, and tools.evaluate)."""
     parser.add_argument("model", choices=TRAINERS, help="which model")
-    parser.add_argument("--n", type=number(int, n_within), default=10000, help=f"{n_help} (default: 10000; within "
-                                                                                f"{n_within})")
+    add_number_flag(parser, "--n", int, n_within, 10000, n_help)
     parser.add_argument("--checkpoint", default="", help="checkpoint to load (default: runs/<model>/checkpoint.pt)")
-    parser.add_argument("--seed", type=number(int, "[0, 4294967295]"), default=0,
-                        help="random seed of the noise (default: 0; within [0, 4294967295])")
+    add_number_flag(parser, "--seed", int, "[0, 4294967295]", 0, "random seed of the noise")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto (default: auto)")
     add_threads_flag(parser)
     parser.add_argument("--sampler", choices=VAE_SAMPLERS, default=None,
@@ -49,22 +47,26 @@ def checkpoint_trainer(args):
     use_threads(args.threads)
     path = Path(args.checkpoint or f"runs/{args.model}/checkpoint.pt")
     trainer = trainer_from_checkpoint(load_checkpoint(path, args.model), resolve_device(args.device), path)
-    if args.sampler and args.sampler not in trainer.samplers():
+    if args.sampler and args.sampler not in trainer.sampler_labels():
         raise UsageError(f"{path}: this VAE has no fitted mixture; use --sampler prior")
     return trainer, path
 
 
+def sampler_labels(trainer):
+    """Each way to draw the model's new images, by name, with its label: the VAE's, or the GAN's one (None)."""
+    if isinstance(trainer, GANTrainer):
+        return {None: "moving average of G" if trainer.G_ema else "G"}
+    return trainer.sampler_labels()
+
+
 def draw_samples(trainer, n, seed, sampler=None):
     """n new images (an n×784 float32 tensor in [0,1], on the CPU) from a trained model, drawn 1000 at a time
-    from a seeded generator into one array that the tensor shares (sampler: one of trainer.samplers(), by
-    default its first)."""
-    sampler = sampler or next(iter(trainer.samplers()))
-    generator = torch.Generator().manual_seed(seed)
-    images = np.empty((n, IMAGE_DIM), dtype=np.float32)
-    for start in range(0, n, 1000):
-        chunk = trainer.sample(min(1000, n - start), generator, sampler)
-        images[start : start + len(chunk)] = chunk.cpu().numpy()
-    return torch.from_numpy(images)
+    from a seeded generator into one array that the tensor shares (sampler: the VAE's, by default its prior)."""
+    generator, kwargs = torch.Generator().manual_seed(seed), {"sampler": sampler} if sampler else {}
+    images = torch.from_numpy(np.empty((n, IMAGE_DIM), dtype=np.float32))
+    for chunk in images.split(1000):
+        chunk[:] = trainer.sample(len(chunk), generator, **kwargs).cpu()
+    return images
 
 
 def sample_command(args, stop):
@@ -76,11 +78,11 @@ def sample_command(args, stop):
         raise UsageError(f"--out {args.out}: {out_dir} {why}")
     check_replaceable(args.out, NPY_FILE)
     trainer, _ = checkpoint_trainer(args)
-    samplers = trainer.samplers()
-    sampler = args.sampler or (DEFAULT_SAMPLER if DEFAULT_SAMPLER in samplers else next(iter(samplers)))
+    labels = sampler_labels(trainer)
+    sampler = args.sampler or (DEFAULT_SAMPLER if DEFAULT_SAMPLER in labels else next(iter(labels)))
     images = draw_samples(trainer, args.n, args.seed, sampler)
     write_output(args.out, lambda f: np.save(f, images.numpy()), NPY_FILE)
-    print(f"wrote {args.n} {args.model} samples ({args.n}x{IMAGE_DIM}, float32 in [0,1], {samplers[sampler]}) "
+    print(f"wrote {args.n} {args.model} samples ({args.n}x{IMAGE_DIM}, float32 in [0,1], {labels[sampler]}) "
           f"to {args.out}")
     return 0
 

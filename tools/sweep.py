@@ -10,6 +10,7 @@ Each (p, w) run keeps its checkpoint and figures in RUN_DIR/p<p>_kl<w> (RUN_DIR:
 --epochs-list continue one another with --resume. The table goes to RUN_DIR/sweep.json and the terminal, the
 figure to FIGURES_DIR/vae_sweep.png.
 """
+import dataclasses
 import json
 import sys
 import time
@@ -18,8 +19,8 @@ from pathlib import Path
 import torch
 
 from homework7 import (Parser, RunConfig, UsageError, VAEConfig, add_config_flags, load_images, make_config,
-                       output_dirs, plot_rows, run_cli, save_json, train)
-from tools import number
+                       output_dirs, plot_rows, run, run_cli, save_json)
+from tools import add_number_flag
 from tools.evaluate import CLASSIFIER_PATH, evaluate_trainer, load_classifier, real_references
 
 
@@ -39,25 +40,25 @@ def sweep(given, latent_dims, kl_weights, epochs_list, components, n, classifier
                 flags = {**given, "latent_dim": p, "kl_weight": w, "epochs": epochs, "run_dir": str(run_dir),
                          "figures_dir": str(run_dir), "mixture_components": components[0],
                          "mixture_fit_n": fit_sizes[0]}
-                cfg = make_config(VAEConfig, flags, "vae", resume=i > 0)
+                cfg, state = make_config(VAEConfig, flags, "vae", resume=i > 0)
                 train_x = load_images(cfg)[0]
                 if max(components) > min(len(train_x), *fit_sizes):
                     raise UsageError(f"--components {max(components)}: more components than the "
                                      f"{min(len(train_x), *fit_sizes)} training encodings")
-                trainer, test_x = train("vae", cfg, stop, resume=i > 0)
+                trainer, test_x = run("vae", cfg, stop, state)
                 if references is None:  # the same real images for every run: classified once
                     references = real_references(load_classifier(classifier_path, trainer.device, stop=stop)[0],
                                                  trainer.device)
                 metrics = json.loads((run_dir / "metrics.json").read_text())
-                run = {"latent_dim": p, "kl_weight": w, "epochs": epochs,
-                       "train_seconds": round(sum(m["seconds"] for m in metrics), 1)}
+                point = {"latent_dim": p, "kl_weight": w, "epochs": epochs,
+                         "train_seconds": round(sum(m["seconds"] for m in metrics), 1)}
                 table += score_samplers(trainer, train_x, test_x, components, fit_sizes, n, classifier_path,
-                                      references, run)
+                                        references, point)
                 save_json(sweep_dir / "sweep.json", table)
             generator = torch.Generator().manual_seed(cfg.seed)  # the figure: the last mixture fitted, no refit
             rows += [(f"p = {p}, w = {w:g}:\nreconstruction", trainer.reconstruct(test_x[:16])),
                      ("new: z ~ N(0, I)", trainer.sample(16, generator)),
-                     (f"new: {trainer.samplers()['mixture']}", trainer.sample(16, generator, "mixture"))]
+                     (f"new: {trainer.sampler_labels()['mixture']}", trainer.sample(16, generator, "mixture"))]
     with output_dirs(("--figures-dir", figures_dir)):
         plot_rows(rows, figures_dir / "vae_sweep.png",
                   f"VAE with latent dimension p and KL weight w ({epochs_list[-1]} epochs)")
@@ -70,24 +71,25 @@ def check_lists(epochs_list):
         raise UsageError("--epochs-list: increasing epoch counts")
 
 
-def score_samplers(trainer, train_x, test_x, components, fit_sizes, n, classifier_path, references, run):
+def score_samplers(trainer, train_x, test_x, components, fit_sizes, n, classifier_path, references, point):
     """Rows of the table for one trained VAE: its N(0, I) samples, then a mixture of each size fitted to each
-    number of encodings."""
+    number of encodings (after_training, as the run's config would have it)."""
     cfg = trainer.cfg
     report = evaluate_trainer(trainer, test_x, classifier_path, n=n, iwae_k=0, seed=cfg.seed,
                               references=references, samplers=("prior",))
-    run = {**run, "test_elbo": report["test_elbo"]}
-    rows = [{**run, "sampler": "prior", "components": None, "fit_n": None, "fit_seconds": None,
-             **report["samples"][trainer.samplers()["prior"]]}]
+    point = {**point, "test_elbo": report["test_elbo"]}
+    rows = [{**point, "sampler": "prior", "components": None, "fit_n": None, "fit_seconds": None,
+             **report["samples"][trainer.sampler_labels()["prior"]]}]
     for k in components:
         for fit_n in fit_sizes:
             start = time.perf_counter()
-            trainer.fit_mixture_to_encodings(train_x, k, fit_n)
+            trainer.cfg = dataclasses.replace(cfg, mixture_components=k, mixture_fit_n=fit_n)
+            trainer.after_training(train_x)
             fit_seconds = round(time.perf_counter() - start, 2)
             report = evaluate_trainer(trainer, test_x, classifier_path, n=n, iwae_k=0, seed=cfg.seed,
                                       references=references, samplers=("mixture",))
-            rows.append({**run, "sampler": "mixture", "components": k, "fit_n": min(fit_n, len(train_x)),
-                         "fit_seconds": fit_seconds, **report["samples"][trainer.samplers()["mixture"]]})
+            rows.append({**point, "sampler": "mixture", "components": k, "fit_n": min(fit_n, len(train_x)),
+                         "fit_seconds": fit_seconds, **report["samples"][trainer.sampler_labels()["mixture"]]})
     return rows
 
 
@@ -108,23 +110,18 @@ def build_parser():
                                      epilog="Every other flag is the vae command's, passed to each run.")
     add_config_flags(parser, VAEConfig, skip={"kl_weight", "latent_dim", "epochs", "mixture_components",
                                               "mixture_fit_n"})
-    parser.add_argument("--kl-weights", type=number(float, "[0, inf)"), nargs="+", default=[0, 0.25, 0.5, 1, 2, 4],
-                        metavar="W", help="the KL weights to train (default: 0 0.25 0.5 1 2 4; each within [0, inf))")
-    parser.add_argument("--latent-dims", type=number(int, "[1, 1e9]"), nargs="+", default=[VAEConfig.latent_dim],
-                        metavar="P", help=f"the latent dimensions p to train (default: {VAEConfig.latent_dim}; each "
-                                          "within [1, 1e9])")
-    parser.add_argument("--epochs-list", type=number(int, "[1, 1e6]"), nargs="+", default=[VAEConfig.epochs],
-                        metavar="E", help=f"score each run after each of these epoch counts, in increasing order "
-                                          f"(default: {VAEConfig.epochs}; each within [1, 1e6])")
-    parser.add_argument("--components", type=number(int, "[1, 1e6]"), nargs="+",
-                        default=[VAEConfig.mixture_components], metavar="K",
-                        help=f"mixture sizes fitted and scored at each point (default: {VAEConfig.mixture_components}; "
-                             "each within [1, 1e6])")
-    parser.add_argument("--fit-sizes", type=number(int, "[1, 1e9]"), nargs="+", default=[VAEConfig.mixture_fit_n],
-                        metavar="N", help=f"numbers of training encodings each mixture is fitted to "
-                                          f"(default: {VAEConfig.mixture_fit_n}; each within [1, 1e9])")
-    parser.add_argument("--n", type=number(int, "[2, 1e9]"), default=10000,
-                        help="samples scored per sampler (default: 10000; within [2, 1e9]: a Frechet distance needs 2)")
+    vae = VAEConfig()
+    add_number_flag(parser, "--kl-weights", float, "[0, inf)", [0, 0.25, 0.5, 1, 2, 4], "the KL weights to train",
+                    nargs="+", metavar="W")
+    add_number_flag(parser, "--latent-dims", int, "[1, 1e9]", [vae.latent_dim], "the latent dimensions p to train",
+                    nargs="+", metavar="P")
+    add_number_flag(parser, "--epochs-list", int, "[1, 1e6]", [vae.epochs], "score each run after each of these "
+                    "epoch counts, in increasing order", nargs="+", metavar="E")
+    add_number_flag(parser, "--components", int, "[1, 1e6]", [vae.mixture_components], "mixture sizes fitted and "
+                    "scored at each point", nargs="+", metavar="K")
+    add_number_flag(parser, "--fit-sizes", int, "[1, 1e9]", [vae.mixture_fit_n], "numbers of training encodings each "
+                    "mixture is fitted to", nargs="+", metavar="N")
+    add_number_flag(parser, "--n", int, "[2, 1e9]", 10000, "samples scored per sampler (a Frechet distance needs 2)")
     parser.add_argument("--classifier", default=CLASSIFIER_PATH,
                         help=f"the cached MNIST classifier, trained if missing (default: {CLASSIFIER_PATH})")
     return parser
