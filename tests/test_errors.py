@@ -620,8 +620,9 @@ SMALL_DISK = {"vae": "6m", "gan": "15m"}  # room for one checkpoint of the run b
 def test_a_full_disk_ends_in_one_line_and_keeps_the_previous_checkpoint(argv, tmp_path, small_npy):
     """On a real small file system (tmpfs, in a mount namespace of its own: as root, or as a user where user
     namespaces are allowed), the run's second checkpoint finds the disk full."""
-    if not shutil.which("unshare"):
-        pytest.skip("no unshare here: the stand-in below covers a full disk")
+    if not shutil.which("unshare") or subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "true"],
+                                                     capture_output=True).returncode:
+        pytest.skip("no mount namespace can be made here: the stand-in below covers a full disk")
     disk, kept, run = tmp_path / "disk", tmp_path / "kept", tmp_path / "run"
     disk.mkdir()
     flags = ["--data", small_npy, "--epochs", "3", "--figures-dir", tmp_path / "f"]
