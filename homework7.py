@@ -39,10 +39,10 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-# torch's CPU threads (OpenMP) spin while they wait for one another: GNU's libgomp (Linux) for about 3 ms, LLVM's and
-# Intel's (macOS, Windows) for 200 ms. Beside another busy process a spinning thread holds the core that the thread
-# it waits for needs, and a run slows several times over; a short spin keeps its speed alone and in company. Read
-# once, as torch loads; a setting of the user's own wins.
+# torch's CPU threads (OpenMP) spin while they wait for one another: GNU's libgomp (Linux) for milliseconds, LLVM's
+# and Intel's (macOS, Windows) for 200 ms. Beside another busy process a spinning thread holds the core that the
+# thread it waits for needs, and a run slows many times over; a short spin keeps it near its one-thread speed in
+# company, for a little of its speed alone. Read once, as torch loads; a setting of the user's own wins.
 SHORT_SPIN = {"GOMP_SPINCOUNT": "1000", "KMP_BLOCKTIME": "0"}  # GNU's spin in rounds, LLVM's and Intel's in ms
 if "OMP_WAIT_POLICY" not in os.environ:
     for name, value in SHORT_SPIN.items():
