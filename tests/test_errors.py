@@ -20,9 +20,10 @@ Bad input
 
 Files
 - Every file is written whole or not at all: made in memory, written to a temporary file beside it, then
-  renamed. A full disk gets one line wherever it strikes, and the previous checkpoint stays. The files a user names to a tool (tools.sample --out,
-  tools.evaluate --classifier, tools.gan_quality --figure, tools.report's three) replace only a file of their
-  own kind, never a symlink, a FIFO, a directory or another kind of file.
+  renamed. A full disk gets one line wherever it strikes, and the previous checkpoint stays. The files a
+  user names to a tool (tools.sample --out, tools.evaluate --classifier, tools.gan_quality --figure,
+  tools.report's three) replace only a file of their own kind, never a symlink, a FIFO, a directory or
+  another kind of file.
 - tools.report puts beside a figure only the config and the scores of the run that drew it (figures.json
   holds the SHA-256 of the figure each run drew and of its checkpoint; eval.json that of the checkpoint it scored),
   and says what it left out in one line; it describes that run in words, a name that is not UTF-8 escaped.

@@ -317,14 +317,17 @@ def test_a_cuda_index_past_the_last_device_is_refused(monkeypatch):
     assert hw.resolve_device("cuda:0") == torch.device("cuda:0")
 
 
-def test_two_writers_of_one_file_use_two_temporary_files(tmp_path):
-    target = tmp_path / "classifier.pt"
+def test_two_writers_of_one_file_use_two_temporary_files(tmp_path, monkeypatch):
+    target, real_fsync, calls = tmp_path / "classifier.pt", os.fsync, []
 
-    def outer(f):  # a second run writes the same file while the first is still writing it
-        hw.atomic_write(target, lambda g: g.write(b"inner"))
-        f.write(b"outer")
+    def fsync(fd):  # a second run writes the same file while the first still holds its temporary file open
+        calls.append(fd)
+        if len(calls) == 1:
+            hw.atomic_write(target, lambda g: g.write(b"inner"))
+        real_fsync(fd)
 
-    hw.atomic_write(target, outer)
+    monkeypatch.setattr(os, "fsync", fsync)
+    hw.atomic_write(target, lambda f: f.write(b"outer"))
     assert target.read_bytes() == b"outer" and [p.name for p in tmp_path.iterdir()] == ["classifier.pt"]
 
 

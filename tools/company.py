@@ -45,7 +45,7 @@ def start_run(role, script, work_dir, env):
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
-def epoch_seconds(run_dir):
+def recorded_seconds(run_dir):
     """The seconds of each epoch finished so far in run_dir's metrics.json (none before the first)."""
     try:
         return [record["seconds"] for record in json.loads((run_dir / "metrics.json").read_text())]
@@ -60,7 +60,7 @@ def run_case(roles, script, epochs, env, tmp):
     processes = [start_run(role, script, d, env) for role, d in zip(roles, dirs)]
     trained = [(p, d) for role, p, d in zip(roles, processes, dirs) if role != "busy"]
     try:
-        while any(len(epoch_seconds(d)) < epochs for _, d in trained):
+        while any(len(recorded_seconds(d)) < epochs for _, d in trained):
             for p, _ in trained:
                 if p.poll() is not None:
                     raise hw.UsageError(f"a run ended early: {p.stderr.read().strip().splitlines()[-1:]}")
@@ -70,7 +70,7 @@ def run_case(roles, script, epochs, env, tmp):
             p.send_signal(signal.SIGKILL if p.args[1] == "-c" else signal.SIGTERM)
         for p in processes:
             p.wait()
-    return [median(epoch_seconds(d)[1:epochs]) for _, d in trained]
+    return [median(recorded_seconds(d)[1:epochs]) for _, d in trained]
 
 
 def company(cases, repeats, epochs, script, env_overrides):
