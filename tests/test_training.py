@@ -17,6 +17,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from matplotlib.image import imread
 
 import homework7 as hw
 import tools.evaluate as ev
@@ -34,23 +35,17 @@ def main(argv):
 
 
 # ----------------------------------------------------------------------------- data
-def test_data_holds_the_full_mnist_with_its_labels(mnist):
-    train_x, train_y = mnist
-    test_x, test_y = ev.load_mnist_with_labels("t10k")
-    assert train_x.shape == (60000, 784) and test_x.shape == (10000, 784)
-    assert train_y.shape == (60000,) and test_y.shape == (10000,)
-    # the class counts published with MNIST
-    assert torch.bincount(train_y).tolist() == [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
-    assert torch.bincount(test_y).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
-    assert train_x.min() == 0 and train_x.max() == 1  # the IDX bytes / 255
-
-
-def test_default_data_is_60000_train_and_10000_test():
+def test_the_default_data_are_mnists_60000_training_and_10000_test_images(mnist):
     train_x, test_x = hw.load_images(hw.VAEConfig())
-    assert train_x.shape == (60000, 784) and test_x.shape == (10000, 784)
-    assert train_x.dtype == torch.float32
+    assert train_x.shape == (60000, 784) and test_x.shape == (10000, 784) and train_x.dtype == torch.float32
     raw = gzip.decompress((hw.MNIST_DIR / "train-images-idx3-ubyte.gz").read_bytes())
     assert torch.equal(train_x[0], torch.tensor(list(raw[16 : 16 + 784]), dtype=torch.float32) / 255)
+    assert train_x.min() == 0 and train_x.max() == 1  # the IDX bytes / 255
+    # with tools.evaluate's labels, the class counts published with MNIST
+    assert torch.equal(mnist[0], train_x)
+    assert torch.bincount(mnist[1]).tolist() == [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+    test_y = ev.load_mnist_with_labels("t10k")[1]
+    assert torch.bincount(test_y).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 
 
 @pytest.mark.parametrize("kind", ["images-idx3", "labels-idx1"])
@@ -81,41 +76,28 @@ def test_idx_labels_are_read_and_told_apart_from_images(tmp_path):
         hw.read_image_file(path)
 
 
-def test_npy_layouts_all_load_the_same(tmp_path, images):
-    x = images[:20]
-    as_uint8 = np.round(x * 255).astype(np.uint8)
-    for name, array in [("flat", as_uint8 / 255.0), ("square", (as_uint8 / 255.0).reshape(20, 28, 28)),
-                        ("uint8", as_uint8)]:
-        np.save(tmp_path / f"{name}.npy", array)
-    loaded = [hw.read_image_file(tmp_path / f"{name}.npy") for name in ("flat", "square", "uint8")]
-    for tensor in loaded:
-        assert tensor.shape == (20, 784) and tensor.dtype == torch.float32
-        assert torch.allclose(tensor, loaded[0])
-
-
-def test_idx_files_plain_and_gzipped(tmp_path, images):
+@pytest.mark.parametrize("layout", ["npy N×784", "npy N×28×28", "npy uint8", "idx", "idx.gz", "npy pipe", "idx pipe"])
+def test_every_layout_of_an_image_file_gives_the_same_pixels(layout, tmp_path, images):
+    """.npy files of floats (N×784, N×28×28) or bytes, IDX files plain or gzipped, and a file through a pipe, as
+    --data <(cat FILE) gives it: read once only."""
     pixels = np.round(images[:10] * 255).astype(np.uint8).reshape(10, 28, 28)
-    for gz in (False, True):
-        x = hw.read_image_file(write_idx(tmp_path / f"t{gz}-images-idx3-ubyte", pixels, gz))
-        assert torch.equal(x, torch.from_numpy(pixels.reshape(10, 784) / np.float32(255)))
-
-
-@pytest.mark.parametrize("kind", ["idx", "npy"])
-def test_a_data_file_given_through_a_pipe_is_read(kind, tmp_path, images):
-    """As --data <(cat FILE) gives it: a pipe, which can be read once only."""
-    pixels = np.round(images[:10] * 255).astype(np.uint8).reshape(10, 28, 28)
-    source = write_idx(tmp_path / "images-idx3-ubyte", pixels) if kind == "idx" else tmp_path / "images.npy"
-    if kind == "npy":
-        np.save(source, pixels)
-    pipe = tmp_path / "pipe"
-    os.mkfifo(pipe)
-    writer = threading.Thread(target=lambda: pipe.write_bytes(source.read_bytes()))
-    writer.start()
+    if layout.startswith("idx"):
+        source = write_idx(tmp_path / "images-idx3-ubyte", pixels, gz=layout == "idx.gz")
+    else:
+        source = tmp_path / "images.npy"
+        np.save(source, {"npy N×784": pixels.reshape(10, 784) / 255.0, "npy N×28×28": pixels / 255.0}.get(layout, pixels))
+    path, writer = source, None
+    if layout.endswith("pipe"):
+        path = tmp_path / "pipe"
+        os.mkfifo(path)
+        writer = threading.Thread(target=lambda: path.write_bytes(source.read_bytes()))
+        writer.start()
     try:
-        x = hw.read_image_file(pipe)
+        x = hw.read_image_file(path)
     finally:
-        writer.join(timeout=10)
-    assert torch.equal(x, hw.read_image_file(source))
+        if writer:
+            writer.join(timeout=10)
+    assert torch.equal(x, torch.from_numpy(pixels.reshape(10, 784) / np.float32(255)))  # float32, to the last bit
 
 
 def test_a_data_file_rewritten_while_the_run_loads_it_changes_nothing_under_it(tmp_path, small_npy, python_run):
@@ -261,14 +243,12 @@ def test_the_script_imports_only_what_the_design_card_allows():
 
 
 # ----------------------------------------------------------------------------- the VAE's mixture
-def test_vae_samples_from_its_fitted_mixture_and_from_the_prior(tmp_path, cli):
-    status, out, _ = cli(main, "vae", "--n-train", "300", "--epochs", "1", "--mixture-components", "5",
-                         *outputs(tmp_path))
-    assert status == 0
-    path = tmp_path / "run" / "checkpoint.pt"
+def test_vae_samples_from_its_fitted_mixture_and_from_the_prior(tmp_path, checkpoints, cli):
+    """The shared VAEs, with a mixture of 2 and without one (whose samples come from the prior)."""
+    path = checkpoints["vae"]
     mixture = torch.load(path, map_location="cpu", weights_only=True)["trainer"]["mixture"]
-    assert mixture["weights"].shape == (5,) and mixture["means"].shape == (5, 32)
-    assert mixture["covariances"].shape == (5, 32, 32)
+    assert mixture["weights"].shape == (2,) and mixture["means"].shape == (2, 32)
+    assert mixture["covariances"].shape == (2, 32, 32)
     assert abs(mixture["weights"].sum().item() - 1) < 1e-9
 
     trainer = ts.trainer_from_checkpoint(hw.load_checkpoint(path, "vae"), CPU, path)
@@ -279,7 +259,7 @@ def test_vae_samples_from_its_fitted_mixture_and_from_the_prior(tmp_path, cli):
     assert 0 <= images.min() and images.max() <= 1
     assert not torch.equal(images, trainer.sample(500, torch.Generator().manual_seed(1)))  # not N(0, I)
 
-    assert trainer.sampler_labels() == {"prior": "z ~ N(0, I)", "mixture": "z ~ mixture of 5"}
+    assert trainer.sampler_labels() == {"prior": "z ~ N(0, I)", "mixture": "z ~ mixture of 2"}
     for flag, expected in (("mixture", "mixture"), ("prior", "prior"), (None, ts.DEFAULT_SAMPLER)):
         argv = ["sample", "vae", "--checkpoint", path, "--n", "20", "--out", tmp_path / f"{flag}.npy"]
         status, out, _ = cli(main, *argv, *(["--sampler", flag] if flag else []))
@@ -288,25 +268,19 @@ def test_vae_samples_from_its_fitted_mixture_and_from_the_prior(tmp_path, cli):
     expected = trainer.sample(20, torch.Generator().manual_seed(0), sampler="mixture").numpy()
     assert np.array_equal(mixture_images, expected)
 
-    # the figure: the assignment's three rows and the mixture's, 0.75 inch each at 100 dpi, 0.5 inch of title
-    height = __import__("matplotlib.image").image.imread(tmp_path / "figures" / "vae.png").shape[0]
-    assert height == round(100 * (4 * 0.75 + 0.5))
-
-
-def test_a_vae_without_a_mixture_draws_from_the_prior_only(tmp_path, cli):
-    assert cli(main, "vae", "--n-train", "200", "--epochs", "1", "--mixture-components", "0",
-               *outputs(tmp_path))[0] == 0
-    path = tmp_path / "run" / "checkpoint.pt"
-    assert "mixture" not in hw.load_checkpoint(path)["trainer"]
-    height = __import__("matplotlib.image").image.imread(tmp_path / "figures" / "vae.png").shape[0]
-    assert height == round(100 * (3 * 0.75 + 0.5))  # the assignment's three rows only
-    status, out, _ = cli(main, "sample", "vae", "--checkpoint", path, "--n", "5", "--out", tmp_path / "s.npy")
+    assert "mixture" not in hw.load_checkpoint(checkpoints["vae_prior"])["trainer"]
+    status, out, _ = cli(main, "sample", "vae", "--checkpoint", checkpoints["vae_prior"], "--n", "5", "--out",
+                         tmp_path / "s.npy")
     assert status == 0 and "z ~ N(0, I)" in out  # the default falls back to the prior
+    # the figures: rows of 0.75 inch at 100 dpi under 0.5 inch of title, the assignment's three and the mixture's
+    for name, rows in (("vae", 4), ("vae_prior", 3)):
+        assert imread(checkpoints[name].parent / "vae.png").shape[0] == round(100 * (rows * 0.75 + 0.5))
 
 
 # ----------------------------------------------------------------------------- any machine, any moment
 def test_the_gan_trains_on_101_images(tmp_path, cli):
-    status, out, err = cli(main, "gan", "--n-train", "101", "--epochs", "1", "--hidden", "16", *outputs(tmp_path))
+    status, out, err = cli(main, "gan", "--n-train", "101", "--batch-size", "100", "--epochs", "1", "--hidden", "16",
+                           *outputs(tmp_path))  # the lone 101st image joins the minibatch before it
     assert status == 0 and "gan epoch   1/1" in out, err
 
 
@@ -464,34 +438,21 @@ def test_every_stop_signal_ends_a_real_run_in_one_line_and_keeps_its_last_epoch(
 
 def test_the_advice_after_a_stop_is_the_command_that_continues_this_run(tmp_path, small_npy, interrupt_child,
                                                                         monkeypatch):
-    """Under the name the script was started by (tools.report copies it as homework7.NAME.py), with a run
-    directory that argparse would take for a flag unless it is given as --run-dir=-r."""
+    """A resumed run, stopped: its advice names the script as it was started (tools.report copies it as
+    homework7.NAME.py), the run directory as --run-dir=-r (which argparse would take for a flag otherwise), and
+    every flag of the run that is not its default (those given to the resume too), as FLAG=VALUE."""
     shutil.copy(ROOT / "homework7.py", tmp_path / "homework7.alice.py")
-    code, _, err = interrupt_child(["homework7.alice.py", "vae", "--data", small_npy, "--epochs", "100000",
-                                    "--figures-dir", "figures", "--run-dir=-r"], "vae epoch   2/", tmp_path,
-                                   signals=[signal.SIGTERM])
-    [line] = [line for line in err.splitlines() if line]
-    assert code == 143 and line.endswith(f"; continue with: python homework7.alice.py vae --resume --data={small_npy} "
-                                         "--run-dir=-r --epochs=100000"), err  # figures/ is the default
-    epoch = hw.load_checkpoint(tmp_path / "-r" / "checkpoint.pt")["epoch"]
     monkeypatch.chdir(tmp_path)
-    argv = shlex.split(line.split("continue with: ")[1])[2:]  # what follows `python homework7.alice.py`
-    assert hw.main([*argv, "--epochs", str(epoch + 1)]) == 0  # one epoch more than the stopped run had
-    assert hw.load_checkpoint(tmp_path / "-r" / "checkpoint.pt")["epoch"] == epoch + 1
-
-
-def test_the_advice_after_a_stopped_resume_keeps_the_flags_it_was_given(tmp_path, small_npy, interrupt_child):
-    flags = ["--data", small_npy, "--figures-dir", tmp_path / "figures", "--run-dir", tmp_path / "r"]
-    assert hw.main([str(a) for a in ["vae", *flags, "--epochs", "1", "--mixture-components", "0"]]) == 0
-    code, _, err = interrupt_child([ROOT / "homework7.py", "vae", "--resume", "--epochs", "6", "--mixture-components",
+    flags = ["--data", str(small_npy), "--figures-dir", "figures", "--run-dir=-r"]
+    assert hw.main(["vae", *flags, "--epochs", "1", "--mixture-components", "0"]) == 0
+    code, _, err = interrupt_child(["homework7.alice.py", "vae", "--resume", "--epochs", "6", "--mixture-components",
                                     "20", "--mixture-fit-n", "250", *flags], "vae epoch   2/", tmp_path,
                                    signals=[signal.SIGTERM])
     [line] = [line for line in err.splitlines() if line]
-    advice = shlex.split(line.split("continue with: ")[1])
-    assert code == 143 and advice[:4] == ["python", str(ROOT / "homework7.py"), "vae", "--resume"], err
-    assert {"--epochs=6", "--mixture-components=20", "--mixture-fit-n=250"} <= set(advice), err
-    assert hw.main(advice[2:]) == 0  # it continues the run to the epochs it was given
-    assert hw.load_checkpoint(tmp_path / "r" / "checkpoint.pt")["epoch"] == 6
+    assert code == 143 and line.endswith(f"; continue with: python homework7.alice.py vae --resume --data={small_npy} "
+                                         "--run-dir=-r --epochs=6 --mixture-components=20 --mixture-fit-n=250"), err
+    assert hw.main(shlex.split(line.split("continue with: ")[1])[2:]) == 0  # what follows `python homework7.alice.py`
+    assert hw.load_checkpoint(tmp_path / "-r" / "checkpoint.pt")["epoch"] == 6  # the epochs it was given
 
 
 def test_the_first_stop_signal_is_recorded_and_the_second_meets_the_systems_default():
