@@ -348,6 +348,7 @@ BAD_INPUTS = [  # (id, argv with {d} for the directory of bad files, words the o
     ("method epochs=1.5", "tools.gan_quality --methods new+epochs=1.5", "argument --epochs: invalid int value: '1.5'"),
     ("method ema=", "tools.gan_quality --methods new+ema=", "argument --ema: invalid float value: ''"),
     ("method g_noise=bogus", "tools.gan_quality --methods new+g_noise=bogus", "--g-noise: invalid choice: 'bogus'"),
+    ("unknown method", "tools.gan_quality --methods r3", "unknown method 'r3'"),
     ("method of no field", "tools.gan_quality --methods new+bogus=1", "unrecognized arguments: --bogus=1"),
     ("method lr out of range", "tools.gan_quality --methods new+lr=-1", "--lr -1.0: must lie within (0, inf)"),
 ]

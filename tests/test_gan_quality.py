@@ -63,11 +63,6 @@ def test_r1_coupling_measures_the_penalty_as_training_computes_it():
     assert torch.allclose(torch.autograd.grad(D.logits(x_grad).sum(), x_grad)[0], own, atol=1e-6)
 
 
-def test_unknown_methods_are_refused_in_one_line(tmp_path, capsys):
-    assert gq.main(["--methods", "r3", "--out-dir", str(tmp_path)]) == 2
-    assert "unknown method 'r3'" in capsys.readouterr().err and not list(tmp_path.iterdir())
-
-
 def test_the_seed_table_gives_each_scores_mean_and_spread_over_seeds():
     def record(method, seed, conf, fid):
         return {"method": method, "seed": seed, "at": [10, 20],
