@@ -32,6 +32,8 @@ def test_reconstruction_term_is_a_sum_of_784_log_losses_and_the_weight_scales_kl
         for n in range(3)
     ]
     assert recon.item() == pytest.approx(sum(by_hand) / 3, rel=1e-5)
+    log_px = Bernoulli(logits=x_logits, validate_args=False).log_prob(x).sum(1).mean()  # grey pixels too
+    assert recon.item() == pytest.approx(-log_px.item(), rel=1e-5)
     assert loss.item() == pytest.approx(recon.item() + 0.25 * kl.item(), rel=1e-6)
 
 
