@@ -39,6 +39,8 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+SCRIPT = Path(__file__).name  # as handed in (homework7.jsmith.py): the name its messages give
+
 # torch's CPU threads (OpenMP) spin while they wait for one another: GNU's libgomp (Linux) for milliseconds, LLVM's
 # and Intel's (macOS, Windows) for 200 ms. Beside another busy process a spinning thread holds the core that the
 # thread it waits for needs, and a run slows many times over; a short spin keeps it near its one-thread speed in
@@ -58,7 +60,7 @@ try:  # torch takes a second or more to load: a Ctrl-C then ends in one line too
     from torch import nn
     from tqdm import tqdm
 except KeyboardInterrupt:
-    print("\nhomework7.py: interrupted while starting", file=sys.stderr)
+    print(f"\n{SCRIPT}: interrupted while starting", file=sys.stderr)
     sys.exit(130)
 
 # ----------------------------------------------------------------------------- config
@@ -83,16 +85,20 @@ class RunConfig:
     device: str = arg("auto", "cpu, cuda, cuda:N, mps, or auto (CUDA, then MPS, then CPU)")
     threads: int = arg(0, "CPU threads of torch's operations (0 = torch's choice, one per core; 1 for several "
                           "runs at once)", "[0, 1024]")
-    figures_dir: str = arg("figures", "where the PNG figures go")
-    run_dir: str = arg("", "where the checkpoint, config.json and metrics.json go ('' = runs/<model>)")
+    figures_dir: str = arg("", "where the PNG figures go ('' = figures/ for a run of the defaults, otherwise its "
+                               "run directory)")
+    run_dir: str = arg("", "where the checkpoint, config.json and metrics.json go ('' = runs/<model>, followed by the "
+                           "flags that change what it trains, as in runs/vae_n-train=100)")
 
 
 @dataclass
 class VAEConfig(RunConfig):
     """The VAE: encoder 784→hidden→2p (tanh, dropout), decoder p→hidden→784 sigmoids."""
 
-    epochs: int = arg(60, "passes over the training set", "[1, 1e6]")
-    batch_size: int = arg(500, "minibatch size M", "[1, 1e6]")
+    epochs: int = arg(None, "passes over the training set (default: 60, or on a small training set as many as "
+                            "make 3,000 steps)", "[1, 1e6]", type=int)
+    batch_size: int = arg(None, "minibatch size M (default: 500, or a twentieth of a smaller training set)",
+                          "[1, 1e6]", type=int)
     lr: float = arg(4.5e-3, "Adam learning rate", "(0, inf)")
     latent_dim: int = arg(32, "p, the dimension of the latent code z", "[1, 1e9]")
     hidden: int = arg(200, "hidden units of encoder and decoder", "[1, 1e9]")
@@ -105,10 +111,28 @@ class VAEConfig(RunConfig):
                                                 "so that it judges where z came from, not the decoder's blur, or the "
                                                 "images themselves (data)", choices=("reconstruction", "data"))
     prior_gan_dropout: float = arg(0.5, "rate of that D's input dropout layer (higher: a weaker D)", "[0, 1)")
-    mixture_components: int = arg(200, "components of the Gaussian mixture fitted to the encodings μ(x) after "
-                                      "training, a second way to draw z (0 = none)", "[0, 1e6]")
+    mixture_components: int = arg(None, "components of the Gaussian mixture fitted to the encodings μ(x) after "
+                                       "training, a second way to draw z (default: 200, or one per 100 encodings "
+                                       "where that is fewer; 0 = none)", "[0, 1e6]", type=int)
     mixture_fit_n: int = arg(20000, "fit the mixture to the encodings of at most this many training images",
                              "[1, 1e9]")
+
+    def for_training_set(self, n):
+        """The config with the sizes left to the training set of n images filled in. MNIST's 60,000 get minibatches
+        of 500 for 60 epochs and a mixture of 200; the assignment's debugging run on 100 images gets minibatches of
+        5 for 150 epochs, enough steps to reconstruct them almost perfectly at KL weight 0, and a mixture of 1."""
+        batch_size = self.batch_size or min(500, math.ceil(n / 20))
+        if self.prior_gan and min(batch_size, n) < 2:
+            raise UsageError("--prior-gan needs minibatches of at least 2 images, and so at least 2 training images "
+                             "(D's BatchNorm normalises over a minibatch)")
+        epochs = self.epochs or max(60, math.ceil(3000 / len(batch_bounds(n, batch_size))))
+        n_fit = min(n, self.mixture_fit_n)
+        components = min(200, n_fit // 100) if self.mixture_components is None else self.mixture_components
+        if components > n_fit or components == 0 != self.mixture_components:
+            print(f"vae: no mixture of {components or 'one component per 100 encodings'}: the training set gives "
+                  f"{n_fit} encodings to fit it to")
+            components = 0
+        return dataclasses.replace(self, batch_size=batch_size, epochs=epochs, mixture_components=components)
 
 
 @dataclass
@@ -140,6 +164,14 @@ class GANConfig(RunConfig):
                        choices=("shared", "fresh"))
     generator_loss: str = arg("non-saturating", "G's objective: minimax, log(1-D(G(z))), or non-saturating, "
                                                  "-log D(G(z))", choices=("non-saturating", "minimax"))
+
+    def for_training_set(self, n):
+        """The config itself, once the training set of n images is known to give minibatches of at least 2 (a lone
+        leftover image joins the minibatch before it)."""
+        if min(self.batch_size, n) < 2:
+            raise UsageError("the GAN needs minibatches of at least 2 images, and so at least 2 training images (D's "
+                             "BatchNorm normalises over a minibatch)")
+        return self
 
 
 # ----------------------------------------------------------------------------- models
@@ -267,6 +299,7 @@ class VAETrainer:
     """Algorithm 1 of Kingma & Welling with L = 1 sample per image, Adam on θ and φ together."""
 
     name = "vae"
+    columns = ("loss", "-elbo", "recon", "kl", "g_loss", "d_loss")  # of the log: the loss descended, then its parts
     prior_batch = 100  # with --prior-gan, decoded z ~ N(0, I) a step: fewer than a minibatch, for speed
 
     def __init__(self, cfg, device):
@@ -290,7 +323,7 @@ class VAETrainer:
         z = reparameterize(mu, logvar)
         x_logits = self.model.decoder(z)
         loss, recon, kl = vae_loss(x, x_logits, mu, logvar, cfg.kl_weight)
-        stats = {"-elbo": (recon + kl).detach(), "recon": recon.detach(), "kl": kl.detach()}
+        stats = {"loss": loss.detach(), "-elbo": (recon + kl).detach(), "recon": recon.detach(), "kl": kl.detach()}
         # --prior-gan (VAE-GAN, Larsen et al. 2016, in its simplest form), with z' ~ N(0, I) and x̃ = the decoder's
         # reconstruction of a training image (or, with --prior-gan-real data, the image itself):
         #   the decoder descends  −L + γ · −log D(decoder(z')),  then D ascends  log D(x̃) + log(1 − D(decoder(z')))
@@ -342,7 +375,8 @@ class VAETrainer:
         except torch.linalg.LinAlgError:  # a covariance that float64 cannot hold: encodings of a diverged encoder
             raise Diverged("the mixture could not be fitted to these encodings; train with a lower --lr, or "
                            "pass --mixture-components 0") from None
-        return f"fitted a mixture of {cfg.mixture_components} Gaussians to {len(x)} encodings mu(x)"
+        k = cfg.mixture_components
+        return f"fitted a mixture of {k} Gaussian{'s' if k > 1 else ''} to {len(x)} encodings mu(x)"
 
     def sampler_labels(self):
         """The ways to draw new images, by name, each with its label: the prior z ~ N(0, I), then the mixture."""
@@ -386,24 +420,29 @@ class VAETrainer:
         z2, z1 = torch.cartesian_prod(q.flip(0), q).unbind(1)  # row by row: z₂ falls down, z₁ grows across
         return self.model.pixel_means(torch.stack([z1, z2], 1).to(self.device))
 
-    def write_figures(self, figures_dir, test_x, metrics):
-        x = test_x[:16]
-        rows = [("MNIST test", x), ("reconstruction", self.reconstruct(x))]  # then the prior's row, the mixture's
+    def write_figures(self, figures_dir, train_x, test_x, metrics):
+        """Draws the run's figures in figures_dir and returns their paths. The images reconstructed are test images,
+        or, for a model trained on fewer images than the test set holds, as the debugging run on 100 is, the
+        training images: it cannot yet reconstruct images it never saw."""
+        shown, which = (train_x, "training") if len(train_x) < len(test_x) else (test_x, "test")
+        x = shown[:16]
+        rows = [(f"{which} images", x), ("reconstruction", self.reconstruct(x))]  # then the prior's, the mixture's
         rows += [(f"new: {words}", self.sample(16, torch.Generator().manual_seed(self.cfg.seed), sampler))
                  for sampler, words in self.sampler_labels().items()]
         gan_term = f", VAE-GAN γ {self.cfg.prior_gan:g}" if self.cfg.prior_gan else ""
         title = f"VAE, p = {self.cfg.latent_dim}, KL weight {self.cfg.kl_weight:g}{gan_term}, {len(metrics)} epochs"
-        plot_rows(rows, Path(figures_dir) / "vae.png", title)
         series = [("-elbo", "−ELBO"), ("recon", "reconstruction −log p(x|z)"), ("kl", "KL(q(z|x) ‖ p(z))")]
-        plot_curves(metrics, series, Path(figures_dir) / "vae_curves.png", ylabel="nats per image")
         ends = (torch.arange(16) % len(test_x)).tolist()  # test images 0 → 1, 2 → 3, ..., 14 → 15 (fewer: again)
         lines = self.interpolate(test_x[ends[0::2]], test_x[ends[1::2]])
-        plot_rows([(f"test {a} → {b}", line) for a, b, line in zip(ends[0::2], ends[1::2], lines)],
-                  Path(figures_dir) / "vae_interpolation.png",
-                  "VAE: decoded straight lines between the encodings μ of two test digits")
+        paths = [plot_rows(rows, Path(figures_dir) / "vae.png", title),
+                 plot_curves(metrics, series, Path(figures_dir) / "vae_curves.png", ylabel="nats per image"),
+                 plot_rows([(f"pair {i + 1}", line) for i, line in enumerate(lines)],
+                           Path(figures_dir) / "vae_interpolation.png",
+                           "VAE: decoded straight lines between the encodings μ of two test images")]
         if self.cfg.latent_dim == 2:
-            plot_grid(self.manifold(), Path(figures_dir) / "vae_manifold.png",
-                      "VAE, p = 2: decoder over Gaussian quantiles of z₁ (across), z₂ (down)")
+            paths.append(plot_grid(self.manifold(), Path(figures_dir) / "vae_manifold.png",
+                                   "VAE, p = 2: decoder over Gaussian quantiles of z₁ (across), z₂ (down)"))
+        return paths
 
     def state_dict(self):
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
@@ -423,6 +462,7 @@ class GANTrainer:
     """Algorithm 1 of Goodfellow et al.: k steps of D, then one of G, each on m images / m noise vectors."""
 
     name = "gan"
+    columns = ("d_loss", "d_real_loss", "d_fake_loss", "d_x", "d_g_z", "r1", "g_loss")  # of the log
     n_fixed = 64  # fixed noise vectors for the figures
     collapse_d_fake = 1e-3  # stop when D(G(z)) stays below this for a whole epoch
     diverged_d_loss = 100.0  # stop when D's loss averages above this over an epoch (1.39 at D's equilibrium)
@@ -522,7 +562,7 @@ class GANTrainer:
         if max(s["d_g_z"] for s in steps) < self.collapse_d_fake:
             raise Diverged(f"D(G(z)) stayed below {self.collapse_d_fake:g} for the whole epoch: D has won and G "
                            "gets no signal")
-        d_loss = mean_of_steps(steps)["d_loss"]
+        d_loss = mean_of_steps(steps, ["d_loss"])["d_loss"]
         if d_loss > self.diverged_d_loss:
             raise Diverged(f"D's loss averaged {d_loss:.3g} over the epoch (2 log 2 = 1.39 where D cannot tell real "
                            "from generated): training has diverged; try a lower --lr")
@@ -546,17 +586,18 @@ class GANTrainer:
         """n new images G(z), z ~ N(0, I), G in eval mode."""
         return self.sampling_generator()(torch.randn(n, self.cfg.noise_dim, generator=generator).to(self.device))
 
-    def write_figures(self, figures_dir, test_x, metrics):
+    def write_figures(self, figures_dir, train_x, test_x, metrics):
+        """Draws the run's figures in figures_dir and returns their paths."""
         figures_dir = Path(figures_dir)
         with torch.inference_mode():
             images = self.sampling_generator()(self.fixed_z.to(self.device))
-        plot_grid(images, figures_dir / "gan.png", f"GAN samples G(z) for fixed z, {len(metrics)} epochs")
         series = [("d_loss", "D loss"), ("g_loss", "G loss"), ("d_x", "mean D(x)"), ("d_g_z", "mean D(G(z))")]
-        plot_curves(metrics, series, figures_dir / "gan_curves.png")
         epochs = sorted(self.snapshots)
         picked = sorted({epochs[round(i * (len(epochs) - 1) / 5)] for i in range(6)})
-        plot_rows([(f"epoch {e}", self.snapshots[e]) for e in picked], figures_dir / "gan_progress.png",
-                  "GAN: G(z) for the same z as training goes on")
+        return [plot_grid(images, figures_dir / "gan.png", f"GAN samples G(z) for fixed z, {len(metrics)} epochs"),
+                plot_curves(metrics, series, figures_dir / "gan_curves.png"),
+                plot_rows([(f"epoch {e}", self.snapshots[e]) for e in picked], figures_dir / "gan_progress.png",
+                          "GAN: G(z) for the same z as training goes on")]
 
     def state_dict(self):
         return {
@@ -623,9 +664,10 @@ def fit(trainer, cfg, train_x, test_x, stop, metrics=()):
                 raise Stopped(stop.signum, what_is_kept(cfg, len(metrics), trainer.name))
             steps.append(trainer.train_step(x))
             if len(steps) % 25 == 0:  # the means of the last 25 steps
-                bar.set_postfix({k: f"{v:.3g}" for k, v in mean_of_steps(steps[-25:]).items()}, refresh=False)
+                bar.set_postfix({k: f"{v:.3g}" for k, v in mean_of_steps(steps[-25:], trainer.columns).items()},
+                                refresh=False)
         try:
-            record = {"epoch": epoch, "seconds": 0.0, "train": mean_of_steps(steps),
+            record = {"epoch": epoch, "seconds": 0.0, "train": mean_of_steps(steps, trainer.columns),
                       "test": trainer.after_epoch(test_x, steps)}
             if not all_finite([record, trainer.state_dict()]):  # what is saved as good, fitted to and drawn, is finite
                 raise Diverged("a loss, a test metric or a weight became NaN or infinite")
@@ -641,14 +683,15 @@ def fit(trainer, cfg, train_x, test_x, stop, metrics=()):
 
 
 def epoch_line(record):
-    """An epoch's numbers for its line of the log: "train -elbo 120.1 recon 99.7 kl 20.4  test -elbo ..."."""
-    return "  ".join(f"{split} " + " ".join(f"{k} {v:.4g}" for k, v in record[split].items())
+    """An epoch's numbers for its line of the log, each in one format: "train loss 110.1234 -elbo ..."."""
+    return "  ".join(f"{split} " + " ".join(f"{k} {v:8.4f}" for k, v in record[split].items())
                      for split in ("train", "test") if record[split])
 
 
-def mean_of_steps(steps):
-    """The mean over the steps of each scalar a step returned (a dict of tensors each), read back in one sync."""
-    keys = list(dict.fromkeys(key for stats in steps for key in stats))
+def mean_of_steps(steps, keys):
+    """The mean of each of the keys over the steps that returned it (dicts of scalar tensors), in the keys' order,
+    read back in one sync."""
+    keys = [key for key in keys if any(key in stats for stats in steps)]
     values = [[stats[key].float() for stats in steps if key in stats] for key in keys]
     return dict(zip(keys, torch.stack([sum(v) / len(v) for v in values]).tolist()))
 
@@ -765,7 +808,9 @@ def tile(images, ncols, pad=2):
 
 
 def save_figure(fig, path):
+    """Writes the figure as a PNG file at path, and returns path."""
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=fig.dpi))
+    return path
 
 
 def plot_rows(rows, path, title):
@@ -780,7 +825,7 @@ def plot_rows(rows, path, title):
         ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=9)
         for spine in ax.spines.values():
             spine.set_visible(False)
-    save_figure(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_grid(images, path, title):
@@ -791,7 +836,7 @@ def plot_grid(images, path, title):
     ax.imshow(tile(images, ncols), cmap="gray", vmin=0, vmax=1)
     ax.set_axis_off()
     ax.set_title(title, fontsize=10)
-    save_figure(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_curves(metrics, series, path, ylabel=""):
@@ -809,7 +854,7 @@ def plot_curves(metrics, series, path, ylabel=""):
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    save_figure(fig, path)
+    return save_figure(fig, path)
 
 
 # ============================================================================= the plumbing
@@ -1008,7 +1053,7 @@ def load_checkpoint(path, model=None):
     config_cls = TRAINERS[state["model"]][0]
     if state.get("format") != CHECKPOINT_FORMAT or set(state["config"]) != {f.name for f in
                                                                            dataclasses.fields(config_cls)}:
-        raise UsageError(f"{path}: written by another version of homework7.py; train it again")
+        raise UsageError(f"{path}: written by another version of {SCRIPT}; train it again")
     if model and state["model"] != model:
         raise UsageError(f"{path}: a {state['model']} checkpoint, not a {model} one")
     state["config"] = config_cls(**state["config"])
@@ -1031,24 +1076,40 @@ def restore(trainer, state, path):
     try:
         trainer.load_state_dict(state["trainer"])
     except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as e:
-        raise UsageError(f"{path}: a damaged checkpoint, or one written by another version of homework7.py "
+        raise UsageError(f"{path}: a damaged checkpoint, or one written by another version of {SCRIPT} "
                          f"({first_line(e)}); train it again") from None
     return trainer
 
 
 def what_is_kept(cfg, epoch, model=None):
     """What a run that stopped after that many epochs leaves in its run directory, as a phrase; with its model,
-    the command that continues it: the run's own flags (those its config does not have by default), and --resume."""
+    the command that continues it, as this script was started: --resume and every setting that a resume may change
+    (RESUMABLE_CHANGES), so that it continues this run whatever its checkpoint held before."""
     if not epoch:
         return "no epoch of this run finished, so it wrote no checkpoint"
     kept = f"the checkpoint of epoch {epoch} is kept in {cfg.run_dir}"
     if not model:
         return kept
-    script = sys.argv[0] if Path(sys.argv[0]).name.startswith("homework7") else "homework7.py"  # as started
-    default = type(cfg)()
-    flags = [f"--{f.name.replace('_', '-')}={shlex.quote(str(getattr(cfg, f.name)))}"
-             for f in dataclasses.fields(cfg) if getattr(cfg, f.name) != getattr(default, f.name)]
-    return f"{kept}; continue with: python {shlex.quote(script)} {model} --resume {' '.join(flags)}"
+    spec = getattr(sys.modules["__main__"], "__spec__", None)  # python -m NAME has one; python FILE has none
+    started = ["-m", spec.name] if spec else [sys.argv[0]]
+    settings = [f"{flag(f.name)}={shell_word(str(getattr(cfg, f.name)))}" for f in dataclasses.fields(cfg)
+                if f.name in RESUMABLE_CHANGES]
+    return f"{kept}; continue with: python {' '.join(map(shell_word, started))} {model} --resume {' '.join(settings)}"
+
+
+def shell_word(text):
+    """text as one word of a POSIX shell's command line, on one line: shlex's quoting, or bash's $'...' where text
+    holds a control character or a byte of a name that is not UTF-8 (read by Python as a lone surrogate)."""
+    if text.isprintable():
+        return shlex.quote(text)
+
+    def escaped(c):
+        if 0xDC80 <= ord(c) <= 0xDCFF:  # the byte ord(c) − 0xDC00 of the name
+            return f"\\x{ord(c) - 0xDC00:02x}"
+        if c in "\\'":
+            return "\\" + c
+        return c if c.isprintable() else f"\\x{ord(c):02x}" if ord(c) < 256 else f"\\u{ord(c):04x}"
+    return "$'" + "".join(map(escaped, text)) + "'"
 
 
 # ----------------------------------------------------------------------------- stop signals
@@ -1100,6 +1161,11 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+def flag(field_name):
+    """The command-line flag of a config field: --n-train for n_train."""
+    return "--" + field_name.replace("_", "-")
+
+
 def add_config_flags(parser, config_cls, skip=()):
     """One --flag per config field; defaults are left out of the namespace so given flags can be told apart."""
     for f in dataclasses.fields(config_cls):
@@ -1109,11 +1175,11 @@ def add_config_flags(parser, config_cls, skip=()):
         within = kwargs.pop("within")
         said = ([] if f.default is None else [f"default: {f.default!r}"]) + ([f"within {within}"] if within else [])
         kwargs["help"] = (kwargs["help"] + (f" ({'; '.join(said)})" if said else "")).replace("%", "%%")
-        parser.add_argument("--" + f.name.replace("_", "-"), default=argparse.SUPPRESS, **kwargs)
+        parser.add_argument(flag(f.name), default=argparse.SUPPRESS, **kwargs)
 
 
 def build_parser():
-    parser = Parser(prog="homework7.py", description=__doc__)  # None under python -OO
+    parser = Parser(prog=SCRIPT, description=__doc__)  # None under python -OO
     commands = parser.add_subparsers(dest="command", required=True, metavar="{vae,gan}")
     for name, (config_cls, _) in TRAINERS.items():
         sub = commands.add_parser(name, help=f"train the {name.upper()} and write its figures",
@@ -1129,8 +1195,14 @@ RESUMABLE_CHANGES = {"epochs", "device", "threads", "figures_dir", "run_dir", "m
 
 def make_config(config_cls, given, name, resume=False):
     """(the run's config, the checkpoint to resume or None): the defaults updated by the given flags, or, with
-    --resume, the checkpoint's config updated by those that may change."""
-    run_dir, state = Path(given.get("run_dir") or f"runs/{name}"), None
+    --resume, the checkpoint's config updated by those that may change. The run directory is named by the flags
+    that change what it trains, so that a run of other flags never replaces another run's checkpoint or figures."""
+    default = config_cls()
+    named = [f"{flag(k)[2:]}={v:g}" if isinstance(v, float) else f"{flag(k)[2:]}={v}" for k, v in given.items()
+             if k not in RESUMABLE_CHANGES and v != getattr(default, k)]
+    run_name = "_".join([name, *sorted(named)])
+    run_name = "".join(c if c.isalnum() or c in "._=-" else "-" for c in run_name)  # a path in --data, say
+    run_dir, state = Path(given.get("run_dir") or Path("runs") / run_name), None
     if not resume:
         cfg = config_cls(**given)
     else:
@@ -1144,6 +1216,7 @@ def make_config(config_cls, given, name, resume=False):
             raise UsageError(f"--epochs {cfg.epochs}: the checkpoint has trained {state['epoch']} epochs already; "
                              f"pass --epochs {state['epoch']} or more")
     cfg.run_dir = str(run_dir)
+    cfg.figures_dir = cfg.figures_dir or ("figures" if run_name == name else cfg.run_dir)
     validate_config(cfg)
     return cfg, state
 
@@ -1153,25 +1226,9 @@ def validate_config(cfg):
     for f in dataclasses.fields(cfg):
         value, within = getattr(cfg, f.name), f.metadata.get("within")
         if within and value is not None and not lies_within(value, within):
-            raise UsageError(f"--{f.name.replace('_', '-')} {value}: must lie within {within}")
+            raise UsageError(f"{flag(f.name)} {value}: must lie within {within}")
     if cfg.test_data and not cfg.data:
         raise UsageError("--test-data needs --data (MNIST from data/ has its own test set)")
-    if not cfg.figures_dir:
-        raise UsageError("--figures-dir '': must name a directory")
-
-
-def check_sizes(cfg, n_train):
-    """Refuses, once the data are loaded, sizes that do not fit the number of training images: more mixture
-    components than encodings, minibatches of one image for a D (a lone leftover joins the minibatch before it)."""
-    n_fit = min(n_train, getattr(cfg, "mixture_fit_n", n_train))
-    if getattr(cfg, "mixture_components", 0) > n_fit:
-        raise UsageError(f"--mixture-components {cfg.mixture_components}: more components than the {n_fit} "
-                         f"training encodings the mixture is fitted to; pass --mixture-components {n_fit} or fewer "
-                         "(0: no mixture)")
-    d_of = "the GAN" if isinstance(cfg, GANConfig) else "--prior-gan" if cfg.prior_gan else None
-    if d_of and min(cfg.batch_size, n_train) < 2:
-        raise UsageError(f"{d_of} needs minibatches of at least 2 images, and so at least 2 training images "
-                         "(D's BatchNorm normalises over a minibatch)")
 
 
 def lies_within(value, interval):
@@ -1187,7 +1244,7 @@ def run(name, cfg, stop, state=None):
     use_threads(cfg.threads)
     device = resolve_device(cfg.device)
     train_x, test_x = load_images(cfg)
-    check_sizes(cfg, len(train_x))
+    cfg = cfg.for_training_set(len(train_x))
     with output_dirs(("--run-dir", cfg.run_dir), ("--figures-dir", cfg.figures_dir)):
         print(f"{name}: {len(train_x)} training and {len(test_x)} test images on {device}; run dir {cfg.run_dir}")
         torch.manual_seed(cfg.seed)  # initial weights, data order, dropout and noise
@@ -1211,9 +1268,10 @@ def run(name, cfg, stop, state=None):
             print(f"{name}: {summary} in {time.perf_counter() - finish_start:.1f} s")
             save_checkpoint(cfg.run_dir, trainer, cfg, metrics[-1]["epoch"], metrics)
         test_x = test_x.to(device)
-        trainer.write_figures(cfg.figures_dir, test_x, metrics)
-        drawn = (Path(cfg.run_dir) / "checkpoint.pt", Path(cfg.figures_dir) / f"{name}.png")  # the assignment's
-        save_json(Path(cfg.run_dir) / "figures.json", {p.name: sha256(p) for p in drawn})  # figure, and by what
+        figures = trainer.write_figures(cfg.figures_dir, train_x.to(device), test_x, metrics)
+        save_json(Path(cfg.run_dir) / "figures.json",  # which figures this run drew, and from which checkpoint
+                  {"checkpoint.pt": sha256(Path(cfg.run_dir) / "checkpoint.pt"),
+                   "figures": {str(path): sha256(path) for path in figures}})
     print(f"{name}: trained in {time.perf_counter() - start:.1f} s; figures in {cfg.figures_dir}/, "
           f"checkpoint in {cfg.run_dir}/")
     return trainer, test_x

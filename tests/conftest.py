@@ -67,16 +67,17 @@ def outputs(tmp_path):
 
 
 def drawn_run(runs, figures, model, config=None, scores=None):
-    """runs/<model> as homework7.py leaves it for tools.report after drawing figures/<model>.png: a checkpoint,
-    config.json (config, or the defaults), figures.json with the SHA-256 of both, and, given the scores of the
-    samples, eval.json as tools.evaluate writes it of that checkpoint."""
+    """runs/<model> as homework7.py leaves it for tools.report after drawing figures/<model>*.png: a checkpoint,
+    config.json (config, or the defaults on MNIST), figures.json with the path and SHA-256 of each figure and the
+    checkpoint's SHA-256, and, given the scores of the samples, eval.json as tools.evaluate writes it of that
+    checkpoint."""
     run = runs / model
     run.mkdir(parents=True, exist_ok=True)
     (run / "checkpoint.pt").write_bytes(os.urandom(64))
-    config = config or {"model": model, **dataclasses.asdict(hw.TRAINERS[model][0]())}
+    config = config or {"model": model, **dataclasses.asdict(hw.TRAINERS[model][0]().for_training_set(60000))}
     (run / "config.json").write_text(json.dumps(config))
-    (run / "figures.json").write_text(json.dumps({p.name: hw.sha256(p) for p in (run / "checkpoint.pt",
-                                                                                  figures / f"{model}.png")}))
+    (run / "figures.json").write_text(json.dumps({"checkpoint.pt": hw.sha256(run / "checkpoint.pt"), "figures": {
+        str(p): hw.sha256(p) for p in sorted(figures.glob(f"{model}*.png"))}}))
     if scores:
         (run / "eval.json").write_text(json.dumps({
             "model": model, "n_samples": 10000, "classifier_accuracy": 0.9931, "real": scores,

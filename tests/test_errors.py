@@ -24,16 +24,20 @@ Files
   user names to a tool (tools.sample --out, tools.evaluate --classifier, tools.gan_quality --figure,
   tools.report's three) replace only a file of their own kind, never a symlink, a FIFO, a directory or
   another kind of file.
-- tools.report puts beside a figure only the config and the scores of the run that drew it (figures.json
-  holds the SHA-256 of the figure each run drew and of its checkpoint; eval.json that of the checkpoint it scored),
-  and says what it left out in one line; it describes that run in words, a name that is not UTF-8 escaped.
+- A run never replaces another run's files: each has a run directory named by the flags that change what it
+  trains, and only a run of the defaults draws into figures/. Run again with the same flags, it starts over.
+- tools.report shows only the figures its two runs drew, each as it drew it, with that run's config and the
+  scores of its checkpoint (figures.json holds the path and SHA-256 of each figure a run drew and the SHA-256
+  of its checkpoint; eval.json that of the checkpoint it scored). It refuses in one line where a run's
+  <model>.png is missing or drawn again since, and says in one line what else it left out; it describes each
+  run in words, a name that is not UTF-8 escaped.
 
 Stops and divergence
 - A stop signal is recorded, and training stops between two steps with one line and status 128 + its number:
   Ctrl-C 130, SIGTERM 143, SIGHUP 129. The checkpoint of the last finished epoch stays, and the line gives
-  the command that resumes this run: the script under the name it was started by, the run's own flags (as
-  FLAG=VALUE, those of a resumed run too) and --resume (where no epoch of this run finished, it says so,
-  whatever an earlier run left in the directory). A second
+  the command that resumes this run: the script under the name it was started by, --resume and every setting
+  a resume may change (as FLAG=VALUE, quoted for a shell on one line), whatever its checkpoint held before
+  (where no epoch of this run finished, it says so, whatever an earlier run left in the directory). A second
   signal ends the process at once, as the system does. A SIGINT or SIGHUP that the parent ignores (nohup, a
   script's &) stays ignored.
 - Nothing diverged is saved as good or drawn: an epoch whose losses, test metrics or weights are not all
@@ -272,8 +276,6 @@ BAD_INPUTS = [  # (id, argv with {d} for the directory of bad files, words the o
     ("GAN whose loss explodes", "gan --data {d}/small.npy --lr 1e3 --batch-size 20 --epochs 3",
      "training has diverged; try a lower --lr"),
     ("VAE-GAN, minibatch of 1", "vae --batch-size 1 --prior-gan 1", "--prior-gan needs minibatches of at least 2"),
-    ("mixture too large", "vae --n-train 30 --mixture-components 31",
-     "more components than the 30 training encodings the mixture is fitted to; pass --mixture-components 30 or fewer"),
     ("unknown loss", "gan --generator-loss wasserstein", "invalid choice: 'wasserstein'"),
     ("device tpu", "vae --device tpu", "device 'tpu': not on this machine"),
     ("device cuda:-1", "gan --device cuda:-1", "device 'cuda:-1'"),
@@ -327,7 +329,8 @@ BAD_INPUTS = [  # (id, argv with {d} for the directory of bad files, words the o
     ("weights of another layout", "tools.sample gan --checkpoint {d}/other_layout.pt", "another version of homework7"),
     ("resume, another config", "vae --resume --run-dir {d}/run --latent-dim 3", "differs in: latent_dim"),
     # the tools' numbers and readers
-    ("report without figures", "tools.report --user ab --figures-dir nowhere", "missing"),
+    ("report without figures", "tools.report --user ab --vae-run nowhere",
+     "nowhere: no vae.png drawn by this run's checkpoint; run python homework7.py vae first"),
     ("quality n 1", "tools.gan_quality --methods new --n 1", "--n: 1: must lie within [2, 1e9]"),
     ("quality seed 2^64", "tools.gan_quality --methods new --seeds 18446744073709551616", "[0, 4294967295]"),
     ("evaluate n 1", "tools.evaluate vae --n 1", "--n: 1: must lie within [2, 1e9]"),
@@ -585,7 +588,7 @@ def test_a_test_metric_turning_nan_keeps_the_last_good_checkpoint(tmp_path, smal
 def test_the_report_draws_text_from_files_as_written_and_checks_each_file(tmp_path, cli):
     figures, runs = tmp_path / "figures", tmp_path / "runs"
     figures.mkdir()
-    for name in ("vae.png", "gan.png"):
+    for name in ("vae.png", "gan.png", "gan_curves.png"):
         hw.plot_grid(torch.rand(4, hw.IMAGE_DIM), figures / name, name)
     scores = {"coverage": 10, "confident": 0.9, "inception_score": 9.0, "fid": 5.0, "histogram": [1] * 10}
     eval_json = drawn_run(runs, figures, "gan", scores=scores) / "eval.json"
@@ -593,19 +596,21 @@ def test_the_report_draws_text_from_files_as_written_and_checks_each_file(tmp_pa
     (runs / "gan" / "config.json").write_text("[1, 2]")  # JSON, but not a config
     drawn_run(runs, figures, "vae")
     (runs / "vae" / "eval.json").write_text("[" * 100_000 + "]" * 100_000)  # nested deeper than the parser follows
-    status, _, err = cli(tools.report.main, "--user", "ab", "--figures-dir", figures, "--runs-dir", runs,
+    status, _, err = cli(tools.report.main, "--user", "ab", "--vae-run", runs / "vae", "--gan-run", runs / "gan",
                          "--out-dir", tmp_path / "out")
     assert status == 0 and "config.json is not a JSON object" in err, err
     assert "vae/eval.json: not JSON (maximum recursion depth" in err
     (figures / "gan_curves.png").write_bytes(b"")  # a figure cut to nothing
-    status, _, err = cli(tools.report.main, "--user", "ab", "--figures-dir", figures, "--out-dir", tmp_path / "out2")
-    assert status == 2 and err.count("\n") == 1 and "gan_curves.png: not a readable PNG figure" in err
-    assert not (tmp_path / "out2").exists()  # a failed report leaves no directory
-    (figures / "gan_curves.png").unlink()
+    status, _, err = cli(tools.report.main, "--user", "ab", "--gan-run", runs / "gan", "--vae-run", runs / "vae",
+                         "--out-dir", tmp_path / "out2")
+    assert status == 0 and "gan_curves.png is not as the run in" in err  # left out of the PDF
     (figures / "gan.png").unlink()
     (figures / "gan.png").mkdir()  # a directory where a figure should be
-    status, _, err = cli(tools.report.main, "--user", "ab", "--figures-dir", figures, "--out-dir", tmp_path)
-    assert status == 2 and err.count("\n") == 1 and "gan.png: Is a directory" in err
+    status, _, err = cli(tools.report.main, "--user", "ab", "--gan-run", runs / "gan", "--vae-run", runs / "vae",
+                         "--out-dir", tmp_path / "out3")
+    assert status == 2 and err.endswith("no gan.png drawn by this run's checkpoint; run python homework7.py gan first "
+                                        "(or pass --gan-run)\n")
+    assert not (tmp_path / "out3").exists()  # a failed report leaves no directory
 
 
 # ----------------------------------------------------------------------------- stops

@@ -13,6 +13,7 @@ import signal
 import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -125,7 +126,7 @@ def test_data_flag_holds_out_a_test_set(small_npy):
 def test_vae_end_to_end_writes_figures_checkpoint_and_samples(tmp_path, cli):
     status, out, _ = cli(main, "vae", "--n-train", "200", "--epochs", "2", *outputs(tmp_path))
     assert status == 0
-    assert "vae epoch   2/2  train -elbo " in out and "  test -elbo " in out
+    assert "vae epoch   2/2  train loss " in out and "  test -elbo " in out
     for name in ("vae.png", "vae_curves.png"):
         assert (tmp_path / "figures" / name).stat().st_size > 10_000
     state = hw.load_checkpoint(tmp_path / "run" / "checkpoint.pt", "vae")
@@ -192,35 +193,60 @@ def test_a_stop_keeps_the_last_epoch_and_resume_ends_where_an_uninterrupted_run_
     assert_same_networks(tmp_path / "straight", tmp_path / "cut")
 
 
+def test_the_assignments_debugging_step_needs_no_other_flag_and_replaces_no_other_run(tmp_path, monkeypatch, cli):
+    """`vae --n-train 100 --kl-weight 0`, as the assignment words it: it trains in a run directory of its own, beside
+    the full run's checkpoint and figure (stand-ins here), which stay as they were; it reconstructs its 100
+    training images almost perfectly (mean |y - x| <= 0.03, eval mode, z = mu), and its figure shows them."""
+    monkeypatch.chdir(tmp_path)
+    full_run = {Path("runs/vae/checkpoint.pt"): b"the full run", Path("figures/vae.png"): b"its figure"}
+    for path, data in full_run.items():
+        path.parent.mkdir(parents=True)
+        path.write_bytes(data)
+    drawn, plot_rows = [], hw.plot_rows
+    monkeypatch.setattr(hw, "plot_rows", lambda rows, path, title: drawn.append((rows, path)) or plot_rows(rows, path,
+                                                                                                          title))
+    status, out, _ = cli(main, "vae", "--n-train", "100", "--kl-weight", "0")
+    assert status == 0 and all(path.read_bytes() == data for path, data in full_run.items())
+    run = Path("runs/vae_kl-weight=0_n-train=100")
+    assert f"run dir {run}" in out and "vae epoch 150/150  train loss " in out
+    state = hw.load_checkpoint(run / "checkpoint.pt", "vae")
+    trainer = hw.restore(hw.VAETrainer(state["config"], torch.device("cpu")), state, run)
+    x = hw.load_images(state["config"])[0]
+    assert (trainer.reconstruct(x) - x).abs().mean() <= 0.03
+    [(rows, path)] = [(rows, path) for rows, path in drawn if path.name == "vae.png"]
+    assert path == run / "vae.png" and rows[0][0] == "training images" and torch.equal(rows[0][1], x[:16])
+    assert str(path) in json.loads((run / "figures.json").read_text())["figures"]
+
+
 # ----------------------------------------------------------------------------- the script on its own
 def test_the_script_alone_in_an_empty_directory_trains_both_models(tmp_path, small_npy, python_run):
-    """The submission is one file: copied alone into an empty directory, it asks for --data in one line,
-    trains each model on the assignment's .npy (or on data/ where it lies beside the script) and writes
-    its figures there, importing nothing of this project."""
+    """The submission is one file, named as handed in: copied alone into an empty directory, it asks for --data
+    in one line that names it, trains each model on the assignment's .npy (or on data/ where it lies beside the
+    script) into a run directory named by its flags, and imports nothing of this project."""
     alone = tmp_path / "alone"
     alone.mkdir()
-    shutil.copy(ROOT / "homework7.py", alone / "homework7.py")
+    shutil.copy(ROOT / "homework7.py", alone / "homework7.jsmith.py")
     env = {"PYTHONPATH": None, "PYTHONIOENCODING": "cp1252"}  # as Windows writes to a file or a pipe: no μ, −, ≥
 
     def train(model, *flags):
-        return python_run(["homework7.py", model, "--epochs", "1", "--n-train", "200", *flags], alone, env)
+        return python_run(["homework7.jsmith.py", model, "--epochs", "1", "--n-train", "200", *flags], alone, env)
 
     status, out, err = train("vae")
     assert status == 2 and out == ""
-    assert err == (f"homework7.py: error: MNIST not found in {alone / 'data'}/: pass --data with the "
+    assert err == (f"homework7.jsmith.py: error: MNIST not found in {alone / 'data'}/: pass --data with the "
                            "assignment's mnist_train_images.npy or an IDX image file (train-images-idx3-ubyte)\n")
     shutil.copy(small_npy, alone / small_npy.name)
     shutil.copytree(ROOT / "data", alone / "data")
-    for model, flags in (("vae", ["--data", small_npy.name]), ("gan", [])):
+    for model, flags, run in (("vae", ["--data", small_npy.name], "vae_data=mnist_train_images.npy_n-train=200"),
+                              ("gan", [], "gan_n-train=200")):
         status, out, err = train(model, *flags)
         assert status == 0, err
         assert f"{model} epoch   1/1" in out
-        assert (alone / "figures" / f"{model}.png").stat().st_size > 10_000
-        assert hw.load_checkpoint(alone / "runs" / model / "checkpoint.pt", model)["epoch"] == 1
-        assert model == "gan" or "Gaussians to 200 encodings mu(x)" in out
+        assert (alone / "runs" / run / f"{model}.png").stat().st_size > 10_000  # not in figures/: not the defaults
+        assert hw.load_checkpoint(alone / "runs" / run / "checkpoint.pt", model)["epoch"] == 1
+        assert model == "gan" or "fitted a mixture of 2 Gaussians to 200 encodings mu(x)" in out  # one per 100
     assert "200 training and 10000 test images" in out
-    assert sorted(p.name for p in alone.iterdir()) == ["data", "figures", "homework7.py", "mnist_train_images.npy",
-                                                       "runs"]
+    assert sorted(p.name for p in alone.iterdir()) == ["data", "homework7.jsmith.py", "mnist_train_images.npy", "runs"]
 
 
 def test_a_console_without_greek_letters_prints_what_it_can(tmp_path, small_npy, ascii_console):
@@ -229,7 +255,7 @@ def test_a_console_without_greek_letters_prints_what_it_can(tmp_path, small_npy,
                                        "--mixture-fit-n", "100", *outputs(tmp_path)]])
     out, err = read()
     assert status == 0 and "fitted a mixture of 3 Gaussians to 100 encodings mu(x)" in out
-    assert "train -elbo" in out
+    assert "train loss" in out
     assert hw.main(["vae", "--help"]) == 0
     out, _ = read()
     assert "encodings ?(x) after training" in out and "784?hidden?2p" in out  # each character it lacks as ?
@@ -440,7 +466,7 @@ def test_the_advice_after_a_stop_is_the_command_that_continues_this_run(tmp_path
                                                                         monkeypatch):
     """A resumed run, stopped: its advice names the script as it was started (tools.report copies it as
     homework7.NAME.py), the run directory as --run-dir=-r (which argparse would take for a flag otherwise), and
-    every flag of the run that is not its default (those given to the resume too), as FLAG=VALUE."""
+    every setting a resume may change, as FLAG=VALUE, whatever the checkpoint held before."""
     shutil.copy(ROOT / "homework7.py", tmp_path / "homework7.alice.py")
     monkeypatch.chdir(tmp_path)
     flags = ["--data", str(small_npy), "--figures-dir", "figures", "--run-dir=-r"]
@@ -449,8 +475,9 @@ def test_the_advice_after_a_stop_is_the_command_that_continues_this_run(tmp_path
                                     "20", "--mixture-fit-n", "250", *flags], "vae epoch   2/", tmp_path,
                                    signals=[signal.SIGTERM])
     [line] = [line for line in err.splitlines() if line]
-    assert code == 143 and line.endswith(f"; continue with: python homework7.alice.py vae --resume --data={small_npy} "
-                                         "--run-dir=-r --epochs=6 --mixture-components=20 --mixture-fit-n=250"), err
+    assert code == 143 and line.endswith("; continue with: python homework7.alice.py vae --resume --device=auto "
+                                         "--threads=0 --figures-dir=figures --run-dir=-r --epochs=6 "
+                                         "--mixture-components=20 --mixture-fit-n=250"), err
     assert hw.main(shlex.split(line.split("continue with: ")[1])[2:]) == 0  # what follows `python homework7.alice.py`
     assert hw.load_checkpoint(tmp_path / "-r" / "checkpoint.pt")["epoch"] == 6  # the epochs it was given
 

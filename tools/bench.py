@@ -93,7 +93,7 @@ def project_steps(name, train_x, steps, cfg):
     trainer = TRAINERS[name][1](cfg, torch.device("cpu"))
     kept = []
     seconds = time_loop(lambda x: kept.append(trainer.train_step(x)), endless_minibatches(train_x, cfg.batch_size), steps)
-    mean_of_steps(kept)  # the one read-back an epoch does
+    mean_of_steps(kept, trainer.columns)  # the one read-back an epoch does
     return seconds
 
 
@@ -227,6 +227,11 @@ def peak_memory_mb(name, tmp_dir):
     return int(done.stdout.rsplit("peak KiB", 1)[1]) / 1024
 
 
+def default_config(name, train_x):
+    """The model's default config, its sizes filled in for these training images."""
+    return TRAINERS[name][0]().for_training_set(len(train_x))
+
+
 def bench(models, steps, batch_sizes=None):
     """Images per second of this project's steps, of the plain loop, and of the torch.mm limit; or, with
     batch_sizes, the seconds per epoch of the project's steps at each."""
@@ -234,17 +239,17 @@ def bench(models, steps, batch_sizes=None):
     if batch_sizes:
         print(f"bench: {torch.get_num_threads()} threads, {steps} timed steps per batch size, fastest of 3 rounds")
         for name in models:
-            sizes = {b: (name, dataclasses.replace(TRAINERS[name][0](), batch_size=b)) for b in batch_sizes}
+            sizes = {b: (name, dataclasses.replace(default_config(name, train_x), batch_size=b)) for b in batch_sizes}
             for batch_size, seconds in epoch_seconds(sizes, train_x, steps).items():
                 print(f"{name} batch {batch_size}: {seconds:.2f} s per epoch of {len(train_x):,} images")
         return 0
-    batches = ", ".join(f"{name} {TRAINERS[name][0]().batch_size}" for name in models)
+    batches = ", ".join(f"{name} {default_config(name, train_x).batch_size}" for name in models)
     print(f"bench: {torch.get_num_threads()} threads, PyTorch {torch.__version__}, each model's default batch size "
           f"({batches}), {steps} timed steps each, fastest of 3")
     rows, lines, epochs = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         for name in models:
-            cfg = TRAINERS[name][0]()
+            cfg = default_config(name, train_x)
             plain_steps = {"vae": plain_vae_steps, "gan": plain_gan_steps}[name]
             products, plain, ours, limit = step_products(name, cfg), math.inf, math.inf, math.inf
             for _ in range(3):  # alternate and keep the fastest, so a slow moment of the machine hits all three

@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 from matplotlib.figure import Figure
 
-from homework7 import (GANConfig, GANTrainer, Parser, UsageError, add_config_flags, fit, load_checkpoint, load_images,
-                       output_dirs, resolve_device, run_cli, save_json, use_threads, validate_config)
+from homework7 import (GANConfig, GANTrainer, Parser, UsageError, add_config_flags, fit, flag, load_checkpoint,
+                       load_images, output_dirs, resolve_device, run_cli, save_json, use_threads, validate_config)
 from tools import add_number_flag, add_threads_flag
 from tools.bench import epoch_seconds
 from tools.outputs import PNG_FILE, check_replaceable, read_json, write_output
@@ -94,7 +94,7 @@ def field_flags(part, name):
     add_config_flags(parser, GANConfig)
     key, value = part.split("=", 1)
     try:
-        return vars(parser.parse_args([f"--{key.replace('_', '-')}={value}"]))
+        return vars(parser.parse_args([f"{flag(key)}={value}"]))
     except UsageError as e:
         raise UsageError(f"method {name!r}: {e}") from None
 

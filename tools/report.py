@@ -3,9 +3,10 @@
 Usage:
   python -m tools.report --user NAME [--user NAME2]
 
-The PDF opens with the assignment's two figures, each under its problem's heading, then the scores of
-tools.evaluate as tables (where it has been run), then an appendix with the training curves and the other
-figures. The .py is a copy of homework7.py, which runs on its own.
+The PDF holds only what this user's runs drew: the assignment's two figures, each under its problem's heading,
+with the run's config and the scores of tools.evaluate (where it has scored that run's checkpoint), then an
+appendix with the runs' other figures. Each figure must be as its run's figures.json records it. The .py is a
+copy of homework7.py, which runs on its own.
 """
 import sys
 import textwrap
@@ -17,7 +18,7 @@ from matplotlib.backends.backend_pdf import PdfPages
 from matplotlib.figure import Figure
 
 import homework7 as hw
-from homework7 import Parser, RunConfig, UsageError, atomic_write, output_dirs, run_cli, sha256
+from homework7 import Parser, UsageError, atomic_write, output_dirs, run_cli, sha256
 from tools.outputs import PDF_FILE, PNG_FILE, ZIP_FILE, check_replaceable, read_json
 from tools.evaluate import score_notes, score_rows
 
@@ -25,26 +26,24 @@ PAGE_W, PAGE_H = 8.27, 11.69  # A4, inches
 MARGIN = 0.75  # inches on every side
 TEXT_W = PAGE_W - 2 * MARGIN
 
-# (problem heading, model, its figure, caption): the figures the assignment asks for
-PROBLEMS = [
-    ("1 Variational Auto-Encoders", "vae", "vae.png",
-     "Figure 1. Top row: 16 existing MNIST images x (the test set). Second row: their reconstructions "
-     "P_θ(Q_φ(x)), the decoder's mean for the encoder's mean. Third row: 16 new images, a Gaussian noise "
-     "vector z ~ N(0, I) passed through the decoder alone. Fourth row: 16 new images with z drawn instead from a "
-     "Gaussian mixture fitted to the encodings μ(x) of the training images after training."),
-    ("2 Generative Adversarial Networks", "gan", "gan.png",
-     "Figure 2. 64 new images G(z) from the trained generator, one for each of a fixed set of Gaussian noise "
-     "vectors z, G in eval mode."),
-]
-APPENDIX = [  # (figure, caption), each shown where it exists
-    ("vae_curves.png", "VAE: −ELBO, reconstruction and KL terms per epoch, train and test, nats per image."),
-    ("vae_interpolation.png", "VAE: decoded points on straight lines between the encodings μ of two test digits."),
-    ("vae_manifold.png", "VAE with p = 2: the decoder over a grid of Gaussian quantiles of z (Kingma & Welling, Fig. 4)."),
-    ("vae_sweep.png", "VAE trained with different weights of the KL term: reconstructions, and new images "
-                      "from z ~ N(0, I) and from the fitted mixture."),
-    ("gan_curves.png", "GAN: D and G losses and mean D(x), D(G(z)) per epoch."),
-    ("gan_progress.png", "GAN: G(z) for the same z at several epochs of training."),
-]
+# (problem heading, model): the assignment's problems, each with its figure <model>.png
+PROBLEMS = [("1 Variational Auto-Encoders", "vae"), ("2 Generative Adversarial Networks", "gan")]
+VAE_ROWS = ("Figure 1. Top row: 16 existing MNIST images x, as labelled: test images, or, for a run on fewer "
+            "training images than test images, those it trained on. Second row: their reconstructions "
+            "P_θ(Q_φ(x)), the decoder's mean for the encoder's mean. Third row: 16 new images, a Gaussian noise "
+            "vector z ~ N(0, I) passed through the decoder alone.")
+MIXTURE_ROW = (" Fourth row: 16 new images with z drawn instead from a mixture of {k} Gaussians fitted to the "
+               "encodings μ(x) of the training images after training.")
+GAN_CAPTION = ("Figure 2. 64 new images G(z) from the trained generator, one for each of a fixed set of Gaussian "
+               "noise vectors z, G in eval mode.")
+APPENDIX = {  # each figure a run drew beside its <model>.png, by its name, with its caption
+    "vae_curves.png": "VAE: −ELBO, reconstruction and KL terms per epoch, train and test, nats per image.",
+    "vae_interpolation.png": "VAE: decoded points on straight lines between the encodings μ of two test images.",
+    "vae_manifold.png": "VAE with p = 2: the decoder over a grid of Gaussian quantiles of z (Kingma & Welling, "
+                        "Fig. 4).",
+    "gan_curves.png": "GAN: D and G losses and mean D(x), D(G(z)) per epoch.",
+    "gan_progress.png": "GAN: G(z) for the same z at several epochs of training.",
+}
 
 
 class Page:
@@ -112,18 +111,21 @@ def read_object(path):
     return obj
 
 
-def the_run_that_drew(figure, run_dir):
-    """(config, the SHA-256 of its checkpoint) of the run in run_dir where it drew the figure, as its
-    figures.json records (the figure's and the checkpoint's SHA-256), or (None, None), with one line saying why,
-    where it did not."""
-    drawn = read_object(run_dir / "figures.json")
-    checkpoint = run_dir / "checkpoint.pt"
-    if drawn and drawn.get(figure.name) == sha256(figure) and checkpoint.exists() and \
-            drawn.get("checkpoint.pt") == sha256(checkpoint):
-        return read_object(run_dir / "config.json"), drawn["checkpoint.pt"]
-    print(f"tools.report: {figure} was not drawn by the run in {run_dir}; its config and scores are left out of "
-          "the PDF", file=sys.stderr)
-    return None, None
+def drawn_figures(model, run_dir):
+    """(config or None, the SHA-256 of the checkpoint, {name: path} of the figures) of the run in run_dir, as its
+    figures.json records them: the figures it drew, each still as it drew it, <model>.png first; one line where
+    the run has not drawn <model>.png, or it or the checkpoint has changed since."""
+    drawn, checkpoint = read_object(run_dir / "figures.json") or {}, run_dir / "checkpoint.pt"
+    figures = {}
+    for path, digest in (drawn.get("figures") or {}).items():
+        if Path(path).is_file() and sha256(path) == digest:
+            figures[Path(path).name] = Path(path)
+        else:
+            print(f"tools.report: {path} is not as the run in {run_dir} drew it; left out of the PDF", file=sys.stderr)
+    if f"{model}.png" not in figures or not checkpoint.exists() or drawn.get("checkpoint.pt") != sha256(checkpoint):
+        raise UsageError(f"{run_dir}: no {model}.png drawn by this run's checkpoint; run python homework7.py {model} "
+                         f"first (or pass --{model}-run)")
+    return read_object(run_dir / "config.json"), drawn["checkpoint.pt"], dict(sorted(figures.items(), key=lambda item: item[0] != f"{model}.png"))
 
 
 def read_figure(path):
@@ -138,8 +140,8 @@ def read_figure(path):
     raise UsageError(f"{path}: not a readable PNG figure; run homework7.py again to write it")
 
 
-def scores_table(page, model, report, path):
-    """The evaluation's table and notes, or a line saying it has not been run (or cannot be read)."""
+def scores_table(page, report, path):
+    """The evaluation's table and notes, where there is one that can be read."""
     try:
         rows = [[label, f"{s['coverage']}/10", f"{s['confident']:.3f}", f"{s['inception_score']:.2f}",
                  f"{s['fid']:.1f}"] for label, s in score_rows(report)]
@@ -147,7 +149,6 @@ def scores_table(page, model, report, path):
     except (KeyError, TypeError, ValueError, AttributeError):
         if report is not None:
             print(f"tools.report: {path} is not an evaluation report; left out of the PDF", file=sys.stderr)
-        page.text(f"Scores: not evaluated (python -m tools.evaluate {model} writes {path}).", size=9)
         return
     page.text("Scores of the samples", size=11, weight="bold")
     page.table(["", "classes covered", "confident share", "Inception score", "FID*"], rows)
@@ -160,8 +161,8 @@ def described(config):
     data = f"the images of {c['data']}" if config.get("data") else "MNIST's 60,000 training images"
     data = f"the first {c['n_train']} of {data}" if config.get("n_train") else data
     if config.get("model") == "vae":
-        model = (f"p = {c['latent_dim']}, {c['hidden']} hidden units, KL weight {c['kl_weight']}; "
-                 f"new images also from a mixture of {c['mixture_components']} Gaussians")
+        mixture = f"; new images also from a mixture of {c['mixture_components']}" if config["mixture_components"] else ""
+        model = f"p = {c['latent_dim']}, {c['hidden']} hidden units, KL weight {c['kl_weight']}{mixture}"
     else:
         model = (f"noise of {c['noise_dim']} dimensions, {c['hidden']} hidden units, the {c['generator_loss']} "
                  f"loss of G, R1 γ = {c['r1']}, a moving average of G of decay {c['ema']}")
@@ -169,69 +170,75 @@ def described(config):
             f"seed {c['seed']}")
 
 
-def build_pages(users, figures_dir, runs_dir):
-    """The PDF's pages: the two problems with their figures and scores, then the appendix."""
-    names = [name for _, _, name, _ in PROBLEMS] + [name for name, _ in APPENDIX if (figures_dir / name).exists()]
-    images = {name: read_figure(figures_dir / name) for name in names}  # each checked before anything is said
+def build_pages(users, runs):
+    """The PDF's pages: the two problems with their figures and scores, then the appendix; runs: the run
+    directory of each model."""
+    drawn = {model: drawn_figures(model, Path(runs[model])) for _, model in PROBLEMS}  # all checked first
+    images = {path: read_figure(path) for _, _, figures in drawn.values() for path in figures.values()}
     pages = []
-    for i, (heading, model, name, caption) in enumerate(PROBLEMS):
+    for i, (heading, model) in enumerate(PROBLEMS):
+        config, checkpoint, figures = drawn[model]
         page = Page()
         if i == 0:
             page.text(f"Homework 7 — {', '.join(users)}", size=16, weight="bold", gap=0.05)
             page.text("CS/DS 541 Deep Neural Networks. A VAE and a GAN on MNIST, both fully connected, "
-                      "trained by homework7.py.", size=10, gap=0.3)
+                      f"trained by {script_name(users)}.", size=10, gap=0.3)
         page.text(heading, size=14, weight="bold", gap=0.15)
-        page.image(images[name])
-        config, checkpoint = the_run_that_drew(figures_dir / name, runs_dir / model)
+        page.image(images[figures[f"{model}.png"]])
         try:
-            trained = f"\nTrained: {described(config)}." if config else ""
+            if model == "gan":
+                caption = GAN_CAPTION
+            else:  # "some": a fourth row is said to be there where there is one
+                mixture = config["mixture_components"] if config else "some"
+                caption = VAE_ROWS + (MIXTURE_ROW.format(k=mixture) if mixture else "")
+            caption += f"\nTrained: {described(config)}." if config else ""
         except KeyError:  # a config.json of another version
-            trained = ""
-        page.text(caption + trained, size=9, gap=0.3)
-        eval_path = runs_dir / model / "eval.json"
-        report = read_object(eval_path) if checkpoint else None
+            caption = GAN_CAPTION if model == "gan" else VAE_ROWS
+        if not config:
+            caption = caption.replace(" Fourth row:", " A fourth row, where there is one:")
+        page.text(caption, size=9, gap=0.3)
+        eval_path = Path(runs[model]) / "eval.json"
+        report = read_object(eval_path)
         if report and report.get("checkpoint_sha256") != checkpoint:
-            print(f"tools.report: {eval_path} scored another checkpoint than the one that drew {name}; left out "
-                  "of the PDF", file=sys.stderr)
+            print(f"tools.report: {eval_path} scored another checkpoint than the one that drew {model}.png; left "
+                  "out of the PDF", file=sys.stderr)
             report = None
-        scores_table(page, model, report, eval_path)
+        scores_table(page, report, eval_path)
         pages.append(page)
     page = Page()
     page.text("Appendix: training curves and other figures", size=14, weight="bold", gap=0.2)
-    for name, caption in APPENDIX:
-        if name not in images:
-            continue
-        image = images[name]
+    for name, path in [(name, path) for _, _, figures in drawn.values() for name, path in list(figures.items())[1:]]:
+        image = images[path]
         if page.image_height(image) + 0.6 > page.room() and page.top < PAGE_H - MARGIN - 0.6:
             pages.append(page)
             page = Page()
         page.image(image)
-        page.text(f"{name}: {caption}", size=9, gap=0.35)
+        page.text(f"{name}: {APPENDIX.get(name, '')}", size=9, gap=0.35)
     pages.append(page)
     return [page.fig for page in pages]
 
 
-def report(users, out_dir, figures_dir, runs_dir):
+def script_name(users):
+    return "homework7." + ".".join(users) + ".py"
+
+
+def report(users, out_dir, runs):
     """The PDF, the script copy and the zip holding both, as the assignment's Rules name them."""
     if not 1 <= len(users) <= 3 or not all(u and u.replace("-", "").replace("_", "").isalnum() for u in users):
         raise UsageError("--user: give 1 to 3 user names of letters, digits, '-' or '_'")
-    figures_dir, out_dir, runs_dir = Path(figures_dir), Path(out_dir), Path(runs_dir)
-    missing = [str(figures_dir / name) for _, _, name, _ in PROBLEMS if not (figures_dir / name).exists()]
-    if missing:
-        raise UsageError(f"{', '.join(missing)} missing: run python homework7.py vae and "
-                         f"python homework7.py gan first")
-    stem = "homework7." + ".".join(users)
+    out_dir = Path(out_dir)
     source = Path(hw.__file__).read_bytes()
     script_file = ("homework7.py", source[:16])  # an earlier copy of the script begins as it does
-    pdf, script, archive = out_dir / f"{stem}.pdf", out_dir / f"{stem}.py", out_dir / f"{stem}.zip"
+    script = out_dir / script_name(users)
+    pdf, archive = script.with_suffix(".pdf"), script.with_suffix(".zip")
     for path, kind in ((pdf, PDF_FILE), (script, script_file), (archive, ZIP_FILE)):  # all checked before any write
         check_replaceable(path, kind)
-    pages = build_pages(users, figures_dir, runs_dir)
+    pages = build_pages(users, runs)
     with output_dirs(("--out-dir", out_dir)):
         atomic_write(pdf, lambda f: write_pdf(f, pages))
         atomic_write(script, lambda f: f.write(source))
         atomic_write(archive, lambda f: write_zip(f, [pdf, script]))
-    print(f"wrote {pdf} ({len(pages)} pages), {script} and {out_dir / f'{stem}.zip'}")
+    print(f"wrote {pdf} ({len(pages)} pages), {script} and {archive}")
     return 0
 
 
@@ -252,16 +259,16 @@ def build_parser():
     parser.add_argument("--user", action="append", required=True, metavar="NAME",
                         help="WPI user name; repeat it for each team member (up to 3)")
     parser.add_argument("--out-dir", default=".", help="where the three files go (default: .)")
-    parser.add_argument("--figures-dir", default=RunConfig.figures_dir,
-                        help=f"where the figures are (default: {RunConfig.figures_dir})")
-    parser.add_argument("--runs-dir", default="runs",
-                        help="where the runs' config.json and eval.json are (default: runs)")
+    for model in ("vae", "gan"):
+        parser.add_argument(f"--{model}-run", default=f"runs/{model}", metavar="DIR",
+                            help=f"the run whose figures and scores the PDF shows for the {model.upper()}: its run "
+                                 f"directory, as homework7.py printed it (default: runs/{model})")
     return parser
 
 
 def main(argv=None):
-    return run_cli(build_parser(), argv,
-                   lambda args, stop: report(args.user, args.out_dir, args.figures_dir, args.runs_dir))
+    return run_cli(build_parser(), argv, lambda args, stop: report(args.user, args.out_dir,
+                                                                    {"vae": args.vae_run, "gan": args.gan_run}))
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from homework7 import (Parser, RunConfig, UsageError, VAEConfig, add_config_flags, load_images, make_config,
+from homework7 import (Parser, UsageError, VAEConfig, add_config_flags, load_images, make_config,
                        output_dirs, plot_rows, run, run_cli, save_json)
 from tools import add_number_flag
 from tools.evaluate import CLASSIFIER_PATH, evaluate_trainer, load_classifier, real_references
@@ -31,7 +31,7 @@ def sweep(given, latent_dims, kl_weights, epochs_list, components, n, classifier
     fit_sizes = fit_sizes or [given.get("mixture_fit_n", VAEConfig.mixture_fit_n)]
     check_lists(epochs_list)
     sweep_dir = Path(given.get("run_dir") or "runs/sweep")
-    figures_dir = Path(given.get("figures_dir") or RunConfig.figures_dir)
+    figures_dir = Path(given.get("figures_dir") or "figures")
     rows, table, references = [], [], None
     for p in latent_dims:
         for w in kl_weights:
@@ -110,7 +110,7 @@ def build_parser():
                                      epilog="Every other flag is the vae command's, passed to each run.")
     add_config_flags(parser, VAEConfig, skip={"kl_weight", "latent_dim", "epochs", "mixture_components",
                                               "mixture_fit_n"})
-    vae = VAEConfig()
+    vae = VAEConfig().for_training_set(60000)  # the defaults on MNIST
     add_number_flag(parser, "--kl-weights", float, "[0, inf)", [0, 0.25, 0.5, 1, 2, 4], "the KL weights to train",
                     nargs="+", metavar="W")
     add_number_flag(parser, "--latent-dims", int, "[1, 1e9]", [vae.latent_dim], "the latent dimensions p to train",
