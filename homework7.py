@@ -90,6 +90,10 @@ class RunConfig:
     run_dir: str = arg("", "where the checkpoint, config.json and metrics.json go ('' = runs/<model>, followed by the "
                            "flags that change what it trains, as in runs/vae_n-train=100)")
 
+    def for_training_set(self, n):
+        """The config with the sizes left to the training set of n images filled in (here none are)."""
+        return self
+
 
 @dataclass
 class VAEConfig(RunConfig):
@@ -122,13 +126,10 @@ class VAEConfig(RunConfig):
         of 500 for 60 epochs and a mixture of 200; the assignment's debugging run on 100 images gets minibatches of
         5 for 150 epochs, enough steps to reconstruct them almost perfectly at KL weight 0, and a mixture of 1."""
         batch_size = self.batch_size or min(500, math.ceil(n / 20))
-        if self.prior_gan and min(batch_size, n) < 2:
-            raise UsageError("--prior-gan needs minibatches of at least 2 images, and so at least 2 training images "
-                             "(D's BatchNorm normalises over a minibatch)")
         epochs = self.epochs or max(60, math.ceil(3000 / len(batch_bounds(n, batch_size))))
         n_fit = min(n, self.mixture_fit_n)
         components = min(200, n_fit // 100) if self.mixture_components is None else self.mixture_components
-        if components > n_fit or components == 0 != self.mixture_components:
+        if components > n_fit or (components == 0 and self.mixture_components != 0):  # asked for, but cannot be
             print(f"vae: no mixture of {components or 'one component per 100 encodings'}: the training set gives "
                   f"{n_fit} encodings to fit it to")
             components = 0
@@ -164,14 +165,6 @@ class GANConfig(RunConfig):
                        choices=("shared", "fresh"))
     generator_loss: str = arg("non-saturating", "G's objective: minimax, log(1-D(G(z))), or non-saturating, "
                                                  "-log D(G(z))", choices=("non-saturating", "minimax"))
-
-    def for_training_set(self, n):
-        """The config itself, once the training set of n images is known to give minibatches of at least 2 (a lone
-        leftover image joins the minibatch before it)."""
-        if min(self.batch_size, n) < 2:
-            raise UsageError("the GAN needs minibatches of at least 2 images, and so at least 2 training images (D's "
-                             "BatchNorm normalises over a minibatch)")
-        return self
 
 
 # ----------------------------------------------------------------------------- models
@@ -424,8 +417,8 @@ class VAETrainer:
         """Draws the run's figures in figures_dir and returns their paths. The images reconstructed are test images,
         or, for a model trained on fewer images than the test set holds, as the debugging run on 100 is, the
         training images: it cannot yet reconstruct images it never saw."""
-        shown, which = (train_x, "training") if len(train_x) < len(test_x) else (test_x, "test")
-        x = shown[:16]
+        shown, which = (train_x, "training") if len(train_x) < len(test_x) else (test_x, "test")  # on any device
+        x = shown[:16].to(self.device)
         rows = [(f"{which} images", x), ("reconstruction", self.reconstruct(x))]  # then the prior's, the mixture's
         rows += [(f"new: {words}", self.sample(16, torch.Generator().manual_seed(self.cfg.seed), sampler))
                  for sampler, words in self.sampler_labels().items()]
@@ -1197,12 +1190,8 @@ def make_config(config_cls, given, name, resume=False):
     """(the run's config, the checkpoint to resume or None): the defaults updated by the given flags, or, with
     --resume, the checkpoint's config updated by those that may change. The run directory is named by the flags
     that change what it trains, so that a run of other flags never replaces another run's checkpoint or figures."""
-    default = config_cls()
-    named = [f"{flag(k)[2:]}={v:g}" if isinstance(v, float) else f"{flag(k)[2:]}={v}" for k, v in given.items()
-             if k not in RESUMABLE_CHANGES and v != getattr(default, k)]
-    run_name = "_".join([name, *sorted(named)])
-    run_name = "".join(c if c.isalnum() or c in "._=-" else "-" for c in run_name)  # a path in --data, say
-    run_dir, state = Path(given.get("run_dir") or Path("runs") / run_name), None
+    named = run_name(config_cls, given, name)
+    run_dir, state = Path(given.get("run_dir") or Path("runs") / named), None
     if not resume:
         cfg = config_cls(**given)
     else:
@@ -1216,9 +1205,18 @@ def make_config(config_cls, given, name, resume=False):
             raise UsageError(f"--epochs {cfg.epochs}: the checkpoint has trained {state['epoch']} epochs already; "
                              f"pass --epochs {state['epoch']} or more")
     cfg.run_dir = str(run_dir)
-    cfg.figures_dir = cfg.figures_dir or ("figures" if run_name == name else cfg.run_dir)
+    cfg.figures_dir = cfg.figures_dir or ("figures" if named == name else cfg.run_dir)
     validate_config(cfg)
     return cfg, state
+
+
+def run_name(config_cls, given, model):
+    """The model, then each given flag that changes what it trains and is not its default, as FLAG=VALUE
+    ("vae_kl-weight=0_n-train=100"); a character a file name should not hold (a path's /) becomes -."""
+    default = config_cls()
+    named = sorted(f"{flag(k)[2:]}={format(v, 'g') if isinstance(v, float) else v}" for k, v in given.items()
+                   if k not in RESUMABLE_CHANGES and v != getattr(default, k))
+    return "".join(c if c.isalnum() or c in "._=-" else "-" for c in "_".join([model, *named]))
 
 
 def validate_config(cfg):
@@ -1229,6 +1227,15 @@ def validate_config(cfg):
             raise UsageError(f"{flag(f.name)} {value}: must lie within {within}")
     if cfg.test_data and not cfg.data:
         raise UsageError("--test-data needs --data (MNIST from data/ has its own test set)")
+
+
+def check_minibatches(cfg, n_train):
+    """Refuses, once the data are loaded, minibatches of one image for a D (a lone leftover joins the minibatch
+    before it)."""
+    d_of = "the GAN" if isinstance(cfg, GANConfig) else "--prior-gan" if cfg.prior_gan else None
+    if d_of and min(cfg.batch_size, n_train) < 2:
+        raise UsageError(f"{d_of} needs minibatches of at least 2 images, and so at least 2 training images "
+                         "(D's BatchNorm normalises over a minibatch)")
 
 
 def lies_within(value, interval):
@@ -1245,6 +1252,7 @@ def run(name, cfg, stop, state=None):
     device = resolve_device(cfg.device)
     train_x, test_x = load_images(cfg)
     cfg = cfg.for_training_set(len(train_x))
+    check_minibatches(cfg, len(train_x))
     with output_dirs(("--run-dir", cfg.run_dir), ("--figures-dir", cfg.figures_dir)):
         print(f"{name}: {len(train_x)} training and {len(test_x)} test images on {device}; run dir {cfg.run_dir}")
         torch.manual_seed(cfg.seed)  # initial weights, data order, dropout and noise
@@ -1268,7 +1276,7 @@ def run(name, cfg, stop, state=None):
             print(f"{name}: {summary} in {time.perf_counter() - finish_start:.1f} s")
             save_checkpoint(cfg.run_dir, trainer, cfg, metrics[-1]["epoch"], metrics)
         test_x = test_x.to(device)
-        figures = trainer.write_figures(cfg.figures_dir, train_x.to(device), test_x, metrics)
+        figures = trainer.write_figures(cfg.figures_dir, train_x, test_x, metrics)
         save_json(Path(cfg.run_dir) / "figures.json",  # which figures this run drew, and from which checkpoint
                   {"checkpoint.pt": sha256(Path(cfg.run_dir) / "checkpoint.pt"),
                    "figures": {str(path): sha256(path) for path in figures}})

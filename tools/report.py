@@ -32,7 +32,7 @@ VAE_ROWS = ("Figure 1. Top row: 16 existing MNIST images x, as labelled: test im
             "training images than test images, those it trained on. Second row: their reconstructions "
             "P_θ(Q_φ(x)), the decoder's mean for the encoder's mean. Third row: 16 new images, a Gaussian noise "
             "vector z ~ N(0, I) passed through the decoder alone.")
-MIXTURE_ROW = (" Fourth row: 16 new images with z drawn instead from a mixture of {k} Gaussians fitted to the "
+MIXTURE_ROW = (" {row}: 16 new images with z drawn instead from a mixture of {k} Gaussians fitted to the "
                "encodings μ(x) of the training images after training.")
 GAN_CAPTION = ("Figure 2. 64 new images G(z) from the trained generator, one for each of a fixed set of Gaussian "
                "noise vectors z, G in eval mode.")
@@ -112,9 +112,9 @@ def read_object(path):
 
 
 def drawn_figures(model, run_dir):
-    """(config or None, the SHA-256 of the checkpoint, {name: path} of the figures) of the run in run_dir, as its
-    figures.json records them: the figures it drew, each still as it drew it, <model>.png first; one line where
-    the run has not drawn <model>.png, or it or the checkpoint has changed since."""
+    """(config or None, the SHA-256 of the checkpoint, the path of <model>.png, {name: path} of the other figures)
+    of the run in run_dir, as its figures.json records them: the figures it drew, each still as it drew it; one
+    line where the run has not drawn <model>.png, or it or the checkpoint has changed since."""
     drawn, checkpoint = read_object(run_dir / "figures.json") or {}, run_dir / "checkpoint.pt"
     figures = {}
     for path, digest in (drawn.get("figures") or {}).items():
@@ -125,7 +125,8 @@ def drawn_figures(model, run_dir):
     if f"{model}.png" not in figures or not checkpoint.exists() or drawn.get("checkpoint.pt") != sha256(checkpoint):
         raise UsageError(f"{run_dir}: no {model}.png drawn by this run's checkpoint; run python homework7.py {model} "
                          f"first (or pass --{model}-run)")
-    return read_object(run_dir / "config.json"), drawn["checkpoint.pt"], dict(sorted(figures.items(), key=lambda item: item[0] != f"{model}.png"))
+    main = figures.pop(f"{model}.png")
+    return read_object(run_dir / "config.json"), drawn["checkpoint.pt"], main, figures
 
 
 def read_figure(path):
@@ -170,33 +171,38 @@ def described(config):
             f"seed {c['seed']}")
 
 
+def figure_caption(model, config):
+    """The caption of a run's <model>.png: its rows as the run's config.json says they are (three, or four with the
+    mixture), then the run in words; without a config.json that can be read, a fourth row where there is one."""
+    if model == "gan":
+        caption = GAN_CAPTION
+    elif config and "mixture_components" in config:
+        k = config["mixture_components"]
+        caption = VAE_ROWS + (MIXTURE_ROW.format(row="Fourth row", k=k) if k else "")
+    else:
+        caption = VAE_ROWS + MIXTURE_ROW.format(row="A fourth row, where there is one", k="some")
+    try:
+        return caption + (f"\nTrained: {described(config)}." if config else "")
+    except KeyError:  # a config.json of another version
+        return caption
+
+
 def build_pages(users, runs):
     """The PDF's pages: the two problems with their figures and scores, then the appendix; runs: the run
     directory of each model."""
     drawn = {model: drawn_figures(model, Path(runs[model])) for _, model in PROBLEMS}  # all checked first
-    images = {path: read_figure(path) for _, _, figures in drawn.values() for path in figures.values()}
+    images = {path: read_figure(path) for _, _, main, others in drawn.values() for path in [main, *others.values()]}
     pages = []
     for i, (heading, model) in enumerate(PROBLEMS):
-        config, checkpoint, figures = drawn[model]
+        config, checkpoint, main, _ = drawn[model]
         page = Page()
         if i == 0:
             page.text(f"Homework 7 — {', '.join(users)}", size=16, weight="bold", gap=0.05)
             page.text("CS/DS 541 Deep Neural Networks. A VAE and a GAN on MNIST, both fully connected, "
                       f"trained by {script_name(users)}.", size=10, gap=0.3)
         page.text(heading, size=14, weight="bold", gap=0.15)
-        page.image(images[figures[f"{model}.png"]])
-        try:
-            if model == "gan":
-                caption = GAN_CAPTION
-            else:  # "some": a fourth row is said to be there where there is one
-                mixture = config["mixture_components"] if config else "some"
-                caption = VAE_ROWS + (MIXTURE_ROW.format(k=mixture) if mixture else "")
-            caption += f"\nTrained: {described(config)}." if config else ""
-        except KeyError:  # a config.json of another version
-            caption = GAN_CAPTION if model == "gan" else VAE_ROWS
-        if not config:
-            caption = caption.replace(" Fourth row:", " A fourth row, where there is one:")
-        page.text(caption, size=9, gap=0.3)
+        page.image(images[main])
+        page.text(figure_caption(model, config), size=9, gap=0.3)
         eval_path = Path(runs[model]) / "eval.json"
         report = read_object(eval_path)
         if report and report.get("checkpoint_sha256") != checkpoint:
@@ -207,7 +213,7 @@ def build_pages(users, runs):
         pages.append(page)
     page = Page()
     page.text("Appendix: training curves and other figures", size=14, weight="bold", gap=0.2)
-    for name, path in [(name, path) for _, _, figures in drawn.values() for name, path in list(figures.items())[1:]]:
+    for name, path in [item for _, _, _, others in drawn.values() for item in others.items()]:
         image = images[path]
         if page.image_height(image) + 0.6 > page.room() and page.top < PAGE_H - MARGIN - 0.6:
             pages.append(page)
