@@ -1,21 +1,11 @@
 """homework7 — a variational auto-encoder and a GAN on MNIST (CS/DS 541, HW7).
 
-Both models are fully connected and trained from scratch with PyTorch:
-
   * VAE: Kingma & Welling, "Auto-Encoding Variational Bayes", Algorithm 1 with the
     loss of Eq. 10 (https://arxiv.org/abs/1312.6114).
   * GAN: Goodfellow et al., "Generative Adversarial Nets", Algorithm 1
     (https://arxiv.org/abs/1406.2661).
 
-Usage:
-  python homework7.py vae [flags]        train the VAE, write figures/vae*.png
-  python homework7.py gan [flags]        train the GAN, write figures/gan*.png
-  python homework7.py vae --help         every flag with its default
-
-Data: MNIST's four original IDX files in data/ beside this script, or --data FILE (the assignment's
-mnist_train_images.npy, or an IDX image file).
-Outputs: figures in figures/, checkpoint.pt, config.json and metrics.json in runs/<model>/.
-Training can be stopped with Ctrl-C and continued with --resume.
+Usage: python homework7.py vae|gan [flags]; --help lists every flag with its default.
 """
 
 # ----------------------------------------------------------------------------- imports
@@ -41,10 +31,9 @@ from pathlib import Path
 
 SCRIPT = Path(__file__).name  # as handed in (homework7.jsmith.py): the name its messages give
 
-# torch's CPU threads (OpenMP) spin while they wait for one another: GNU's libgomp (Linux) for milliseconds, LLVM's
-# and Intel's (macOS, Windows) for 200 ms. Beside another busy process a spinning thread holds the core that the
-# thread it waits for needs, and a run slows many times over; a short spin keeps it near its one-thread speed in
-# company, for a little of its speed alone. Read once, as torch loads; a setting of the user's own wins.
+# torch's CPU threads (OpenMP) spin while they wait for one another (libgomp for milliseconds, LLVM's and Intel's for
+# 200 ms), holding the core that another busy process needs: a run in company slows many times over. A short spin
+# keeps it near its one-thread speed there; read as torch loads, and a setting of the user's own wins.
 SHORT_SPIN = {"GOMP_SPINCOUNT": "1000", "KMP_BLOCKTIME": "0"}  # GNU's spin in rounds, LLVM's and Intel's in ms
 if "OMP_WAIT_POLICY" not in os.environ:
     for name, value in SHORT_SPIN.items():
@@ -108,13 +97,6 @@ class VAEConfig(RunConfig):
     hidden: int = arg(200, "hidden units of encoder and decoder", "[1, 1e9]")
     dropout: float = arg(0.1, "dropout rate on the encoder's hidden layer", "[0, 1)")
     kl_weight: float = arg(0.5, "weight of the KL term of Eq. 10 against reconstruction", "[0, inf)")
-    prior_gan: float = arg(0.0, "γ of the GAN's generator loss on 100 decoded z ~ N(0, I) a step, added to the "
-                                "decoder's Eq. 10, against a D that tells them from training images' "
-                                "reconstructions (VAE-GAN; 0 = off)", "[0, inf)")
-    prior_gan_real: str = arg("reconstruction", "what that D takes as real: the reconstructions of training images, "
-                                                "so that it judges where z came from, not the decoder's blur, or the "
-                                                "images themselves (data)", choices=("reconstruction", "data"))
-    prior_gan_dropout: float = arg(0.5, "rate of that D's input dropout layer (higher: a weaker D)", "[0, 1)")
     mixture_components: int = arg(None, "components of the Gaussian mixture fitted to the encodings μ(x) after "
                                        "training, a second way to draw z (default: 200, or one per 100 encodings "
                                        "where that is fewer; 0 = none)", "[0, 1e6]", type=int)
@@ -142,7 +124,7 @@ class GANConfig(RunConfig):
 
     epochs: int = arg(60, "passes of D over the training set", "[1, 1e6]")
     batch_size: int = arg(500, "minibatch size m, of real images and of noise vectors (BatchNorm needs 2)",
-                          "[2, 1e6]")
+                          "[1, 1e6]")
     lr: float = arg(2e-3, "Adam learning rate of both G and D", "(0, inf)")
     beta1: float = arg(0.5, "Adam beta1 of both G and D", "[0, 1)")
     beta2: float = arg(0.99, "Adam beta2 of both G and D", "[0, 1)")
@@ -287,78 +269,82 @@ def r1_penalty(real_logits, real, gamma):
 
 # ----------------------------------------------------------------------------- training
 # Each trainer holds its networks and optimizers, and gives fit() one minibatch step (train_step), what ends
-# an epoch (after_epoch), what follows the last one (after_training), its new images (sample) and its figures.
-class VAETrainer:
+# an epoch (after_epoch) and what follows the last one (after_training), its new images (sample) and its figures.
+class Trainer:
+    """What a checkpoint holds of a trainer: the attributes named in `saved` (a network or an optimizer by its
+    state_dict(), a number as it is) and, once training has ended, those in `derived`, which after_training()
+    makes from the trained weights and no step changes."""
+
+    saved, derived = (), ()
+    min_batch = 1  # the fewest images in a minibatch (a D's BatchNorm needs 2)
+
+    def state_dict(self, finished=False):
+        names = self.saved + (self.derived if finished else ())
+        return {name: value.state_dict() if hasattr(value, "state_dict") else value
+                for name in names if (value := getattr(self, name)) is not None}
+
+    def load_state_dict(self, state):
+        for name in self.saved:
+            if hasattr(getattr(self, name), "load_state_dict"):
+                getattr(self, name).load_state_dict(state[name])
+            else:
+                setattr(self, name, state[name])
+        for name in self.derived:
+            setattr(self, name, state.get(name))
+
+
+class VAETrainer(Trainer):
     """Algorithm 1 of Kingma & Welling with L = 1 sample per image, Adam on θ and φ together."""
 
-    name = "vae"
-    columns = ("loss", "-elbo", "recon", "kl", "g_loss", "d_loss")  # of the log: the loss descended, then its parts
-    prior_batch = 100  # with --prior-gan, decoded z ~ N(0, I) a step: fewer than a minibatch, for speed
+    name, config_cls = "vae", VAEConfig
+    columns = ("loss", "-elbo", "recon", "kl")  # of the log: the loss descended, then its parts
+    saved, derived = ("model", "optimizer"), ("mixture",)
 
     def __init__(self, cfg, device):
         self.cfg, self.device = cfg, device
         self.model = VAE(cfg.latent_dim, cfg.hidden, cfg.dropout).to(device)
         self.optimizer = make_adam(self.model.parameters(), cfg.lr, device)
-        self.mixture = None  # fitted after training: {"weights", "means", "covariances"}
-        self.D = self.opt_D = None  # with --prior-gan: the GAN's D, with the GAN's Adam, judging decoded z ~ N(0, I)
-        if cfg.prior_gan:
-            gan = GANConfig()  # the default GAN's D and Adam
-            self.D = Discriminator(gan.hidden, cfg.prior_gan_dropout).to(device)
-            self.opt_D = make_adam(self.D.parameters(), gan.lr, device, betas=(gan.beta1, gan.beta2))
+        self.mixture = None  # after training: {"weights", "means", "covariances"}
 
     def train_step(self, x):
-        """One step of Adam on Eq. 10, and with --prior-gan the decoder also on the GAN's generator loss of decoded
-        z ~ N(0, I), followed by one step of that D."""
-        cfg = self.cfg
-        self.mixture = None  # the encoder moves: a mixture fitted to its earlier encodings no longer fits them
-        self.model.train()
-        mu, logvar = self.model.encode(x)
-        z = reparameterize(mu, logvar)
-        x_logits = self.model.decoder(z)
-        loss, recon, kl = vae_loss(x, x_logits, mu, logvar, cfg.kl_weight)
-        stats = {"loss": loss.detach(), "-elbo": (recon + kl).detach(), "recon": recon.detach(), "kl": kl.detach()}
-        # --prior-gan (VAE-GAN, Larsen et al. 2016, in its simplest form), with z' ~ N(0, I) and x̃ = the decoder's
-        # reconstruction of a training image (or, with --prior-gan-real data, the image itself):
-        #   the decoder descends  −L + γ · −log D(decoder(z')),  then D ascends  log D(x̃) + log(1 − D(decoder(z')))
-        if self.D:
-            m = min(self.prior_batch, len(x))
-            real = x[:m] if cfg.prior_gan_real == "data" else torch.sigmoid(x_logits[:m]).detach()
-            fake = self.model.pixel_means(torch.randn_like(z[:m]))
-            with frozen(self.D):
-                g_loss = generator_loss(self.D.logits(fake))
-            loss = loss + cfg.prior_gan * g_loss
-            stats["g_loss"] = g_loss.detach()
+        """One step of Adam down the loss of Eq. 10."""
+        loss, stats, _ = self.loss(x)
         descend(self.optimizer, loss)
-        if self.D:
-            d_loss, _, _ = discriminator_loss(self.D.logits(real), self.D.logits(fake.detach()))
-            descend(self.opt_D, d_loss)
-            stats["d_loss"] = d_loss.detach()
         return stats
 
+    def loss(self, x):
+        """(the loss of Eq. 10 on the minibatch x, its parts for the log, the logits of the reconstructions), model
+        in training mode."""
+        self.model.train()
+        mu, logvar = self.model.encode(x)
+        x_logits = self.model.decoder(reparameterize(mu, logvar))
+        loss, recon, kl = vae_loss(x, x_logits, mu, logvar, self.cfg.kl_weight)
+        return loss, {"loss": loss.detach(), "-elbo": (recon + kl).detach(), "recon": recon.detach(),
+                      "kl": kl.detach()}, x_logits
+
     def after_epoch(self, test_x, steps):
-        """The epoch's test metrics (the VAE stops only where a number is not finite, which fit() checks)."""
         return self.evaluate(test_x)
 
     @torch.inference_mode()
     def evaluate(self, test_x):
-        """Test-set −ELBO (KL weight 1), reconstruction and KL, nats per image, model in eval mode."""
+        """Test-set −ELBO (KL weight 1), reconstruction and KL, nats per image, model in eval mode. Its ε comes from a
+        generator of its own, so that the test set changes none of training's random numbers."""
         self.model.eval()
-        totals = {}
+        generator, totals = torch.Generator(test_x.device).manual_seed(self.cfg.seed), {}
         for x in test_x.split(1000):
-            _, recon, kl = vae_loss(x, *self.model(x), kl_weight=1.0)
+            eps = torch.randn(len(x), self.cfg.latent_dim, generator=generator, device=x.device)
+            _, recon, kl = vae_loss(x, *self.model(x, eps), kl_weight=1.0)
             for key, value in {"-elbo": recon + kl, "recon": recon, "kl": kl}.items():
                 totals[key] = totals.get(key, 0) + value * len(x)
         return {key: (total / len(test_x)).item() for key, total in totals.items()}
 
     @torch.no_grad()
     def after_training(self, train_x):
-        """After the last epoch: fits a mixture of --mixture-components Gaussians to the encodings μ(x) of (up to)
-        --mixture-fit-n training images, drawn with the run's seed (the sampler "mixture"), or with none drops
-        one fitted before. Returns what was done, for the log (the checkpoint is then written again), or None."""
-        cfg = self.cfg
+        """The mixture: --mixture-components Gaussians fitted to the encodings μ(x) of (up to) --mixture-fit-n
+        training images, drawn with the run's seed; None with 0. Returns what was done, for the log, or None."""
+        cfg, self.mixture = self.cfg, None
         if not cfg.mixture_components:
-            dropped, self.mixture = self.mixture, None
-            return "dropped the mixture fitted before (--mixture-components 0)" if dropped else None
+            return None
         self.model.eval()
         pick = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(cfg.seed))
         x = train_x[pick[: cfg.mixture_fit_n]].to(self.device)
@@ -380,8 +366,8 @@ class VAETrainer:
 
     @torch.inference_mode()
     def sample(self, n, generator=None, sampler="prior"):
-        """n new images: z ~ N(0, I) (sampler "prior") or z ~ the fitted mixture ("mixture"), through the
-        decoder alone (its Bernoulli means)."""
+        """n new images: z ~ N(0, I) (sampler "prior") or z ~ the mixture ("mixture"), through the decoder alone
+        (its Bernoulli means)."""
         self.model.eval()
         if sampler == "mixture":
             z = sample_mixture(self.mixture, n, generator).float()
@@ -396,67 +382,29 @@ class VAETrainer:
         mu, _ = self.model.encode(x)
         return self.model.pixel_means(mu)
 
-    @torch.inference_mode()
-    def interpolate(self, x_a, x_b, steps=10):
-        """Decoded points on the straight lines from the encoder means of x_a to those of x_b: B×steps×784."""
-        self.model.eval()
-        (mu_a, _), (mu_b, _) = self.model.encode(x_a), self.model.encode(x_b)
-        t = torch.linspace(0, 1, steps, device=mu_a.device)[None, :, None]  # 1×steps×1
-        z = mu_a[:, None] + t * (mu_b - mu_a)[:, None]  # B×steps×p
-        return self.model.pixel_means(z.reshape(-1, z.shape[-1])).reshape(len(x_a), steps, IMAGE_DIM)
-
-    @torch.inference_mode()
-    def manifold(self, n=20):
-        """Kingma & Welling's Fig. 4 for p = 2: the decoder over an n×n grid of Gaussian quantiles, n²×784."""
-        self.model.eval()
-        q = torch.distributions.Normal(0.0, 1.0).icdf(torch.linspace(0.05, 0.95, n))
-        z2, z1 = torch.cartesian_prod(q.flip(0), q).unbind(1)  # row by row: z₂ falls down, z₁ grows across
-        return self.model.pixel_means(torch.stack([z1, z2], 1).to(self.device))
-
     def write_figures(self, figures_dir, train_x, test_x, metrics):
         """Draws the run's figures in figures_dir and returns their paths. The images reconstructed are test images,
         or, for a model trained on fewer images than the test set holds, as the debugging run on 100 is, the
         training images: it cannot yet reconstruct images it never saw."""
-        shown, which = (train_x, "training") if len(train_x) < len(test_x) else (test_x, "test")  # on any device
+        shown, which = (train_x, "training") if len(train_x) < len(test_x) else (test_x, "test")
         x = shown[:16].to(self.device)
         rows = [(f"{which} images", x), ("reconstruction", self.reconstruct(x))]  # then the prior's, the mixture's
         rows += [(f"new: {words}", self.sample(16, torch.Generator().manual_seed(self.cfg.seed), sampler))
                  for sampler, words in self.sampler_labels().items()]
-        gan_term = f", VAE-GAN γ {self.cfg.prior_gan:g}" if self.cfg.prior_gan else ""
-        title = f"VAE, p = {self.cfg.latent_dim}, KL weight {self.cfg.kl_weight:g}{gan_term}, {len(metrics)} epochs"
+        title = f"{self.name.upper()}, p = {self.cfg.latent_dim}, KL weight {self.cfg.kl_weight:g}, {len(metrics)} epochs"
         series = [("-elbo", "−ELBO"), ("recon", "reconstruction −log p(x|z)"), ("kl", "KL(q(z|x) ‖ p(z))")]
-        ends = (torch.arange(16) % len(test_x)).tolist()  # test images 0 → 1, 2 → 3, ..., 14 → 15 (fewer: again)
-        lines = self.interpolate(test_x[ends[0::2]], test_x[ends[1::2]])
-        paths = [plot_rows(rows, Path(figures_dir) / "vae.png", title),
-                 plot_curves(metrics, series, Path(figures_dir) / "vae_curves.png", ylabel="nats per image"),
-                 plot_rows([(f"pair {i + 1}", line) for i, line in enumerate(lines)],
-                           Path(figures_dir) / "vae_interpolation.png",
-                           "VAE: decoded straight lines between the encodings μ of two test images")]
-        if self.cfg.latent_dim == 2:
-            paths.append(plot_grid(self.manifold(), Path(figures_dir) / "vae_manifold.png",
-                                   "VAE, p = 2: decoder over Gaussian quantiles of z₁ (across), z₂ (down)"))
-        return paths
-
-    def state_dict(self):
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                **({"mixture": self.mixture} if self.mixture else {}),
-                **({"D": self.D.state_dict(), "opt_D": self.opt_D.state_dict()} if self.D else {})}
-
-    def load_state_dict(self, state):
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.mixture = state.get("mixture")
-        if self.D:
-            self.D.load_state_dict(state["D"])
-            self.opt_D.load_state_dict(state["opt_D"])
+        return [plot_rows(rows, Path(figures_dir) / "vae.png", title),
+                plot_curves(metrics, series, Path(figures_dir) / "vae_curves.png", ylabel="nats per image")]
 
 
-class GANTrainer:
+class GANTrainer(Trainer):
     """Algorithm 1 of Goodfellow et al.: k steps of D, then one of G, each on m images / m noise vectors."""
 
-    name = "gan"
+    name, config_cls = "gan", GANConfig
     columns = ("d_loss", "d_real_loss", "d_fake_loss", "d_x", "d_g_z", "r1", "g_loss")  # of the log
-    n_fixed = 64  # fixed noise vectors for the figures
+    derived = ("standing",)
+    min_batch = 2
+    n_fixed = 64  # images in the figure, from noise drawn with the run's seed
     collapse_d_fake = 1e-3  # stop when D(G(z)) stays below this for a whole epoch
     diverged_d_loss = 100.0  # stop when D's loss averages above this over an epoch (1.39 at D's equilibrium)
 
@@ -468,21 +416,17 @@ class GANTrainer:
         self.opt_D = make_adam(self.D.parameters(), cfg.lr, device, betas=(cfg.beta1, cfg.beta2))
         self.G_ema = copy.deepcopy(self.G).requires_grad_(False) if cfg.ema > 0 else None
         # matching tensors of G_ema and G (weights and BatchNorm statistics), for update_ema()
-        self.ema_pairs = []
-        if self.G_ema:
-            self.ema_pairs = list(zip(self.G_ema.state_dict().values(), self.G.state_dict().values()))
-        self.fixed_z = torch.randn(self.n_fixed, cfg.noise_dim, generator=torch.Generator().manual_seed(cfg.seed))
+        self.ema_pairs = list(zip(self.G_ema.state_dict().values(), self.G.state_dict().values())) if self.G_ema else []
+        self.saved = ("G", "D", "opt_G", "opt_D", "d_steps") + (("G_ema",) if self.G_ema else ())
         self.d_steps = 0
-        self.snapshots = {}  # epoch → G(fixed z[:16]), for figures/gan_progress.png
-        self.G_standing = None  # after training: a copy of G_ema (or G) with its BatchNorm statistics recomputed
+        self.standing = None  # after training: the BatchNorm statistics of the sampling G, recomputed
 
     def noise(self, m):
         return torch.randn(m, self.cfg.noise_dim, device=self.device)
 
     def train_step(self, x):
         """One step of D, then, after every k of them, one of G: on the minibatch of noise of D's step, whose
-        G(z) it reuses (one pass of G fewer), or with --g-noise fresh on one drawn anew, as in Algorithm 1."""
-        self.G_standing = None  # G moves on: statistics recomputed for its earlier weights no longer fit them
+        G(z) it reuses, or with --g-noise fresh on one drawn anew."""
         self.G.train()
         g_step_follows = (self.d_steps + 1) % self.cfg.k == 0
         shared = g_step_follows and self.cfg.g_noise == "shared"
@@ -524,8 +468,7 @@ class GANTrainer:
         return loss.detach()
 
     def ema_decay(self):
-        """The moving average's decay; with --ema-rampup its span 1/(1 − decay) stays within that share of
-        G's steps so far (StyleGAN2's ramp-up), so that early on it follows G instead of its first weights."""
+        """The moving average's decay, its span 1/(1 − decay) within --ema-rampup of G's steps so far."""
         if self.cfg.ema_rampup <= 0:
             return self.cfg.ema
         g_steps = self.d_steps // self.cfg.k  # one step of G after every k of D
@@ -542,16 +485,15 @@ class GANTrainer:
                 ema.copy_(current)
 
     def sampling_generator(self):
-        """The G that draws the samples, switched to eval mode: G or its moving average, or after training that one
-        with its BatchNorm statistics recomputed."""
-        return (self.G_standing or self.G_ema or self.G).eval()
+        """The G that draws the samples: a copy of G_ema (or of G), in eval mode, with the BatchNorm statistics
+        recomputed after training where there are some."""
+        G = copy.deepcopy(self.G_ema or self.G).eval()
+        if self.standing:
+            G.load_state_dict(self.standing, strict=False)
+        return G
 
-    @torch.inference_mode()
     def after_epoch(self, test_x, steps):
-        """Keeps G(fixed z) of this epoch for the progress figure, and stops where D has won or diverged; the GAN
-        has no test metric."""
-        epoch = len(self.snapshots) + 1
-        self.snapshots[epoch] = self.sampling_generator()(self.fixed_z[:16].to(self.device)).cpu()
+        """Stops where D has won or diverged; the GAN has no test metric."""
         if max(s["d_g_z"] for s in steps) < self.collapse_d_fake:
             raise Diverged(f"D(G(z)) stayed below {self.collapse_d_fake:g} for the whole epoch: D has won and G "
                            "gets no signal")
@@ -562,16 +504,17 @@ class GANTrainer:
         return {}
 
     def after_training(self, train_x):
-        """With --bn-batches, a copy of G_ema (or G), its BatchNorm statistics recomputed for its own weights over
-        that many batches of noise (BigGAN's "standing statistics"), draws the samples until training goes on.
-        Returns what was done, for the log, or None."""
+        """The standing statistics (BigGAN): the BatchNorm statistics of the sampling G recomputed for its own
+        weights over --bn-batches batches of noise; None with 0. Returns what was done, for the log, or None."""
+        self.standing = None
         if not self.cfg.bn_batches:
             return None
         generator, m = torch.Generator().manual_seed(self.cfg.seed), min(self.cfg.batch_size, 1000)
         noise = (torch.randn(m, self.cfg.noise_dim, generator=generator).to(self.device)  # past 1,000 vectors a
                  for _ in range(self.cfg.bn_batches))  # batch, the means over batches cost time, gain nothing
-        self.G_standing = copy.deepcopy(self.G_ema or self.G).eval()
-        torch.optim.swa_utils.update_bn(noise, self.G_standing)  # plain means over the batches, in training mode
+        G = self.sampling_generator()
+        torch.optim.swa_utils.update_bn(noise, G)  # plain means over the batches, in training mode
+        self.standing = {name: buffer.clone() for name, buffer in G.named_buffers()}
         return f"recomputed the BatchNorm statistics of the sampling G over {self.cfg.bn_batches} batches of noise"
 
     @torch.inference_mode()
@@ -581,42 +524,13 @@ class GANTrainer:
 
     def write_figures(self, figures_dir, train_x, test_x, metrics):
         """Draws the run's figures in figures_dir and returns their paths."""
-        figures_dir = Path(figures_dir)
-        with torch.inference_mode():
-            images = self.sampling_generator()(self.fixed_z.to(self.device))
+        images = self.sample(self.n_fixed, torch.Generator().manual_seed(self.cfg.seed))
         series = [("d_loss", "D loss"), ("g_loss", "G loss"), ("d_x", "mean D(x)"), ("d_g_z", "mean D(G(z))")]
-        epochs = sorted(self.snapshots)
-        picked = sorted({epochs[round(i * (len(epochs) - 1) / 5)] for i in range(6)})
-        return [plot_grid(images, figures_dir / "gan.png", f"GAN samples G(z) for fixed z, {len(metrics)} epochs"),
-                plot_curves(metrics, series, figures_dir / "gan_curves.png"),
-                plot_rows([(f"epoch {e}", self.snapshots[e]) for e in picked], figures_dir / "gan_progress.png",
-                          "GAN: G(z) for the same z as training goes on")]
-
-    def state_dict(self):
-        return {
-            "G": self.G.state_dict(), "D": self.D.state_dict(),
-            "opt_G": self.opt_G.state_dict(), "opt_D": self.opt_D.state_dict(),
-            "d_steps": self.d_steps, "snapshots": self.snapshots,
-            **({"G_ema": self.G_ema.state_dict()} if self.G_ema else {}),
-            **({"G_standing": self.G_standing.state_dict()} if self.G_standing else {}),
-        }
-
-    def load_state_dict(self, state):
-        self.G.load_state_dict(state["G"])
-        self.D.load_state_dict(state["D"])
-        self.opt_G.load_state_dict(state["opt_G"])
-        self.opt_D.load_state_dict(state["opt_D"])
-        self.d_steps = state["d_steps"]
-        self.snapshots = dict(state["snapshots"])
-        if self.G_ema:
-            self.G_ema.load_state_dict(state["G_ema"])
-        self.G_standing = None
-        if "G_standing" in state:
-            self.G_standing = copy.deepcopy(self.G_ema or self.G)
-            self.G_standing.load_state_dict(state["G_standing"])
+        return [plot_grid(images, Path(figures_dir) / "gan.png", f"GAN samples G(z) for fixed z, {len(metrics)} epochs"),
+                plot_curves(metrics, series, Path(figures_dir) / "gan_curves.png")]
 
 
-TRAINERS = {"vae": (VAEConfig, VAETrainer), "gan": (GANConfig, GANTrainer)}
+TRAINERS = {trainer.name: trainer for trainer in (VAETrainer, GANTrainer)}
 
 
 def make_adam(params, lr, device, **kwargs):
@@ -642,36 +556,41 @@ def frozen(module):
 
 
 def fit(trainer, cfg, train_x, test_x, stop, metrics=()):
-    """Trains epoch by epoch after the epochs of metrics (those of a resumed run) up to cfg.epochs; after each
-    epoch saves the checkpoint and metrics in cfg.run_dir, so a stop loses at most one epoch. Between steps it
-    checks stop, which records a stop signal. Returns the metrics of all epochs."""
-    metrics = list(metrics)
+    """Trains epoch by epoch after the epochs of metrics (those of a resumed run) up to cfg.epochs, then makes what
+    is derived from the trained weights (after_training). Saves the checkpoint and metrics in cfg.run_dir after
+    each epoch, the last once that is made, so a stop loses at most one epoch; checks stop between steps. Returns
+    the metrics of all epochs."""
+    metrics, saved = list(metrics), len(metrics)
     train_x, test_x = train_x.to(trainer.device), test_x.to(trainer.device)
     n_batches = len(batch_bounds(len(train_x), cfg.batch_size))
-    for epoch in range(len(metrics) + 1, cfg.epochs + 1):
-        start, steps = time.perf_counter(), []
-        bar = tqdm(minibatches(train_x, cfg.batch_size), f"{trainer.name} epoch {epoch}/{cfg.epochs}", n_batches,
-                   leave=False, disable=None)
-        for x in bar:
-            if stop.signum:
-                raise Stopped(stop.signum, what_is_kept(cfg, len(metrics), trainer.name))
-            steps.append(trainer.train_step(x))
-            if len(steps) % 25 == 0:  # the means of the last 25 steps
-                bar.set_postfix({k: f"{v:.3g}" for k, v in mean_of_steps(steps[-25:], trainer.columns).items()},
-                                refresh=False)
-        try:
-            record = {"epoch": epoch, "seconds": 0.0, "train": mean_of_steps(steps, trainer.columns),
-                      "test": trainer.after_epoch(test_x, steps)}
-            if not all_finite([record, trainer.state_dict()]):  # what is saved as good, fitted to and drawn, is finite
-                raise Diverged("a loss, a test metric or a weight became NaN or infinite")
-        except Diverged as e:
-            kept = what_is_kept(cfg, len(metrics))
-            raise Diverged(f"training stopped in epoch {epoch}: {e}; {kept}") from None
-        record["seconds"] = round(time.perf_counter() - start, 3)
-        metrics.append(record)
-        save_checkpoint(cfg.run_dir, trainer, cfg, epoch, metrics)
-        print(f"{trainer.name} epoch {epoch:3d}/{cfg.epochs}  {epoch_line(record)}  {record['seconds']:.1f} s",
-              flush=True)
+    try:
+        for epoch in range(len(metrics) + 1, cfg.epochs + 1):
+            start, steps = time.perf_counter(), []
+            bar = tqdm(minibatches(train_x, cfg.batch_size), f"{trainer.name} epoch {epoch}/{cfg.epochs}", n_batches,
+                       leave=False, disable=None)
+            for x in bar:
+                stop.check()
+                steps.append(trainer.train_step(x))
+                if len(steps) % 25 == 0:  # the means of the last 25 steps
+                    bar.set_postfix({k: f"{v:.3g}" for k, v in mean_of_steps(steps[-25:], trainer.columns).items()},
+                                    refresh=False)
+            train, test = mean_of_steps(steps, trainer.columns), trainer.after_epoch(test_x, steps)
+            metrics.append({"epoch": epoch, "seconds": round(time.perf_counter() - start, 3), "train": train,
+                            "test": test})
+            print(f"{trainer.name} epoch {epoch:3d}/{cfg.epochs}  {epoch_line(metrics[-1])}  "
+                  f"{metrics[-1]['seconds']:.1f} s", flush=True)
+            if epoch < cfg.epochs:
+                saved = save_checkpoint(cfg.run_dir, trainer, cfg, metrics)
+        start = time.perf_counter()
+        summary = trainer.after_training(train_x)  # the VAE's mixture, the GAN's BatchNorm statistics, or None
+        saved = save_checkpoint(cfg.run_dir, trainer, cfg, metrics, finished=True)
+        if summary:
+            print(f"{trainer.name}: {summary} in {time.perf_counter() - start:.1f} s")
+        stop.check()  # a signal while the last was made: what is saved is whole
+    except Stopped as e:
+        raise Stopped(e.args[0], what_is_kept(cfg, saved, trainer.name)) from None
+    except Diverged as e:
+        raise Diverged(f"training stopped: {e}; {what_is_kept(cfg, saved)}") from None
     return metrics
 
 
@@ -851,8 +770,7 @@ def plot_curves(metrics, series, path, ylabel=""):
 
 
 # ============================================================================= the plumbing
-# Below: what a careful program needs around the homework, each kind of fault met in one place. Reading
-# files, writing checkpoints whole, stop signals, the command line; every error ends in one line (run_cli).
+# Below: files, checkpoints, stop signals and the command line, each kind of fault met in one place.
 class UsageError(Exception):
     """Bad input or a file that cannot be used: reported as one line, exit status 2."""
 
@@ -905,10 +823,8 @@ def load_mnist(split, data_dir=MNIST_DIR):
 
 
 def read_image_file(path):
-    """Images from a .npy file (the assignment's mnist_train_images.npy) or an IDX image file (optionally
-    gzipped), told apart by their first bytes, as an N×784 float32 tensor. The file is read once, whole, into
-    memory (MNIST: 47 MB): a pipe can be read, and a file that another program rewrites meanwhile cannot change
-    under the run."""
+    """Images from a .npy or an IDX image file (optionally gzipped), told apart by their first bytes, as an N×784
+    float32 tensor; read once, whole, so that a pipe can be read and a file rewritten meanwhile changes nothing."""
     raw = Path(path).read_bytes()
     array = read_npy(raw, path) if raw.startswith(b"\x93NUMPY") else read_idx(raw, path, IDX_IMAGES)
     return images_to_tensor(array, path)
@@ -947,7 +863,7 @@ def read_idx(raw, source, magic, digest=None):
         raise UsageError(f"{source}: neither a .npy file nor an IDX {'image' if ndim == 3 else 'label'} file "
                          f"(magic number 0x{magic.hex()} expected)")
     shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    if shape[1:] not in ((), (IMAGE_SIDE, IMAGE_SIDE)):
+    if shape[1:] not in ((), (IMAGE_SIDE, IMAGE_SIDE)):  # before the data are shaped: 0×2³²×2³² cannot be
         raise UsageError(f"{source}: images must be {IMAGE_SIDE}×{IMAGE_SIDE}, the header says {shape[1]}×{shape[2]}")
     if len(raw) != 4 + 4 * ndim + math.prod(shape):
         raise UsageError(f"{source}: truncated or corrupt: header says {'×'.join(map(str, shape))}, file has "
@@ -980,9 +896,8 @@ CHECKPOINT_FORMAT = 5  # bump when what a checkpoint holds changes
 
 def atomic_write(path, write):
     """Calls write(file) on a file in memory, then writes its bytes to a temporary file beside path and renames
-    that over path: path holds the old file or the new one, never half of one. Only plain writes of bytes reach
-    the disk, so a full disk is an OSError wherever it strikes (torch's zip writer would make it a RuntimeError);
-    the previous file then stays."""
+    that over path: path holds the old file or the new one. Only plain writes reach the disk, so a full disk is an
+    OSError wherever it strikes (in torch's zip writer it would be a RuntimeError)."""
     path = Path(path)
     buffer = io.BytesIO()
     write(buffer)
@@ -1009,14 +924,19 @@ def save_json(path, obj):
     atomic_write(path, lambda f: f.write(json.dumps(obj, indent=1).encode()))
 
 
-def save_checkpoint(run_dir, trainer, cfg, epoch, metrics):
-    """Model(s), optimizer(s), config, epoch, metrics and RNG states: all that --resume needs; then readable
-    copies of its config and metrics, config.json and metrics.json."""
-    state = {"format": CHECKPOINT_FORMAT, "model": trainer.name, "config": dataclasses.asdict(cfg), "epoch": epoch,
-             "metrics": metrics, "trainer": trainer.state_dict(), "rng": rng_states()}
+def save_checkpoint(run_dir, trainer, cfg, metrics, finished=False):
+    """Model(s), optimizer(s), config, metrics and RNG states: all that --resume needs, and once finished what
+    after_training() made; then readable copies of its config and metrics, config.json and metrics.json. What is
+    not finite is refused (Diverged), never saved as good, fitted to or drawn. Returns the epoch saved."""
+    state = {"format": CHECKPOINT_FORMAT, "model": trainer.name, "config": dataclasses.asdict(cfg),
+             "epoch": metrics[-1]["epoch"], "metrics": metrics, "trainer": trainer.state_dict(finished),
+             "rng": rng_states()}
+    if not all_finite([metrics, state["trainer"]]):
+        raise Diverged("a loss, a test metric, a weight or what was fitted to them became NaN or infinite")
     atomic_write(Path(run_dir) / "checkpoint.pt", lambda f: torch.save(state, f))
     save_json(Path(run_dir) / "config.json", {"model": trainer.name, **state["config"]})
     save_json(Path(run_dir) / "metrics.json", metrics)
+    return state["epoch"]
 
 
 def rng_states():
@@ -1035,22 +955,28 @@ def set_rng_states(states):
         torch.mps.set_rng_state(states["mps"])
 
 
-def load_checkpoint(path, model=None):
-    """The checkpoint at path, its config as a config object; one line where it is not this version's or model's."""
+def load_checkpoint(path, model=None, trainers=TRAINERS):
+    """The checkpoint at path, its config as a config object; one line where it is not this version's or one of the
+    trainers' (the model's, where given)."""
     path = Path(path)
     if not path.exists():
         raise UsageError(f"{path}: no checkpoint here (train first, or pass --checkpoint / --run-dir)")
     state = torch_load(path)
-    if not isinstance(state, dict) or state.get("model") not in TRAINERS:
+    if not isinstance(state, dict) or state.get("model") not in trainers:
         raise UsageError(f"{path}: not a homework7 checkpoint")
-    config_cls = TRAINERS[state["model"]][0]
+    config_cls = trainers[state["model"]].config_cls
     if state.get("format") != CHECKPOINT_FORMAT or set(state["config"]) != {f.name for f in
                                                                            dataclasses.fields(config_cls)}:
-        raise UsageError(f"{path}: written by another version of {SCRIPT}; train it again")
+        raise another_version(path, "its format or config")
     if model and state["model"] != model:
         raise UsageError(f"{path}: a {state['model']} checkpoint, not a {model} one")
     state["config"] = config_cls(**state["config"])
     return state
+
+
+def another_version(path, what):
+    """The one line for a checkpoint that this version cannot use, with what it finds amiss."""
+    return UsageError(f"{path}: damaged, or written by another version of {SCRIPT} ({what}); train it again")
 
 
 def torch_load(path):
@@ -1069,8 +995,7 @@ def restore(trainer, state, path):
     try:
         trainer.load_state_dict(state["trainer"])
     except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as e:
-        raise UsageError(f"{path}: a damaged checkpoint, or one written by another version of {SCRIPT} "
-                         f"({first_line(e)}); train it again") from None
+        raise another_version(path, first_line(e)) from None
     return trainer
 
 
@@ -1111,9 +1036,8 @@ STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SI
 
 
 class StopSignals:
-    """While a command runs, the first stop signal is only recorded, wherever the program is; training stops at
-    its next check, between two steps (check). The system's defaults then come back, so that a second signal
-    ends the process at once. A signal that the parent ignores (as nohup ignores SIGHUP) stays ignored."""
+    """While a command runs, the first stop signal is only recorded, and training stops at its next check; the
+    system's defaults then come back for a second. A signal that the parent ignores (nohup) stays ignored."""
 
     def __init__(self):
         self.signum = None
@@ -1171,13 +1095,13 @@ def add_config_flags(parser, config_cls, skip=()):
         parser.add_argument(flag(f.name), default=argparse.SUPPRESS, **kwargs)
 
 
-def build_parser():
-    parser = Parser(prog=SCRIPT, description=__doc__)  # None under python -OO
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{vae,gan}")
-    for name, (config_cls, _) in TRAINERS.items():
+def build_parser(trainers=TRAINERS, prog=SCRIPT):
+    parser = Parser(prog=prog, description=__doc__)  # None under python -OO
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{" + ",".join(trainers) + "}")
+    for name, trainer_cls in trainers.items():
         sub = commands.add_parser(name, help=f"train the {name.upper()} and write its figures",
-                                  description=config_cls.__doc__)
-        add_config_flags(sub, config_cls)
+                                  description=trainer_cls.config_cls.__doc__)
+        add_config_flags(sub, trainer_cls.config_cls)
         sub.add_argument("--resume", action="store_true",
                          help="continue from the checkpoint in the run directory (its config is kept)")
     return parser
@@ -1186,16 +1110,17 @@ def build_parser():
 RESUMABLE_CHANGES = {"epochs", "device", "threads", "figures_dir", "run_dir", "mixture_components", "mixture_fit_n"}
 
 
-def make_config(config_cls, given, name, resume=False):
+def make_config(trainer_cls, given, resume=False):
     """(the run's config, the checkpoint to resume or None): the defaults updated by the given flags, or, with
     --resume, the checkpoint's config updated by those that may change. The run directory is named by the flags
     that change what it trains, so that a run of other flags never replaces another run's checkpoint or figures."""
+    config_cls, name = trainer_cls.config_cls, trainer_cls.name
     named = run_name(config_cls, given, name)
     run_dir, state = Path(given.get("run_dir") or Path("runs") / named), None
     if not resume:
         cfg = config_cls(**given)
     else:
-        state = load_checkpoint(run_dir / "checkpoint.pt", name)
+        state = load_checkpoint(run_dir / "checkpoint.pt", name, {name: trainer_cls})
         saved = dataclasses.asdict(state["config"])
         changed = sorted(k for k, v in given.items() if k not in RESUMABLE_CHANGES and saved.get(k) != v)
         if changed:
@@ -1205,7 +1130,7 @@ def make_config(config_cls, given, name, resume=False):
             raise UsageError(f"--epochs {cfg.epochs}: the checkpoint has trained {state['epoch']} epochs already; "
                              f"pass --epochs {state['epoch']} or more")
     cfg.run_dir = str(run_dir)
-    cfg.figures_dir = cfg.figures_dir or ("figures" if named == name else cfg.run_dir)
+    cfg.figures_dir = cfg.figures_dir or ("figures" if named in TRAINERS else cfg.run_dir)  # the defaults' run
     validate_config(cfg)
     return cfg, state
 
@@ -1229,15 +1154,6 @@ def validate_config(cfg):
         raise UsageError("--test-data needs --data (MNIST from data/ has its own test set)")
 
 
-def check_minibatches(cfg, n_train):
-    """Refuses, once the data are loaded, minibatches of one image for a D (a lone leftover joins the minibatch
-    before it)."""
-    d_of = "the GAN" if isinstance(cfg, GANConfig) else "--prior-gan" if cfg.prior_gan else None
-    if d_of and min(cfg.batch_size, n_train) < 2:
-        raise UsageError(f"{d_of} needs minibatches of at least 2 images, and so at least 2 training images "
-                         "(D's BatchNorm normalises over a minibatch)")
-
-
 def lies_within(value, interval):
     """Whether the number value lies in the interval, written as in mathematics: "[1, 1e6]", "[0, 1)"."""
     low, high = (float(end) for end in interval[1:-1].split(","))
@@ -1245,18 +1161,20 @@ def lies_within(value, interval):
     return above and (value <= high if interval[-1] == "]" else value < high)
 
 
-def run(name, cfg, stop, state=None):
-    """The run: loads the data, trains one model as cfg says (from the checkpoint state where resumed), finishes
-    it (after_training) and writes its figures; returns (trainer, test images on its device)."""
+def run(trainer_cls, cfg, stop, state=None):
+    """The run: loads the data, trains one model as cfg says (from the checkpoint state where resumed) and writes
+    its figures; returns (trainer, test images on its device)."""
     use_threads(cfg.threads)
-    device = resolve_device(cfg.device)
+    device, name = resolve_device(cfg.device), trainer_cls.name
     train_x, test_x = load_images(cfg)
     cfg = cfg.for_training_set(len(train_x))
-    check_minibatches(cfg, len(train_x))
+    if min(cfg.batch_size, len(train_x)) < trainer_cls.min_batch:  # a lone leftover joins the minibatch before it
+        raise UsageError(f"{name} needs minibatches of at least {trainer_cls.min_batch} images, and so as many "
+                         "training images (D's BatchNorm normalises over a minibatch)")
     with output_dirs(("--run-dir", cfg.run_dir), ("--figures-dir", cfg.figures_dir)):
         print(f"{name}: {len(train_x)} training and {len(test_x)} test images on {device}; run dir {cfg.run_dir}")
         torch.manual_seed(cfg.seed)  # initial weights, data order, dropout and noise
-        trainer, metrics = TRAINERS[name][1](cfg, device), []
+        trainer, metrics = trainer_cls(cfg, device), []
         if state:
             path = Path(cfg.run_dir) / "checkpoint.pt"
             restore(trainer, state, path)
@@ -1265,16 +1183,6 @@ def run(name, cfg, stop, state=None):
             print(f"{name}: resuming after epoch {state['epoch']} from {path}")
         start = time.perf_counter()
         metrics = fit(trainer, cfg, train_x, test_x, stop, metrics)
-        finish_start = time.perf_counter()
-        summary = trainer.after_training(train_x)  # the VAE's mixture, the GAN's BatchNorm statistics, or None
-        if stop.signum:
-            raise Stopped(stop.signum, what_is_kept(cfg, len(metrics), name))
-        if summary:  # the state changed since fit() checked it: checked again before it is saved and drawn
-            if not all_finite(trainer.state_dict()):
-                raise Diverged(f"training stopped: after training, {summary}: it holds NaN or infinite numbers; "
-                               f"{what_is_kept(cfg, len(metrics))}")
-            print(f"{name}: {summary} in {time.perf_counter() - finish_start:.1f} s")
-            save_checkpoint(cfg.run_dir, trainer, cfg, metrics[-1]["epoch"], metrics)
         test_x = test_x.to(device)
         figures = trainer.write_figures(cfg.figures_dir, train_x, test_x, metrics)
         save_json(Path(cfg.run_dir) / "figures.json",  # which figures this run drew, and from which checkpoint
@@ -1323,12 +1231,9 @@ def output_dirs(*flagged_dirs):
 
 
 def run_cli(parser, argv, command):
-    """Parses argv and runs command(args, stop) with the stop signals recorded in stop (StopSignals), for every
-    command of this script and of tools/: whatever the console's encoding, what they print is written (a
-    character it lacks as ?), and flushed before the end; bad input, a file that cannot be read or written, an
-    output that cannot be, memory that runs out and a diverged run end in one line and exit status 2, a closed
-    pipe quietly with 141; a stop signal in one line and status 128 + its number: 130 for Ctrl-C, 143 for
-    SIGTERM, 129 for SIGHUP."""
+    """Parses argv and runs command(args, stop) (stop: StopSignals) for every command of this script and of tools/,
+    its output written whatever the console's encoding (a character it lacks as ?) and flushed before the end;
+    returns the exit status of outcome()."""
     for name in ("stdout", "stderr"):
         if getattr(sys, name) is None:  # closed when Python started (2>&-): what goes there is dropped
             setattr(sys, name, open(os.devnull, "w"))
@@ -1347,7 +1252,9 @@ def run_cli(parser, argv, command):
 
 
 def outcome(parser, argv, command):
-    """(the exit status, the one line for stderr or None) of command(args, stop), as run_cli says."""
+    """(the exit status, the one line for stderr or None) of command(args, stop): bad input, a file that cannot be
+    used, memory that runs out and a diverged run give one line and 2, a closed pipe 141 quietly, a stop signal
+    one line and 128 + its number (Ctrl-C 130, SIGTERM 143, SIGHUP 129)."""
     try:
         with StopSignals() as stop:
             try:
@@ -1380,16 +1287,16 @@ def out_of_memory(error):
     return isinstance(error, (MemoryError, torch.OutOfMemoryError)) or "can't allocate memory" in str(error)
 
 
-def train_command(args, stop):
-    """`vae` or `gan`: train that model."""
+def train_command(args, stop, trainers=TRAINERS):
+    """`vae` or `gan` (or a tool's trainer): train that model."""
     given = {k: v for k, v in vars(args).items() if k not in ("command", "resume")}
-    cfg, state = make_config(TRAINERS[args.command][0], given, args.command, args.resume)
-    run(args.command, cfg, stop, state)
+    cfg, state = make_config(trainers[args.command], given, args.resume)
+    run(trainers[args.command], cfg, stop, state)
     return 0
 
 
-def main(argv=None):
-    return run_cli(build_parser(), argv, train_command)
+def main(argv=None, trainers=TRAINERS, prog=SCRIPT):
+    return run_cli(build_parser(trainers, prog), argv, lambda args, stop: train_command(args, stop, trainers))
 
 
 if __name__ == "__main__":

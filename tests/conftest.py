@@ -2,6 +2,7 @@
 classifier, commands run in this process or as real child processes, and a stop signal at a chosen step."""
 import dataclasses
 import gzip
+import importlib
 import io
 import json
 import os
@@ -67,14 +68,18 @@ def outputs(tmp_path):
 
 
 def drawn_run(runs, figures, model, config=None, scores=None):
-    """runs/<model> as homework7.py leaves it for tools.report after drawing figures/<model>*.png: a checkpoint,
-    config.json (config, or the defaults on MNIST), figures.json with the path and SHA-256 of each figure and the
-    checkpoint's SHA-256, and, given the scores of the samples, eval.json as tools.evaluate writes it of that
-    checkpoint."""
+    """runs/<model> as homework7.py leaves it for tools.report after drawing figures/<model>*.png: a checkpoint (a
+    real one of an untrained VAE, whose latent space the report draws), config.json (config, or the defaults on
+    MNIST), figures.json with the path and SHA-256 of each figure and the checkpoint's SHA-256, and, given the scores
+    of the samples, eval.json as tools.evaluate writes it of that checkpoint."""
     run = runs / model
     run.mkdir(parents=True, exist_ok=True)
-    (run / "checkpoint.pt").write_bytes(os.urandom(64))
-    config = config or {"model": model, **dataclasses.asdict(hw.TRAINERS[model][0]().for_training_set(60000))}
+    if model == "vae":
+        cfg = hw.VAEConfig(hidden=8).for_training_set(60000)
+        hw.save_checkpoint(run, hw.VAETrainer(cfg, torch.device("cpu")), cfg, [{"epoch": 1, "train": {}, "test": {}}])
+    else:
+        (run / "checkpoint.pt").write_bytes(os.urandom(64))
+    config = config or {"model": model, **dataclasses.asdict(hw.TRAINERS[model].config_cls().for_training_set(60000))}
     (run / "config.json").write_text(json.dumps(config))
     (run / "figures.json").write_text(json.dumps({"checkpoint.pt": hw.sha256(run / "checkpoint.pt"), "figures": {
         str(p): hw.sha256(p) for p in sorted(figures.glob(f"{model}*.png"))}}))
@@ -138,6 +143,12 @@ def ascii_console(monkeypatch):
 
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def main(argv):
+    """homework7's main for `vae ...` and `gan ...`; for `tools.NAME ...`, that of python -m tools.NAME."""
+    argv = [str(a) for a in argv]
+    return importlib.import_module(argv[0]).main(argv[1:]) if argv[0].startswith("tools.") else hw.main(argv)
 
 
 @pytest.fixture

@@ -28,7 +28,7 @@ def test_a_whole_epoch_of_fit_is_timed_with_its_parts(images, tmp_path):
     import torch
     x = torch.from_numpy(images[:300])
     for name in ("vae", "gan"):
-        cfg = hw.TRAINERS[name][0](mixture_components=0).for_training_set(200) if name == "vae" else hw.GANConfig()
+        cfg = hw.VAEConfig(mixture_components=0).for_training_set(200) if name == "vae" else hw.GANConfig()
         whole, steps, evaluate, checkpoint = bench.epoch_parts(name, x[:200], x[200:], cfg, tmp_path / name)
         assert 0 < steps < whole and 0 < evaluate < whole and 0 < checkpoint < whole
         assert (tmp_path / name / "checkpoint.pt").exists()

@@ -1,5 +1,6 @@
 """The homework's math and models: each loss against an independent reference (torch.distributions, a formula
-written out, scikit-learn), the architectures the assignment describes, and what one training step moves."""
+written out, scikit-learn), the architectures the assignment describes, what one training step moves, and the
+experiments in tools/ that build on them."""
 import math
 
 import pytest
@@ -7,6 +8,8 @@ import torch
 from torch.distributions import Bernoulli, Normal, kl_divergence
 
 import homework7 as hw
+import tools.latent as tl
+from tools.vaegan import VAEGANConfig, VAEGANTrainer
 
 CPU = torch.device("cpu")
 
@@ -102,32 +105,6 @@ def test_evaluate_reports_test_elbo_with_kl_weight_one(images):
     result = trainer.evaluate(x)
     assert result["-elbo"] == pytest.approx(result["recon"] + result["kl"], rel=1e-5)
     assert result["kl"] > 0
-
-
-@pytest.mark.parametrize("real", ["reconstruction", "data"])
-def test_the_prior_gan_moves_the_decoder_by_ds_verdict_on_prior_samples_and_then_d(real):
-    """With --prior-gan, D's judgement of decoded z ~ N(0, I) reaches the decoder alone, then D takes its step on
-    training images (or their reconstructions) against those samples."""
-    x = torch.rand(8, hw.IMAGE_DIM)
-    cfg = hw.VAEConfig(latent_dim=4, prior_gan=1.0, prior_gan_real=real)
-    trainer = hw.VAETrainer(cfg, CPU)
-    plain = hw.VAETrainer(hw.VAEConfig(latent_dim=4), CPU)
-    plain.model.load_state_dict(trainer.model.state_dict())
-    d0, seen = snapshot(trainer.D), []
-    trainer.D.net.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach().clone()))
-    torch.manual_seed(0)
-    stats = trainer.train_step(x)
-    assert set(stats) == {"loss", "-elbo", "recon", "kl", "g_loss", "d_loss"}
-    assert all(changed(d0, trainer.D))
-    assert len(seen) == 3 and torch.equal(seen[0], seen[2])  # D judged the decoded z, then the real against them
-    assert torch.equal(seen[1], x) == (real == "data")
-    decoder_grad = trainer.model.decoder[0].weight.grad.clone()
-    encoder_grad = trainer.model.encoder[0].weight.grad.clone()
-    torch.manual_seed(0)
-    plain.train_step(x)
-    assert torch.equal(plain.model.encoder[0].weight.grad, encoder_grad)  # the same z: the encoder's gradient is Eq. 10's
-    assert not torch.allclose(plain.model.decoder[0].weight.grad, decoder_grad)
-    assert plain.D is None and "D" not in plain.state_dict() and "D" in trainer.state_dict()
 
 
 def test_dropout_zeroes_a_share_p_keeps_the_mean_and_is_off_in_eval_mode():
@@ -274,7 +251,6 @@ def test_an_epoch_where_d_has_won_or_its_loss_exploded_stops_the_gan():
     assert gan.after_epoch(x, [step, {**step, "d_g_z": torch.tensor(0.3)}]) == {}  # one step with signal is enough
     with pytest.raises(hw.Diverged, match="diverged"):
         gan.after_epoch(x, [{"d_loss": torch.tensor(1.5e8), "d_g_z": torch.tensor(1.0)}])
-    assert sorted(gan.snapshots) == [1, 2, 3]  # each epoch keeps G(fixed z) for the progress figure
 
 
 def test_moving_average_of_g_is_what_draws_the_samples():
@@ -292,13 +268,17 @@ def test_moving_average_of_g_is_what_draws_the_samples():
         else:  # BatchNorm's batch count
             assert torch.equal(ema, after_2[key])
     z = torch.randn(5, 8)
-    assert gan.sampling_generator() is gan.G_ema and not gan.G_ema.training
-    assert not torch.allclose(gan.sampling_generator()(z), gan.G.eval()(z))
+    sampler = gan.sampling_generator()
+    assert not sampler.training and torch.equal(sampler(z), gan.G_ema.eval()(z))
+    assert not torch.allclose(sampler(z), gan.G.eval()(z))
     restored = small_gan(ema=0.9, ema_rampup=0)
     restored.load_state_dict(gan.state_dict())
     assert torch.equal(restored.sample(3, torch.Generator().manual_seed(2)), gan.sample(3, torch.Generator().manual_seed(2)))
     plain = small_gan(ema=0)
-    assert plain.G_ema is None and plain.sampling_generator() is plain.G
+    assert plain.G_ema is None and torch.equal(plain.sampling_generator()(z), plain.G.eval()(z))
+    plain.G.train()
+    plain.sample(3)
+    assert plain.G.training  # drawing samples leaves the G that trains as it was
 
 
 def test_r1_penalty_equals_the_gradient_written_out_on_a_tiny_d():
@@ -339,10 +319,11 @@ def test_standing_statistics_are_the_plain_means_over_the_batches_of_noise():
     generator = torch.Generator().manual_seed(gan.cfg.seed)  # the same noise, drawn again
     with torch.no_grad():
         h = [gan.G_ema.net[0](torch.randn(8, 8, generator=generator)) for _ in range(5)]  # G's first layer
-    bn = gan.G_standing.net[1]
+    sampler = gan.sampling_generator()
+    bn = sampler.net[1]
     assert torch.allclose(bn.running_mean, torch.stack([b.mean(0) for b in h]).mean(0), atol=1e-6)
     assert torch.allclose(bn.running_var, torch.stack([b.var(0) for b in h]).mean(0), atol=1e-5)
-    assert bn.momentum == 0.1 and not gan.G_standing.training and gan.sampling_generator() is gan.G_standing
+    assert bn.momentum == 0.1 and not sampler.training
 
 
 def test_the_noise_of_the_standing_statistics_comes_in_training_s_batches_up_to_1000(monkeypatch):
@@ -354,7 +335,7 @@ def test_the_noise_of_the_standing_statistics_comes_in_training_s_batches_up_to_
     assert sizes[3:] == [8, 8]
 
 
-def test_gan_finish_recomputes_the_samplers_statistics_only_when_asked():
+def test_what_is_derived_after_training_is_made_when_asked_kept_by_steps_and_saved_once_finished():
     x = torch.rand(16, hw.IMAGE_DIM)
     for bn_batches in (0, 3):
         gan = small_gan(bn_batches=bn_batches, batch_size=16)
@@ -364,38 +345,15 @@ def test_gan_finish_recomputes_the_samplers_statistics_only_when_asked():
         after = gan.sampling_generator().state_dict()["net.1.running_mean"]
         assert (summary is None) == (bn_batches == 0) and torch.equal(before, after) == (bn_batches == 0)
         assert torch.equal(gan.G_ema.state_dict()["net.1.running_mean"], before)  # training's average untouched
+        standing = gan.standing
         gan.train_step(x)
-        assert gan.sampling_generator() is gan.G_ema  # training goes on: the recomputed statistics no longer fit
+        assert gan.standing is standing  # a step leaves it as it was
+        assert "standing" not in gan.state_dict() and ("standing" in gan.state_dict(finished=True)) == bool(bn_batches)
 
 
-def test_each_trainer_draws_seeded_images_and_the_vae_from_each_of_its_samplers():
+def test_the_gan_draws_seeded_images():
     a, b = (small_gan(batch_size=16).sample(5, torch.Generator().manual_seed(1)) for _ in range(2))
     assert a.shape == (5, hw.IMAGE_DIM) and torch.equal(a, b) and torch.all((a >= 0) & (a <= 1))
-    torch.manual_seed(0)
-    vae = hw.VAETrainer(hw.VAEConfig(latent_dim=2, hidden=16, mixture_components=3, mixture_fit_n=40), CPU)
-    assert vae.sampler_labels() == {"prior": "z ~ N(0, I)"}
-    summary = vae.after_training(torch.rand(50, hw.IMAGE_DIM))
-    assert summary == "fitted a mixture of 3 Gaussians to 40 encodings mu(x)"
-    assert vae.sampler_labels()["mixture"] == "z ~ mixture of 3" and vae.mixture["means"].shape == (3, 2)
-    standard, mixture = (vae.sample(5, torch.Generator().manual_seed(0), name) for name in ("prior", "mixture"))
-    assert standard.shape == mixture.shape == (5, hw.IMAGE_DIM) and not torch.equal(standard, mixture)
-
-
-def test_interpolation_runs_from_one_encoding_to_the_other_and_manifold_covers_the_quantiles():
-    torch.manual_seed(0)
-    trainer = hw.VAETrainer(hw.VAEConfig(latent_dim=2, hidden=20), CPU)
-    x_a, x_b = torch.rand(3, hw.IMAGE_DIM), torch.rand(3, hw.IMAGE_DIM)
-    lines = trainer.interpolate(x_a, x_b, steps=5)
-    assert lines.shape == (3, 5, hw.IMAGE_DIM)
-    with torch.no_grad():
-        assert torch.allclose(lines[:, 0], trainer.model.pixel_means(trainer.model.encode(x_a)[0]))
-        assert torch.allclose(lines[:, -1], trainer.model.pixel_means(trainer.model.encode(x_b)[0]))
-    decoded = []
-    trainer.model.pixel_means = lambda z: decoded.append(z) or torch.zeros(len(z), hw.IMAGE_DIM)
-    assert trainer.manifold(n=3).shape == (9, hw.IMAGE_DIM)
-    q = torch.distributions.Normal(0.0, 1.0).icdf(torch.tensor([0.05, 0.5, 0.95]))
-    z = decoded[0].reshape(3, 3, 2)  # rows of the grid
-    assert torch.allclose(z[0, :, 0], q) and torch.allclose(z[:, 0, 1], q.flip(0))  # z₁ across, z₂ down
 
 
 # ----------------------------------------------------------------------------- the VAE's mixture
@@ -446,3 +404,49 @@ def test_a_lone_leftover_image_joins_the_batch_before_it(n, batch_size, sizes):
     assert [end - start for start, end in hw.batch_bounds(n, batch_size)] == sizes
     batches = list(hw.minibatches(torch.arange(n).float()[:, None], batch_size))
     assert [len(b) for b in batches] == sizes and sorted(torch.cat(batches)[:, 0].tolist()) == list(range(n))
+
+
+# ----------------------------------------------------------------------------- the experiments in tools/
+@pytest.mark.parametrize("real", ["reconstruction", "data"])
+def test_the_vae_gan_moves_the_decoder_by_ds_verdict_on_prior_samples_and_then_d(real):
+    """tools.vaegan: D's judgement of decoded z ~ N(0, I) reaches the decoder alone, then D takes its step on
+    training images (or their reconstructions) against those samples."""
+    x = torch.rand(8, hw.IMAGE_DIM)
+    trainer = VAEGANTrainer(VAEGANConfig(latent_dim=4, prior_gan=1.0, prior_gan_real=real), CPU)
+    plain = hw.VAETrainer(hw.VAEConfig(latent_dim=4), CPU)
+    plain.model.load_state_dict(trainer.model.state_dict())
+    d0, seen = snapshot(trainer.D), []
+    trainer.D.net.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach().clone()))
+    torch.manual_seed(0)
+    stats = trainer.train_step(x)
+    assert set(stats) == {"loss", "-elbo", "recon", "kl", "g_loss", "d_loss"}
+    assert all(changed(d0, trainer.D))
+    assert len(seen) == 3 and torch.equal(seen[0], seen[2])  # D judged the decoded z, then the real against them
+    assert torch.equal(seen[1], x) == (real == "data")
+    decoder_grad = trainer.model.decoder[0].weight.grad.clone()
+    encoder_grad = trainer.model.encoder[0].weight.grad.clone()
+    torch.manual_seed(0)
+    plain.train_step(x)
+    assert torch.equal(plain.model.encoder[0].weight.grad, encoder_grad)  # the same z: the encoder's gradient is Eq. 10's
+    assert not torch.allclose(plain.model.decoder[0].weight.grad, decoder_grad)
+    assert "D" not in plain.state_dict() and {"D", "opt_D"} <= set(trainer.state_dict())
+
+
+def test_interpolation_runs_from_one_encoding_to_the_other_and_manifold_covers_the_quantiles(checkpoints, tmp_path):
+    """tools.latent, on a VAE of p = 2, then on the shared VAE's checkpoint."""
+    torch.manual_seed(0)
+    trainer = hw.VAETrainer(hw.VAEConfig(latent_dim=2, hidden=20), CPU)
+    x_a, x_b = torch.rand(3, hw.IMAGE_DIM), torch.rand(3, hw.IMAGE_DIM)
+    lines = tl.interpolate(trainer.model, x_a, x_b, steps=5)
+    assert lines.shape == (3, 5, hw.IMAGE_DIM)
+    with torch.no_grad():
+        assert torch.allclose(lines[:, 0], trainer.model.pixel_means(trainer.model.encode(x_a)[0]))
+        assert torch.allclose(lines[:, -1], trainer.model.pixel_means(trainer.model.encode(x_b)[0]))
+    decoded = []
+    trainer.model.pixel_means = lambda z: decoded.append(z) or torch.zeros(len(z), hw.IMAGE_DIM)
+    assert tl.manifold(trainer.model, n=3).shape == (9, hw.IMAGE_DIM)
+    q = torch.distributions.Normal(0.0, 1.0).icdf(torch.tensor([0.05, 0.5, 0.95]))
+    z = decoded[0].reshape(3, 3, 2)  # rows of the grid
+    assert torch.allclose(z[0, :, 0], q) and torch.allclose(z[:, 0, 1], q.flip(0))  # z₁ across, z₂ down
+    assert tl.main(["--checkpoint", str(checkpoints["vae"]), "--figures-dir", str(tmp_path)]) == 0
+    assert [p.name for p in tmp_path.iterdir()] == ["vae_interpolation.png"]  # p = 32: no manifold

@@ -56,13 +56,13 @@ def test_report_writes_pdf_script_and_zip_of_the_users_own_runs_only(tmp_path, c
     status, out, _ = cli(tools.report.main, *report_of(runs, "--user", "cd"))
     assert status == 0
     pdf, script = tmp_path / "homework7.ab.cd.pdf", tmp_path / "homework7.ab.cd.py"
-    assert pdf_page_count(pdf) == 2 + 1  # one page per problem, then the appendix of gan_curves.png alone
+    assert pdf_page_count(pdf) == 2 + 2  # one page per problem, then the appendix: gan_curves, vae_interpolation
     assert script.read_bytes() == (hw.Path(hw.__file__)).read_bytes()  # the lean script, nothing else
     with zipfile.ZipFile(tmp_path / "homework7.ab.cd.zip") as archive:
         assert sorted(archive.namelist()) == ["homework7.ab.cd.pdf", "homework7.ab.cd.py"]
         assert archive.read("homework7.ab.cd.pdf") == pdf.read_bytes()
     text = page_text(tools.report.build_pages(["ab"], {"vae": runs / "vae", "gan": runs / "gan"}))
-    assert "gan_curves.png" in text and "vae_sweep" not in text
+    assert "gan_curves.png" in text and "vae_interpolation.png" in text and "vae_sweep" not in text
     status, _, err = cli(tools.report.main, "--user", "../x", "--out-dir", tmp_path)
     assert status == 2 and "--user" in err
 

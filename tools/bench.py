@@ -90,7 +90,7 @@ def plain_gan_steps(train_x, steps, cfg):
 def project_steps(name, train_x, steps, cfg):
     """This project's training step, as fit() runs it: sliced minibatches, the steps' numbers kept as tensors."""
     torch.manual_seed(cfg.seed)
-    trainer = TRAINERS[name][1](cfg, torch.device("cpu"))
+    trainer = TRAINERS[name](cfg, torch.device("cpu"))
     kept = []
     seconds = time_loop(lambda x: kept.append(trainer.train_step(x)), endless_minibatches(train_x, cfg.batch_size), steps)
     mean_of_steps(kept, trainer.columns)  # the one read-back an epoch does
@@ -177,9 +177,13 @@ def matmul_seconds(products, repeats=200):
 
 
 def timed_steps(trainer_cls):
-    """The trainer class whose train_step also adds up the seconds it takes, in step_seconds."""
+    """The trainer class whose train_step also adds up the seconds it takes, in step_seconds, and which makes
+    nothing after training: fit() is timed epoch by epoch, one epoch a call."""
     class TimedSteps(trainer_cls):
         step_seconds = 0.0
+
+        def after_training(self, train_x):
+            return None
 
         def train_step(self, x):
             start = time.perf_counter()
@@ -196,7 +200,7 @@ def epoch_parts(name, train_x, test_x, cfg, run_dir, epochs=3):
     cfg = dataclasses.replace(cfg, epochs=epochs, run_dir=str(run_dir))
     Path(run_dir).mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
-    trainer = timed_steps(TRAINERS[name][1])(cfg, torch.device("cpu"))
+    trainer = timed_steps(TRAINERS[name])(cfg, torch.device("cpu"))
     ends, metrics = [], []
     with contextlib.redirect_stdout(io.StringIO()):  # fit()'s line per epoch
         for epoch in range(1, epochs + 1):  # one epoch a call: fit() goes on where it stopped
@@ -209,7 +213,7 @@ def epoch_parts(name, train_x, test_x, cfg, run_dir, epochs=3):
         trainer.after_epoch(test_x, [trainer.last_stats])
         evaluate = min(evaluate, time.perf_counter() - start)
         start = time.perf_counter()
-        save_checkpoint(run_dir, trainer, cfg, epochs, metrics)
+        save_checkpoint(run_dir, trainer, cfg, metrics)
         checkpoint = min(checkpoint, time.perf_counter() - start)
     return whole, steps, evaluate, checkpoint
 
@@ -229,7 +233,7 @@ def peak_memory_mb(name, tmp_dir):
 
 def default_config(name, train_x):
     """The model's default config, its sizes filled in for these training images."""
-    return TRAINERS[name][0]().for_training_set(len(train_x))
+    return TRAINERS[name].config_cls().for_training_set(len(train_x))
 
 
 def bench(models, steps, batch_sizes=None):

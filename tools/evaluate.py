@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from homework7 import (IMAGE_DIM, IMAGE_SIDE, MNIST_DIR, MNIST_SHA256, Parser, UsageError, descend, load_images,
-                       load_mnist, make_adam, read_idx, run_cli, save_json, sha256, torch_load)
+from homework7 import (IMAGE_DIM, IMAGE_SIDE, MNIST_DIR, MNIST_SHA256, Parser, UsageError, VAETrainer, descend,
+                       load_images, load_mnist, make_adam, read_idx, run_cli, save_json, sha256, torch_load)
 from tools import add_number_flag
 from tools.outputs import CHECKPOINT_FILE, check_replaceable, write_output
 from tools.sample import add_checkpoint_flags, checkpoint_trainer, draw_samples, sampler_labels
@@ -234,7 +234,7 @@ def evaluate_trainer(trainer, test_x, classifier_path, n=10000, iwae_k=1000, iwa
     for sampler in samplers or labels:
         samples = draw_samples(trainer, n, seed, sampler)
         report["samples"][labels[sampler]] = sample_scores(*classify(classifier, samples), reference)
-    if trainer.name == "vae":  # its test-set bounds; the IWAE bound is computed on the VAE itself
+    if isinstance(trainer, VAETrainer):  # its test-set bounds; the IWAE bound is computed on the VAE itself
         torch.manual_seed(seed)
         report["test_elbo"] = trainer.evaluate(test_x)["-elbo"]
         if iwae_k > 0:

@@ -104,13 +104,13 @@ def run_name(name, seed):
 
 
 def score(trainer, train_x, classifier, reference, n, seed, standing_batches=None):
-    """The scores of n samples of a copy of the trainer as after_training() leaves it, or with its BatchNorm
-    statistics recomputed over standing_batches batches of noise instead."""
-    scored = copy.deepcopy(trainer)  # training goes on with the original, untouched
+    """The scores of n samples of the trainer as fit() leaves it, or of a copy with its BatchNorm statistics
+    recomputed over standing_batches batches of noise instead."""
     if standing_batches:
-        scored.cfg = dataclasses.replace(scored.cfg, bn_batches=standing_batches)
-    scored.after_training(train_x)
-    scores = sample_scores(*classify(classifier, draw_samples(scored, n, seed)), reference)
+        trainer = copy.deepcopy(trainer)  # training goes on with the original, untouched
+        trainer.cfg = dataclasses.replace(trainer.cfg, bn_batches=standing_batches)
+        trainer.after_training(train_x)
+    scores = sample_scores(*classify(classifier, draw_samples(trainer, n, seed)), reference)
     return {k: v for k, v in scores.items() if k != "histogram"}
 
 

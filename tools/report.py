@@ -5,10 +5,12 @@ Usage:
 
 The PDF holds only what this user's runs drew: the assignment's two figures, each under its problem's heading,
 with the run's config and the scores of tools.evaluate (where it has scored that run's checkpoint), then an
-appendix with the runs' other figures. Each figure must be as its run's figures.json records it. The .py is a
+appendix with the runs' other figures and the VAE's latent space (tools.latent), drawn from its checkpoint. Each
+figure must be as its run's figures.json records it. The .py is a
 copy of homework7.py, which runs on its own.
 """
 import sys
+import tempfile
 import textwrap
 import zipfile
 from pathlib import Path
@@ -21,6 +23,7 @@ import homework7 as hw
 from homework7 import Parser, UsageError, atomic_write, output_dirs, run_cli, sha256
 from tools.outputs import PDF_FILE, PNG_FILE, ZIP_FILE, check_replaceable, read_json
 from tools.evaluate import score_notes, score_rows
+from tools.latent import draw_latent
 
 PAGE_W, PAGE_H = 8.27, 11.69  # A4, inches
 MARGIN = 0.75  # inches on every side
@@ -42,7 +45,6 @@ APPENDIX = {  # each figure a run drew beside its <model>.png, by its name, with
     "vae_manifold.png": "VAE with p = 2: the decoder over a grid of Gaussian quantiles of z (Kingma & Welling, "
                         "Fig. 4).",
     "gan_curves.png": "GAN: D and G losses and mean D(x), D(G(z)) per epoch.",
-    "gan_progress.png": "GAN: G(z) for the same z at several epochs of training.",
 }
 
 
@@ -191,7 +193,11 @@ def build_pages(users, runs):
     """The PDF's pages: the two problems with their figures and scores, then the appendix; runs: the run
     directory of each model."""
     drawn = {model: drawn_figures(model, Path(runs[model])) for _, model in PROBLEMS}  # all checked first
-    images = {path: read_figure(path) for _, _, main, others in drawn.values() for path in [main, *others.values()]}
+    with tempfile.TemporaryDirectory() as latent_dir:
+        drawn["vae"][3].update({path.name: path for path in draw_latent(Path(runs["vae"]) / "checkpoint.pt",
+                                                                         latent_dir)})
+        images = {path: read_figure(path) for _, _, main, others in drawn.values()
+                  for path in [main, *others.values()]}
     pages = []
     for i, (heading, model) in enumerate(PROBLEMS):
         config, checkpoint, main, _ = drawn[model]

@@ -12,10 +12,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from homework7 import (IMAGE_DIM, TRAINERS, GANTrainer, Parser, UsageError, load_checkpoint, resolve_device, restore,
-                       run_cli, use_threads)
+from homework7 import (IMAGE_DIM, GANTrainer, Parser, UsageError, load_checkpoint, resolve_device, restore, run_cli,
+                       use_threads)
 from tools import add_number_flag, add_threads_flag
 from tools.outputs import NPY_FILE, check_replaceable, write_output
+from tools.vaegan import TRAINERS
 
 VAE_SAMPLERS = ("prior", "mixture")  # the VAE's new images: z ~ N(0, I), or z ~ the mixture fitted to μ(x)
 DEFAULT_SAMPLER = "mixture"  # the one whose samples scored better
@@ -36,7 +37,7 @@ def add_checkpoint_flags(parser, n_help, sampler_default, n_within="[1, 1e9]"):
 
 def trainer_from_checkpoint(state, device, path):
     """The trainer a loaded checkpoint holds, on device."""
-    return restore(TRAINERS[state["model"]][1](state["config"], device), state, path)
+    return restore(TRAINERS[state["model"]](state["config"], device), state, path)
 
 
 def checkpoint_trainer(args):
@@ -46,7 +47,7 @@ def checkpoint_trainer(args):
         raise UsageError("--sampler: only the VAE has a choice of sampler")
     use_threads(args.threads)
     path = Path(args.checkpoint or f"runs/{args.model}/checkpoint.pt")
-    trainer = trainer_from_checkpoint(load_checkpoint(path, args.model), resolve_device(args.device), path)
+    trainer = trainer_from_checkpoint(load_checkpoint(path, args.model, TRAINERS), resolve_device(args.device), path)
     if args.sampler and args.sampler not in trainer.sampler_labels():
         raise UsageError(f"{path}: this VAE has no fitted mixture; use --sampler prior")
     return trainer, path

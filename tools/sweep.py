@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from homework7 import (Parser, UsageError, VAEConfig, add_config_flags, load_images, make_config,
+from homework7 import (Parser, UsageError, VAEConfig, VAETrainer, add_config_flags, load_images, make_config,
                        output_dirs, plot_rows, run, run_cli, save_json)
 from tools import add_number_flag
 from tools.evaluate import CLASSIFIER_PATH, evaluate_trainer, load_classifier, real_references
@@ -40,12 +40,12 @@ def sweep(given, latent_dims, kl_weights, epochs_list, components, n, classifier
                 flags = {**given, "latent_dim": p, "kl_weight": w, "epochs": epochs, "run_dir": str(run_dir),
                          "figures_dir": str(run_dir), "mixture_components": components[0],
                          "mixture_fit_n": fit_sizes[0]}
-                cfg, state = make_config(VAEConfig, flags, "vae", resume=i > 0)
+                cfg, state = make_config(VAETrainer, flags, resume=i > 0)
                 train_x = load_images(cfg)[0]
                 if max(components) > min(len(train_x), *fit_sizes):
                     raise UsageError(f"--components {max(components)}: more components than the "
                                      f"{min(len(train_x), *fit_sizes)} training encodings")
-                trainer, test_x = run("vae", cfg, stop, state)
+                trainer, test_x = run(VAETrainer, cfg, stop, state)
                 if references is None:  # the same real images for every run: classified once
                     references = real_references(load_classifier(classifier_path, trainer.device, stop=stop)[0],
                                                  trainer.device)
