@@ -891,7 +891,7 @@ def images_to_tensor(array, source):
 
 
 # ----------------------------------------------------------------------------- checkpoints
-CHECKPOINT_FORMAT = 5  # bump when what a checkpoint holds changes
+CHECKPOINT_FORMAT = 6  # bump when what a checkpoint holds changes
 
 
 def atomic_write(path, write):
