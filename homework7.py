@@ -123,8 +123,8 @@ class GANConfig(RunConfig):
     """The GAN: G with 4 linear layers, D with input dropout and 3 linear layers."""
 
     epochs: int = arg(60, "passes of D over the training set", "[1, 1e6]")
-    batch_size: int = arg(500, "minibatch size m, of real images and of noise vectors (BatchNorm needs 2)",
-                          "[1, 1e6]")
+    batch_size: int = arg(500, "minibatch size m, of real images and of noise vectors; 2 or more, since D's "
+                               "BatchNorm normalises over it", "[1, 1e6]")
     lr: float = arg(2e-3, "Adam learning rate of both G and D", "(0, inf)")
     beta1: float = arg(0.5, "Adam beta1 of both G and D", "[0, 1)")
     beta2: float = arg(0.99, "Adam beta2 of both G and D", "[0, 1)")

@@ -170,7 +170,8 @@ def child_process(argv, cwd, env=None, preexec=None, **popen):
     """Starts `python argv` as a real process: the project importable, its output in UTF-8 (or the
     PYTHONIOENCODING that env gives, None removing a variable) and line-buffered as a terminal's would be, and
     SIGINT and SIGHUP handled as by default even where pytest runs with them ignored (nohup, a script's `&`,
-    some CI runners: an ignored signal stays ignored across exec); preexec() runs in the child too."""
+    some CI runners: an ignored signal stays ignored across exec); preexec() runs in the child too; its stdout and
+    stderr are pipes unless popen says otherwise."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONIOENCODING": "utf-8", "PYTHONUNBUFFERED": "1", **(env or {})}
     env = {k: v for k, v in env.items() if v is not None}
 
@@ -180,16 +181,15 @@ def child_process(argv, cwd, env=None, preexec=None, **popen):
         if preexec:
             preexec()
 
-    return subprocess.Popen([sys.executable, *map(str, argv)], cwd=cwd, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, encoding=env["PYTHONIOENCODING"], env=env,
-                            preexec_fn=before_exec, **popen)
+    return subprocess.Popen([sys.executable, *map(str, argv)], cwd=cwd, encoding=env["PYTHONIOENCODING"], env=env,
+                            preexec_fn=before_exec, **{"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, **popen})
 
 
 @pytest.fixture
 def python_run():
     """Runs `python argv` (as child_process starts it) to its end: (exit status, stdout, stderr)."""
-    def run(argv, cwd, env=None, preexec=None):
-        child = child_process(argv, cwd, env, preexec)
+    def run(argv, cwd, env=None, preexec=None, **popen):
+        child = child_process(argv, cwd, env, preexec, **popen)
         out, err = child.communicate(timeout=300)
         return child.returncode, out, err
 

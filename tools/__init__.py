@@ -3,6 +3,8 @@
   evaluate  the MNIST classifier, the scores of samples, the VAE's IWAE bound
   sweep     one VAE per KL weight, scored
   report    the submission's PDF and zip
+  latent    the VAE's latent space, drawn from its checkpoint
+  vaegan    the VAE-GAN, an experiment for the assignment's third row
   bench     training speed against a plain loop and the torch.mm limit
 
 homework7.py never imports this package: it runs on its own.

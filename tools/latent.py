@@ -62,16 +62,12 @@ def latent_command(args, stop):
     return 0
 
 
-def build_parser():
+def main(argv=None):
     parser = Parser(prog="python -m tools.latent", description=__doc__)
     parser.add_argument("--checkpoint", default="runs/vae/checkpoint.pt",
                         help="the VAE's checkpoint (default: runs/vae/checkpoint.pt)")
     parser.add_argument("--figures-dir", default="", help="where the figures go (default: beside the checkpoint)")
-    return parser
-
-
-def main(argv=None):
-    return run_cli(build_parser(), argv, latent_command)
+    return run_cli(parser, argv, latent_command)
 
 
 if __name__ == "__main__":
