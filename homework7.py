@@ -391,7 +391,8 @@ class VAETrainer(Trainer):
         rows = [(f"{which} images", x), ("reconstruction", self.reconstruct(x))]  # then the prior's, the mixture's
         rows += [(f"new: {words}", self.sample(16, torch.Generator().manual_seed(self.cfg.seed), sampler))
                  for sampler, words in self.sampler_labels().items()]
-        title = f"{self.name.upper()}, p = {self.cfg.latent_dim}, KL weight {self.cfg.kl_weight:g}, {len(metrics)} epochs"
+        cfg = self.cfg
+        title = f"{self.name.upper()}, p = {cfg.latent_dim}, KL weight {cfg.kl_weight:g}, {len(metrics)} epochs"
         series = [("-elbo", "−ELBO"), ("recon", "reconstruction −log p(x|z)"), ("kl", "KL(q(z|x) ‖ p(z))")]
         return [plot_rows(rows, Path(figures_dir) / "vae.png", title),
                 plot_curves(metrics, series, Path(figures_dir) / "vae_curves.png", ylabel="nats per image")]
@@ -526,7 +527,8 @@ class GANTrainer(Trainer):
         """Draws the run's figures in figures_dir and returns their paths."""
         images = self.sample(self.n_fixed, torch.Generator().manual_seed(self.cfg.seed))
         series = [("d_loss", "D loss"), ("g_loss", "G loss"), ("d_x", "mean D(x)"), ("d_g_z", "mean D(G(z))")]
-        return [plot_grid(images, Path(figures_dir) / "gan.png", f"GAN samples G(z) for fixed z, {len(metrics)} epochs"),
+        title = f"GAN samples G(z) for fixed z, {len(metrics)} epochs"
+        return [plot_grid(images, Path(figures_dir) / "gan.png", title),
                 plot_curves(metrics, series, Path(figures_dir) / "gan_curves.png")]
 
 
@@ -588,7 +590,7 @@ def fit(trainer, cfg, train_x, test_x, stop, metrics=()):
             print(f"{trainer.name}: {summary} in {time.perf_counter() - start:.1f} s")
         stop.check()  # a signal while the last was made: what is saved is whole
     except Stopped as e:
-        raise Stopped(e.args[0], what_is_kept(cfg, saved, trainer.name)) from None
+        raise Stopped(e.args[0], what_is_kept(cfg, saved), resume_command(cfg, trainer.name) if saved else "") from None
     except Diverged as e:
         raise Diverged(f"training stopped: {e}; {what_is_kept(cfg, saved)}") from None
     return metrics
@@ -780,7 +782,8 @@ class Diverged(Exception):
 
 
 class Stopped(Exception):
-    """A stop signal came: one line, exit status 128 + its number; args: (signal, what the run keeps or '')."""
+    """A stop signal came: one line, exit status 128 + its number; args: (signal, what the run keeps or '', the
+    command that continues it or '')."""
 
 
 def first_line(error):
@@ -813,62 +816,107 @@ def load_images(cfg):
 
 
 def load_mnist(split, data_dir=MNIST_DIR):
-    """MNIST's "train" (60,000) or "t10k" (10,000) images from their original IDX file in data_dir, checked
-    against its SHA-256, as an N×784 float32 tensor in [0,1]."""
+    """MNIST's "train" (60,000) or "t10k" (10,000) images from their original IDX file in data_dir, as an N×784
+    float32 tensor in [0,1]."""
     path = Path(data_dir) / f"{split}-images-idx3-ubyte.gz"
     if not path.exists():
         raise UsageError(f"MNIST not found in {data_dir}/: pass --data with the assignment's "
                          "mnist_train_images.npy or an IDX image file (train-images-idx3-ubyte)")
-    return images_to_tensor(read_idx(path.read_bytes(), path, IDX_IMAGES, MNIST_SHA256[path.name]), path)
+    return images_to_tensor(read_mnist_file(path, IDX_IMAGES, MNIST_SHA256[path.name]), path)
+
+
+def read_mnist_file(path, magic, digest):
+    """One of MNIST's original IDX files, read whole and checked against its SHA-256 as published."""
+    with reading(path) as f:
+        raw = f.read()
+    if hashlib.sha256(raw).hexdigest() != digest:
+        raise UsageError(f"{path}: SHA-256 checksum mismatch (corrupt, or not the original MNIST file)")
+    return read_idx(gzip.GzipFile(fileobj=io.BytesIO(raw)), path, magic)
 
 
 def read_image_file(path):
     """Images from a .npy or an IDX image file (optionally gzipped), told apart by their first bytes, as an N×784
-    float32 tensor; read once, whole, so that a pipe can be read and a file rewritten meanwhile changes nothing."""
-    raw = Path(path).read_bytes()
-    array = read_npy(raw, path) if raw.startswith(b"\x93NUMPY") else read_idx(raw, path, IDX_IMAGES)
+    float32 tensor; read once, as a pipe can be, and no further than its header promises."""
+    with reading(path) as f:
+        start = f.peek(8)[:8]
+        if start.startswith(b"\x93NUMPY"):
+            array = read_npy(f, path)
+        else:
+            array = read_idx(gzip.GzipFile(fileobj=f) if start.startswith(b"\x1f\x8b") else f, path, IDX_IMAGES)
     return images_to_tensor(array, path)
 
 
-def read_npy(raw, source):
-    """The array in a .npy file's bytes, read by NumPy's own reader, which refuses a file of Python objects; its
-    header is checked first against the bytes that follow it, so that one claiming more allocates nothing."""
-    f, formats = io.BytesIO(raw), np.lib.format
+@contextlib.contextmanager
+def reading(path):
+    """The file at path, open to read in binary; an error of the system while it is read names it (a failing
+    read, as of /proc/self/mem, carries no file name of its own)."""
+    try:
+        with open(path, "rb") as f:
+            yield f
+    except OSError as e:
+        raise UsageError(f"{path}: {e.strerror or first_line(e)}") from None
+
+
+def read_npy(f, source):
+    """The array of a .npy file, its header read by NumPy's own reader, then as many bytes as it promises
+    (read_promised); only numbers are read (a file of Python objects is never unpickled)."""
+    formats = np.lib.format
     try:
         version = formats.read_magic(f)
-        if version in ((1, 0), (2, 0), (3, 0)):  # NumPy's own load refuses other versions in its words
-            shape, _, dtype = (formats.read_array_header_1_0 if version == (1, 0) else formats.read_array_header_2_0)(f)
-            if math.prod(shape) * dtype.itemsize > len(raw) - f.tell():
-                raise ValueError(f"truncated: the header says {'×'.join(map(str, shape))} of {dtype}, the file has "
-                                 f"{len(raw) - f.tell()} bytes of data")
-        f.seek(0)
-        return np.load(f, allow_pickle=False)
+        if version not in ((1, 0), (2, 0), (3, 0)):
+            raise ValueError(f"version {version[0]}.{version[1]}, not one NumPy writes")
+        shape, fortran_order, dtype = (formats.read_array_header_1_0 if version == (1, 0)
+                                       else formats.read_array_header_2_0)(f)
+        if dtype.kind not in "uif":  # unsigned, signed integers or floats
+            raise UsageError(f"{source}: pixels must be numbers, got dtype {dtype}")
+        np.broadcast_to(np.empty((), dtype), shape)  # NumPy's own check of the shape, with no memory behind it
     except (ValueError, OverflowError, TypeError, EOFError) as e:
         raise UsageError(f"{source}: not a readable .npy file ({first_line(e)})") from None
+    count = math.prod(shape)
+    data = read_promised(f, count * dtype.itemsize, source, f"{'×'.join(map(str, shape))} of {dtype}", count)
+    return data.view(dtype).reshape(shape[::-1]).T if fortran_order else data.view(dtype).reshape(shape)
 
 
-def read_idx(raw, source, magic, digest=None):
-    """An IDX file's bytes (LeCun's MNIST format, optionally gzipped; their SHA-256 checked if given) as a uint8
-    array: after the 4-byte magic number (0x00000803 for images N×28×28, 0x00000801 for labels N), one
-    big-endian 4-byte size per axis, then the data."""
-    if digest and hashlib.sha256(raw).hexdigest() != digest:
-        raise UsageError(f"{source}: SHA-256 checksum mismatch (corrupt, or not the original MNIST file)")
-    if raw[:2] == b"\x1f\x8b":
-        try:
-            raw = gzip.decompress(raw)
-        except (EOFError, OSError, zlib.error) as e:
-            raise UsageError(f"{source}: corrupt gzip data: {e}") from None
+def read_idx(f, source, magic):
+    """An IDX file (LeCun's MNIST format) as a uint8 array: after the 4-byte magic number (0x00000803 for images
+    N×28×28, 0x00000801 for labels N), one big-endian 4-byte size per axis, then the data."""
     ndim = magic[3]  # the magic number's last byte counts the axes: 3 for images, 1 for labels
-    if raw[:4] != magic or len(raw) < 4 + 4 * ndim:
-        raise UsageError(f"{source}: neither a .npy file nor an IDX {'image' if ndim == 3 else 'label'} file "
-                         f"(magic number 0x{magic.hex()} expected)")
-    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    if shape[1:] not in ((), (IMAGE_SIDE, IMAGE_SIDE)):  # before the data are shaped: 0×2³²×2³² cannot be
-        raise UsageError(f"{source}: images must be {IMAGE_SIDE}×{IMAGE_SIDE}, the header says {shape[1]}×{shape[2]}")
-    if len(raw) != 4 + 4 * ndim + math.prod(shape):
-        raise UsageError(f"{source}: truncated or corrupt: header says {'×'.join(map(str, shape))}, file has "
-                         f"{len(raw) - 4 - 4 * ndim} bytes of data")
-    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+    try:
+        header = f.read(4 + 4 * ndim)
+        if header[:4] != magic or len(header) < 4 + 4 * ndim:
+            raise UsageError(f"{source}: neither a .npy file nor an IDX {'image' if ndim == 3 else 'label'} file "
+                             f"(magic number 0x{magic.hex()} expected)")
+        shape = tuple(int.from_bytes(header[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+        if shape[1:] not in ((), (IMAGE_SIDE, IMAGE_SIDE)):  # before the data are shaped: 0×2³²×2³² cannot be
+            raise UsageError(f"{source}: images must be {IMAGE_SIDE}×{IMAGE_SIDE}, the header says "
+                             f"{shape[1]}×{shape[2]}")
+        return read_promised(f, math.prod(shape), source, "×".join(map(str, shape)), math.prod(shape)).reshape(shape)
+    except (EOFError, zlib.error, gzip.BadGzipFile) as e:
+        raise UsageError(f"{source}: corrupt gzip data: {e}") from None
+
+
+def read_promised(f, nbytes, source, promise, count):
+    """The nbytes of data that a file's header promises, read into one array and no further; one line where they
+    would not fit in this machine's memory beside their count float32 pixels, or where the file ends first."""
+    memory = machine_memory()
+    if memory and nbytes + 4 * count > memory:
+        raise UsageError(f"{source}: the header says {promise}: {nbytes / 1e9:.3g} GB, which with its float32 pixels "
+                         f"does not fit in this machine's {memory / 1e9:.3g} GB of memory")
+    data, done = np.empty(nbytes, dtype=np.uint8), 0  # pages that are never written take no memory
+    while done < nbytes:
+        n = f.readinto(memoryview(data)[done : done + (1 << 24)])
+        if not n:
+            raise UsageError(f"{source}: truncated: the header says {promise}, the file has {done} bytes of data")
+        done += n
+    return data
+
+
+def machine_memory():
+    """This machine's memory in bytes, or None where the system does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
 
 
 def images_to_tensor(array, source):
@@ -878,8 +926,6 @@ def images_to_tensor(array, source):
                          f"{array.shape}")
     if len(array) == 0:
         raise UsageError(f"{source}: holds no images")
-    if array.dtype.kind not in "uif":  # unsigned, signed integers or floats
-        raise UsageError(f"{source}: pixels must be numbers, got dtype {array.dtype}")
     if not np.isfinite(array).all():
         raise UsageError(f"{source}: holds NaN or infinite pixels")
     kind, high = ("integer", 255) if array.dtype.kind in "ui" else ("float", 1)
@@ -887,7 +933,10 @@ def images_to_tensor(array, source):
     if lowest < 0 or highest > high:
         raise UsageError(f"{source}: {kind} pixels must lie in [0, {high}], got one of "
                          f"{(lowest if lowest < 0 else highest).item()!r}")
-    return torch.from_numpy(np.array(array, dtype=np.float32).reshape(len(array), IMAGE_DIM) / high)  # a copy
+    pixels = array.astype(np.float32, copy=False).reshape(len(array), IMAGE_DIM)  # float32 pixels as they were read
+    if high != 1:  # integers, converted to a new array: divided in place, so the data are held at most twice over
+        pixels /= high
+    return torch.from_numpy(pixels)
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -909,7 +958,8 @@ def atomic_write(path, write):
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as e:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # a cleanup that fails (a read-only disk) never hides the write's error
+            tmp.unlink(missing_ok=True)
         if not isinstance(e, OSError):
             raise
         kept = "; the previous file is kept" if path.is_file() else ""
@@ -917,7 +967,8 @@ def atomic_write(path, write):
 
 
 def sha256(path):
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    with reading(path) as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def save_json(path, obj):
@@ -999,20 +1050,21 @@ def restore(trainer, state, path):
     return trainer
 
 
-def what_is_kept(cfg, epoch, model=None):
-    """What a run that stopped after that many epochs leaves in its run directory, as a phrase; with its model,
-    the command that continues it, as this script was started: --resume and every setting that a resume may change
-    (RESUMABLE_CHANGES), so that it continues this run whatever its checkpoint held before."""
+def what_is_kept(cfg, epoch):
+    """What a run that stopped after that many epochs leaves in its run directory, as a phrase."""
     if not epoch:
         return "no epoch of this run finished, so it wrote no checkpoint"
-    kept = f"the checkpoint of epoch {epoch} is kept in {cfg.run_dir}"
-    if not model:
-        return kept
+    return f"the checkpoint of epoch {epoch} is kept in {cfg.run_dir}"
+
+
+def resume_command(cfg, model):
+    """The command that continues the run, as this script was started: --resume and every setting that a resume
+    may change (RESUMABLE_CHANGES), so that it continues this run whatever its checkpoint held before."""
     spec = getattr(sys.modules["__main__"], "__spec__", None)  # python -m NAME has one; python FILE has none
     started = ["-m", spec.name] if spec else [sys.argv[0]]
     settings = [f"{flag(f.name)}={shell_word(str(getattr(cfg, f.name)))}" for f in dataclasses.fields(cfg)
                 if f.name in RESUMABLE_CHANGES]
-    return f"{kept}; continue with: python {' '.join(map(shell_word, started))} {model} --resume {' '.join(settings)}"
+    return f"python {' '.join(map(shell_word, started))} {model} --resume {' '.join(settings)}"
 
 
 def shell_word(text):
@@ -1058,7 +1110,7 @@ class StopSignals:
     def check(self):
         """Raises Stopped where a signal has come."""
         if self.signum is not None:
-            raise Stopped(self.signum, "")
+            raise Stopped(self.signum, "", "")
 
     def __exit__(self, *exception):
         if self.signum is None:  # after a signal, the defaults stay: a second one during the exit ends it at once
@@ -1275,16 +1327,22 @@ def outcome(parser, argv, command):
             raise
         error = f"out of memory ({first_line(e)}); choose smaller sizes"
     except Stopped as e:
-        signum, kept = e.args
+        signum, kept, command = e.args
         why = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
-        line = f"{parser.prog}: {why}" + (f"; {kept}" if kept else "")
+        line = f"{parser.prog}: {why}" + "".join(f"; {words}" for words in (kept, command and f"continue with: "
+                                                                              f"{command}") if words)
         return 128 + signum, "\n" + line.replace("\n", "\\n")  # on a line of its own after the ^C
     return 2, f"{parser.prog}: error: " + error.replace("\n", "\\n")  # one line, whatever a path holds
 
 
 def out_of_memory(error):
-    """Whether an exception says that memory ran out (numpy's MemoryError, PyTorch's CPU allocator or CUDA)."""
-    return isinstance(error, (MemoryError, torch.OutOfMemoryError)) or "can't allocate memory" in str(error)
+    """Whether an exception says that memory ran out (numpy's MemoryError, PyTorch's CPU allocator or CUDA), or was
+    raised while one that did was handled (torch.save's writer, after a MemoryError, fails in its own words)."""
+    while error is not None:
+        if isinstance(error, (MemoryError, torch.OutOfMemoryError)) or "can't allocate memory" in str(error):
+            return True
+        error = error.__context__
+    return False
 
 
 def train_command(args, stop, trainers=TRAINERS):

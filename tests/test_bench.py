@@ -29,7 +29,8 @@ def test_a_whole_epoch_of_fit_is_timed_with_its_parts(images, tmp_path):
     x = torch.from_numpy(images[:300])
     for name in ("vae", "gan"):
         cfg = hw.VAEConfig(mixture_components=0).for_training_set(200) if name == "vae" else hw.GANConfig()
-        whole, steps, evaluate, checkpoint = bench.epoch_parts(name, x[:200], x[200:], cfg, tmp_path / name)
+        whole, steps, evaluate, checkpoint = bench.epoch_parts(name, x[:200], x[200:], cfg, tmp_path / name,
+                                                               hw.StopSignals())
         assert 0 < steps < whole and 0 < evaluate < whole and 0 < checkpoint < whole
         assert (tmp_path / name / "checkpoint.pt").exists()
 
@@ -59,7 +60,7 @@ def test_epoch_seconds_converts_steps_to_epochs_of_each_config_and_keeps_the_fas
 
     monkeypatch.setattr(bench, "project_steps", project_steps)
     configs = {b: ("vae", hw.VAEConfig(batch_size=b)) for b in (100, 300)}
-    seconds = bench.epoch_seconds(configs, torch.from_numpy(images[:1000]), steps=5, rounds=2)
+    seconds = bench.epoch_seconds(configs, torch.from_numpy(images[:1000]), 5, hw.StopSignals(), rounds=2)
     assert timed == [100, 300, 100, 300]
     # 1,000 images: 10 batches of 100; 4 of 300 (the last of 100), each timed as a full one
     assert seconds == pytest.approx({100: 5e-4 * 100 * 10, 300: 5e-4 * 300 * 4})

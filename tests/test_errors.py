@@ -4,14 +4,16 @@ Bad input
 - Bad input gets one line on stderr that names the problem, and exit status 2: no traceback, no file written
   or changed, no directory left behind. Every number a flag takes has a range, said in --help and checked
   before any work (BAD_INPUTS below holds every field's, generated from the config's `within`).
-- A file that cannot be read or written (missing, a directory, permission denied, a name too long) gets one
-  line that names it and the reason, exit status 2. A data file is read once, whole, into memory (a pipe
-  works; a file rewritten meanwhile cannot pull its data from under the run), then checked: a .npy file by
-  NumPy's own reader (its header first against the bytes that follow, before any large allocation; never
-  unpickled), an IDX file by its header before its data are shaped, MNIST by SHA-256, pixels by their type
-  and range (the line shows a value that breaks it), a checkpoint by its format, model and config fields (one
-  of another version, or whose weights do not fit, gets a line that says to train again).
-- Memory that runs out gets one line, exit status 2; so does a diverged run. A message keeps its one line even
+- A file that cannot be read or written (missing, a directory, permission denied, a name too long, a failing
+  read) gets one line that names it and the reason, exit status 2. A data file is read once, as a pipe can
+  be, and no further than its header promises: an endless input is refused at its header, and one whose data
+  would not fit in memory beside their float32 pixels in one line; the data are held at most about twice over.
+  Then it is checked: a .npy file by NumPy's own reader of its header (never unpickled), an IDX file by its
+  header before its data are shaped, MNIST by SHA-256, pixels by their type and range (the line shows a value
+  that breaks it), a checkpoint by its format, model and config fields (one of another version, or whose
+  weights do not fit, gets a line that says to train again).
+- Memory that runs out gets one line, exit status 2, also where torch.save's writer then fails in words of its
+  own; so does a diverged run. A message keeps its one line even
   where a path in it holds a newline (written as \\n).
 - A value a tool takes by name (tools.gan_quality's FIELD=VALUE) is read as its flag is: the same type,
   choices and range. The tools' one reader of JSON refuses, in one line, a file that is not JSON, is nested
@@ -20,7 +22,8 @@ Bad input
 
 Files
 - Every file is written whole or not at all: made in memory, written to a temporary file beside it, then
-  renamed. A full disk gets one line wherever it strikes, and the previous checkpoint stays. The files a
+  renamed. A full disk gets one line wherever it strikes, and the previous checkpoint stays; a temporary file
+  that cannot even be removed (a read-only disk) changes nothing in that line, which names the file. The files a
   user names to a tool (tools.sample --out, tools.evaluate --classifier, tools.gan_quality --figure,
   tools.report's three) replace only a file of their own kind, never a symlink, a FIFO, a directory or
   another kind of file.
@@ -39,7 +42,8 @@ Stops and divergence
   a resume may change (as FLAG=VALUE, quoted for a shell on one line), whatever its checkpoint held before
   (where no epoch of this run finished, it says so, whatever an earlier run left in the directory). A second
   signal ends the process at once, as the system does. A SIGINT or SIGHUP that the parent ignores (nohup, a
-  script's &) stays ignored.
+  script's &) stays ignored. tools.company ends the runs it started however it ends, a second signal included;
+  tools.bench acts on a stop between two timings; tools.sweep says what it keeps, and no command.
 - Nothing diverged is saved as good or drawn: an epoch whose losses, test metrics or weights are not all
   finite, or in which D has won or its loss exploded, stops the run in one line (status 2), and the last good
   checkpoint stays; nothing made from it (a mixture, a figure) is saved or drawn.
@@ -65,9 +69,11 @@ What is not promised
   checkpoint is checked for its format, model and config fields, not for lies.
 """
 import argparse
+import contextlib
 import dataclasses
 import math
 import errno
+import resource
 import gzip
 import json
 import os
@@ -219,7 +225,7 @@ def make_bad_inputs(tmp_path, images, checkpoints):
 BAD_INPUTS = [  # (id, argv with {d} for the directory of bad files, words the one line must hold)
     ("strings", "vae --data {d}/strings.npy", "pixels must be numbers, got dtype <U1"),
     ("complex", "vae --data {d}/complex.npy", "pixels must be numbers, got dtype complex64"),
-    ("objects", "vae --data {d}/objects.npy", "not a readable .npy file (Object arrays cannot be loaded when allow_pickle=False"),
+    ("objects", "vae --data {d}/objects.npy", "pixels must be numbers, got dtype object"),
     ("nan", "vae --data {d}/nan.npy", "NaN or infinite"),
     ("inf", "gan --data {d}/inf.npy", "NaN or infinite"),
     ("float over 1", "vae --data {d}/over_one.npy", "float pixels must lie in [0, 1]"),
@@ -232,7 +238,7 @@ BAD_INPUTS = [  # (id, argv with {d} for the directory of bad files, words the o
     ("no images", "vae --data {d}/empty.npy", "holds no images"),
     ("no test set", "vae --data {d}/one_image.npy", "too few images to hold out a test set"),
     ("bad test data", "vae --data {d}/over_one.npy --test-data {d}/nan.npy", "over_one.npy: float pixels"),
-    ("truncated npy", "vae --data {d}/truncated.npy", "not a readable .npy file (truncated: the header says 10×784 of float32, the file has 4872 bytes of data)"),
+    ("truncated npy", "vae --data {d}/truncated.npy", "truncated: the header says 10×784 of float32, the file has 4872 bytes of data"),
     ("zero-byte npy", "vae --data {d}/zero_bytes.npy", "neither a .npy file nor an IDX image file"),
     ("text as npy", "vae --data {d}/text.npy", "neither a .npy file nor an IDX image file"),
     ("missing file", "vae --data {d}/missing.npy", "missing.npy: No such file or directory"),
@@ -241,9 +247,10 @@ BAD_INPUTS = [  # (id, argv with {d} for the directory of bad files, words the o
     ("idx count lies", "vae --data {d}/idx_count-idx3-ubyte", "header says 1000×28×28"),
     ("idx magic lies", "vae --data {d}/idx_magic-idx3-ubyte", "magic number 0x00000803 expected"),
     ("idx header cut", "vae --data {d}/idx_short-idx3-ubyte", "nor an IDX image file"),
-    ("idx truncated", "gan --data {d}/idx_truncated-idx3-ubyte", "truncated or corrupt"),
+    ("idx truncated", "gan --data {d}/idx_truncated-idx3-ubyte", "truncated: the header says 10×28×28"),
     ("truncated gz", "vae --data {d}/truncated-idx3-ubyte.gz", "corrupt gzip data"),
     ("unreadable file", "vae --data {d}/unreadable-idx3-ubyte", "unreadable-idx3-ubyte: Permission denied"),
+    ("a file that fails to read", "vae --data /proc/self/mem", "/proc/self/mem: Input/output error"),
     ("other model's checkpoint", "tools.sample vae --checkpoint {d}/gan.pt", "a gan checkpoint, not a vae one"),
     ("truncated checkpoint", "tools.sample vae --checkpoint {d}/truncated.pt", "not a readable checkpoint"),
     ("zero-byte checkpoint", "tools.sample gan --checkpoint {d}/zero_bytes.pt", "not a readable checkpoint"),
@@ -293,8 +300,8 @@ BAD_INPUTS = [  # (id, argv with {d} for the directory of bad files, words the o
     ("--data .csv", "vae --data {d}/x.csv", "neither a .npy file nor an IDX image file"),
     ("--data .NPY", "vae --data {d}/X.NPY", "float pixels must lie in [0, 1]"),
     ("npz named .npy", "vae --data {d}/npz.npy", "neither a .npy file nor an IDX image file"),
-    ("npy header lies", "vae --data {d}/lies.npy", "not a readable .npy file (truncated: the header says 10000000000×784"),
-    ("npy header of 2^62 bytes", "vae --data {d}/huge.npy", "not a readable .npy file (truncated: the header says 1152921504606846976×1 of float32"),
+    ("npy header lies", "vae --data {d}/lies.npy", "the header says 10000000000×784 of float32: 3.14e+04 GB, which with its float32 pixels does not fit"),
+    ("npy header of 2^62 bytes", "vae --data {d}/huge.npy", "the header says 1152921504606846976×1 of float32"),
     ("npy header too long", "vae --data {d}/long_header.npy", "not a readable .npy file (Header info length"),
     ("pixel 1.0000001", "vae --data {d}/just_over_one.npy", "float pixels must lie in [0, 1], got one of 1.0000001192092896"),
     ("pixel 1 + 1e-12", "vae --data {d}/over_by_1e-12.npy", "float pixels must lie in [0, 1], got one of 1.000000000001"),
@@ -302,12 +309,12 @@ BAD_INPUTS = [  # (id, argv with {d} for the directory of bad files, words the o
     ("sample seed 2^64", "tools.sample gan --checkpoint {d}/gan.pt --seed 18446744073709551616", "[0, 4294967295]"),
     ("name too long", "vae --data {d}/" + "x" * 300 + ".npy", "File name too long"),
     # headers NumPy refuses, dtypes of no numbers, an IDX header of 2^64 pixels an image
-    ("npy dims negative", "vae --data {d}/negative_dims.npy", "not a readable .npy file (can only specify one unknown"),
+    ("npy dims negative", "vae --data {d}/negative_dims.npy", "not a readable .npy file (all elements of broadcast shape must be non-negative"),
     ("npy 0 x 2^70", "vae --data {d}/zero_and_huge.npy", "not a readable .npy file ("),
     ("npy dtype V0", "vae --data {d}/void0.npy", "pixels must be numbers, got dtype |V0"),
     ("npy dtype U0", "gan --data {d}/str0.npy", "pixels must be numbers, got dtype <U0"),
     ("npy shape True", "vae --data {d}/bool_shape.npy", "not a readable .npy file ("),
-    ("npy version 9", "vae --data {d}/version9.npy", "not a readable .npy file (we only support format version"),
+    ("npy version 9", "vae --data {d}/version9.npy", "not a readable .npy file (version 9.0, not one NumPy writes"),
     ("idx 0 x 2^32 x 2^32", "vae --data {d}/idx_huge-idx3-ubyte", "images must be 28×28, the header says 4294967295×"),
     # checkpoints of another version, and a run resumed with other flags
     ("config field unknown", "tools.sample vae --checkpoint {d}/other_version/checkpoint.pt", "another version of homework7"),
@@ -380,13 +387,11 @@ def test_bad_input_gets_one_line_status_2_and_changes_no_file(argv, words, tmp_p
     d = bad_inputs
     monkeypatch.chdir(tmp_path)  # a command's default outputs (runs/, figures/) would land here
     if os.geteuid() == 0:  # root may read a file of mode 000: refuse it as the file system does for a user
-        real_read_bytes = Path.read_bytes
-
-        def read_bytes(path):
-            if path.stat().st_mode & 0o400 == 0:
+        def open_(path, *args, **kwargs):
+            if Path(path).stat().st_mode & 0o400 == 0:
                 raise PermissionError(13, "Permission denied", str(path))
-            return real_read_bytes(path)
-        monkeypatch.setattr(Path, "read_bytes", read_bytes)
+            return open(path, *args, **kwargs)
+        monkeypatch.setattr(hw, "open", open_, raising=False)
     before = tree(d)
     status, _, err = cli(main, *argv.format(d=d).split())
     assert status == 2, err
@@ -596,6 +601,58 @@ def test_ctrl_c_while_torch_loads_ends_in_one_line(tmp_path):
     assert len([line for line in err.splitlines() if line]) == 1, err
 
 
+def marked_processes(mark):
+    """The processes whose environment holds HOMEWORK7_MARK=mark: a tool's and those it started."""
+    found = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        with contextlib.suppress(OSError):
+            if f"HOMEWORK7_MARK={mark}".encode() in environ.read_bytes().split(b"\0"):
+                found.append(int(environ.parent.name))
+    return found
+
+
+@pytest.mark.parametrize("argv, started, signals, status", [
+    (["tools.company", "--cases", "vae + busy", "--repeats", "1", "--epochs", "1000"], 3, [signal.SIGINT], 130),
+    (["tools.company", "--cases", "vae + busy", "--repeats", "1", "--epochs", "1000"], 3, [signal.SIGINT] * 2,
+     -signal.SIGINT),
+    (["tools.bench", "--models", "vae", "--steps", "50"], 1, [signal.SIGINT], 130),
+], ids=["company, Ctrl-C", "company, Ctrl-C twice", "bench, Ctrl-C"])
+def test_a_tool_stops_at_once_and_ends_what_it_started(argv, started, signals, status, tmp_path):
+    """Each signal once the tool and what it starts run; the first is acted on within seconds (one line), a second
+    ends the tool at once, and either way no run it started goes on."""
+    mark = f"{os.getpid()}-{time.monotonic_ns()}"
+    child = child_process(["-m", *argv], tmp_path, env={"HOMEWORK7_MARK": mark})
+    try:
+        child.stdout.readline()  # its first line: torch and the data are loaded
+        deadline = time.monotonic() + 60
+        while len(marked_processes(mark)) < started and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(1)  # the runs load torch and their data
+        for number in signals:
+            child.send_signal(number)
+            time.sleep(0.05)
+        _, err = child.communicate(timeout=30)
+        deadline = time.monotonic() + 10
+        while marked_processes(mark) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        left = marked_processes(mark)
+    finally:
+        for pid in [child.pid, *marked_processes(mark)]:  # where the tool failed to, so that no run is left here
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+    assert child.returncode == status and "Traceback" not in err, err
+    assert status < 0 or err.strip() == f"python -m {argv[0]}: interrupted", err
+    assert left == []
+
+
+@pytest.mark.parametrize("text", ['[{"epoch": 1}]', '{"seconds": 1}', '[{"seconds": "x"}]', "[" * 100_000])
+def test_a_metrics_file_that_company_cannot_read_is_one_line(text, tmp_path):
+    import tools.company
+    (tmp_path / "metrics.json").write_text(text)
+    with pytest.raises(hw.UsageError, match="metrics.json: not "):
+        tools.company.recorded_seconds(tmp_path)
+
+
 def test_a_full_disk_keeps_the_previous_checkpoint(tmp_path, small_npy, monkeypatch, cli):
     """The second checkpoint's own write finds the disk full half-way."""
     real_open, opened = open, []
@@ -629,6 +686,50 @@ def test_a_full_disk_keeps_the_previous_checkpoint(tmp_path, small_npy, monkeypa
     assert "checkpoint.pt: No space left on device; the previous file is kept" in err
     assert hw.load_checkpoint(tmp_path / "run" / "checkpoint.pt")["epoch"] == 1
     assert not list((tmp_path / "run").glob(".*.tmp"))
+
+
+def limited_memory():
+    """In a child, before it runs: at most 5 GB of address space, so that a reader without a bound, or a model too
+    large, fails in the child, never on the machine's whole memory."""
+    resource.setrlimit(resource.RLIMIT_AS, (5 * 10**9, 5 * 10**9))
+
+
+@pytest.mark.parametrize("source", ["zeros", "a header of 10^8 images, then zeros"])
+def test_an_endless_input_is_read_no_further_than_its_header_promises(source, tmp_path, python_run):
+    header = tmp_path / "h.npy"
+    write_npy(header, "{'descr': '<f4', 'fortran_order': False, 'shape': (100000000, 784), }")
+    feed = subprocess.Popen(["cat", *([header] if source != "zeros" else []), "/dev/zero"], stdout=subprocess.PIPE)
+    try:
+        status, _, err = python_run([ROOT / "homework7.py", "vae", "--data", "/dev/stdin"], tmp_path,
+                                    preexec=limited_memory, stdin=feed.stdout)
+    finally:
+        feed.kill()
+        feed.wait()
+    expected = {"zeros": "neither a .npy file nor an IDX image file",
+                "a header of 10^8 images, then zeros": "the header says 100000000×784 of float32: 314 GB"}[source]
+    assert status == 2 and err.count("\n") == 1 and expected in err, err
+
+
+def test_memory_that_runs_out_while_a_checkpoint_is_made_ends_in_one_line(tmp_path, python_run):
+    """A VAE of 100,000 hidden units, under 5 GB: its checkpoint, made in memory, does not fit (torch.save's writer
+    then fails in words of its own)."""
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).random((300, 784), dtype=np.float32))
+    status, _, err = python_run([ROOT / "homework7.py", "vae", "--data", "x.npy", "--hidden", "100000", "--lr", "1e-7",
+                                 "--epochs", "1", "--batch-size", "100", "--mixture-components", "0"], tmp_path,
+                                preexec=limited_memory)
+    assert status == 2 and err.startswith("homework7.py: error: out of memory (") and err.count("\n") == 1, err
+    assert not list(tmp_path.rglob("*.pt")) and not list(tmp_path.rglob(".*.tmp"))
+
+
+def test_a_write_whose_cleanup_fails_too_names_the_file_it_wrote(tmp_path, monkeypatch):
+    """A read-only disk refuses the temporary file, and then its removal as well."""
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(hw, "open", read_only, raising=False)
+    monkeypatch.setattr(Path, "unlink", read_only)
+    with pytest.raises(hw.UsageError, match=f"could not write {tmp_path / 's.npy'}: Read-only file system$"):
+        hw.atomic_write(tmp_path / "s.npy", lambda f: f.write(b"x"))
 
 
 def test_memory_that_runs_out_ends_in_one_line(tmp_path, small_npy, monkeypatch, cli):

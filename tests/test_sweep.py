@@ -3,6 +3,7 @@ import json
 
 import homework7 as hw
 import tools.sweep
+from conftest import signal_at_step
 
 
 def test_sweep_scores_both_samplers_for_each_weight_and_epoch_count(tmp_path, stub_classifier, cli):
@@ -22,3 +23,12 @@ def test_sweep_scores_both_samplers_for_each_weight_and_epoch_count(tmp_path, st
     state = hw.load_checkpoint(tmp_path / "run" / "p32_kl2" / "checkpoint.pt")
     assert state["config"].kl_weight == 2 and state["epoch"] == 2  # the second epoch count resumed the first
     assert not (tmp_path / "figures" / "vae.png").exists()  # each run's own figures stay in its run directory
+
+
+def test_a_stopped_sweep_says_what_it_keeps_and_gives_no_command_that_would_continue_one_vae(tmp_path, stub_classifier,
+                                                                                          monkeypatch, cli):
+    signal_at_step(monkeypatch, hw.VAETrainer, step=25)  # 20 steps an epoch: stopped in epoch 2
+    status, _, err = cli(tools.sweep.main, "--kl-weights", "2", "--epochs-list", "3", "--n-train", "200",
+                         "--classifier", stub_classifier, "--figures-dir", tmp_path, "--run-dir", tmp_path / "run")
+    assert status == 143 and err.strip() == (f"python -m tools.sweep: stopped by SIGTERM; the checkpoint of epoch 1 "
+                                             f"is kept in {tmp_path / 'run' / 'p32_kl2'}")

@@ -2,6 +2,7 @@
 uninterrupted run ends, stop signals on real processes and at random moments, and the script on its own."""
 import dataclasses
 import gzip
+import io
 import json
 import multiprocessing
 import os
@@ -60,7 +61,7 @@ def test_idx_labels_are_read_and_told_apart_from_images(tmp_path):
     labels = np.array([3, 1, 4, 1, 5], dtype=np.uint8)
     path = tmp_path / "labels-idx1-ubyte"
     path.write_bytes(b"\x00\x00\x08\x01" + len(labels).to_bytes(4, "big") + labels.tobytes())
-    assert hw.read_idx(path.read_bytes(), path, ev.IDX_LABELS).tolist() == [3, 1, 4, 1, 5]
+    assert hw.read_idx(io.BytesIO(path.read_bytes()), path, ev.IDX_LABELS).tolist() == [3, 1, 4, 1, 5]
     with pytest.raises(hw.UsageError, match="neither a .npy file nor an IDX image file"):
         hw.read_image_file(path)
 
@@ -438,18 +439,19 @@ def test_every_stop_signal_ends_a_real_run_in_one_line_and_keeps_its_last_epoch(
 
 def test_the_advice_after_a_stop_is_the_command_that_continues_this_run(tmp_path, small_npy, interrupt_child,
                                                                         monkeypatch):
-    """A resumed run, stopped: its advice names the script as it was started (tools.report copies it as
-    homework7.NAME.py), the run directory as --run-dir=-r (which argparse would take for a flag otherwise), and
+    """A resumed run, stopped in its first resumed epoch, before it saved a config of its own: its advice names the
+    script as it was started (tools.report copies it as homework7.NAME.py), the run directory as --run-dir=-r (which argparse would take for a flag otherwise), and
     every setting a resume may change, as FLAG=VALUE, whatever the checkpoint held before."""
     shutil.copy(ROOT / "homework7.py", tmp_path / "homework7.alice.py")
     monkeypatch.chdir(tmp_path)
     flags = ["--data", str(small_npy), "--figures-dir", "figures", "--run-dir=-r"]
     assert hw.main(["vae", *flags, "--epochs", "1", "--mixture-components", "0"]) == 0
     code, _, err = interrupt_child(["homework7.alice.py", "vae", "--resume", "--epochs", "6", "--mixture-components",
-                                    "20", "--mixture-fit-n", "250", *flags], "vae epoch   2/", tmp_path,
+                                    "20", "--mixture-fit-n", "250", *flags], "resuming after epoch 1", tmp_path,
                                    signals=[signal.SIGTERM])
     [line] = [line for line in err.splitlines() if line]
-    assert code == 143 and line.endswith("; continue with: python homework7.alice.py vae --resume --device=auto "
+    assert code == 143 and "the checkpoint of epoch 1 is kept" in line
+    assert line.endswith("; continue with: python homework7.alice.py vae --resume --device=auto "
                                          "--threads=0 --figures-dir=figures --run-dir=-r --epochs=6 "
                                          "--mixture-components=20 --mixture-fit-n=250"), err
     assert hw.main(shlex.split(line.split("continue with: ")[1])[2:]) == 0  # what follows `python homework7.alice.py`

@@ -22,7 +22,7 @@ from torch import nn
 
 import homework7 as hw
 from tools import add_number_flag, add_threads_flag
-from homework7 import (TRAINERS, VAE, Discriminator, FastDropout, Generator, Parser, RunConfig, StopSignals, UsageError,
+from homework7 import (TRAINERS, VAE, Discriminator, FastDropout, Generator, Parser, RunConfig, UsageError,
                        batch_bounds, fit, load_images, mean_of_steps, minibatches, reparameterize, run_cli,
                        save_checkpoint, use_threads)
 
@@ -97,12 +97,13 @@ def project_steps(name, train_x, steps, cfg):
     return seconds
 
 
-def epoch_seconds(configs, train_x, steps, rounds=3):
+def epoch_seconds(configs, train_x, steps, stop, rounds=3):
     """Seconds per epoch of the bare training steps of each config (by label: (model, config)), from `steps` steps,
-    the fastest of `rounds` rounds alternating over the configs."""
+    the fastest of `rounds` rounds alternating over the configs; checks stop between two timings."""
     best = dict.fromkeys(configs, math.inf)
     for _ in range(rounds):
         for label, (name, cfg) in configs.items():
+            stop.check()
             seconds = project_steps(name, train_x, steps, cfg)
             best[label] = min(best[label], seconds / steps * len(batch_bounds(len(train_x), cfg.batch_size)))
     return best
@@ -194,7 +195,7 @@ def timed_steps(trainer_cls):
     return TimedSteps
 
 
-def epoch_parts(name, train_x, test_x, cfg, run_dir, epochs=3):
+def epoch_parts(name, train_x, test_x, cfg, run_dir, stop, epochs=3):
     """Seconds of one whole epoch of fit() (the fastest of the epochs after the first) and of its parts: the
     training steps inside it, the trainer's after_epoch() and the checkpoint's save (each timed on its own)."""
     cfg = dataclasses.replace(cfg, epochs=epochs, run_dir=str(run_dir))
@@ -204,7 +205,7 @@ def epoch_parts(name, train_x, test_x, cfg, run_dir, epochs=3):
     ends, metrics = [], []
     with contextlib.redirect_stdout(io.StringIO()):  # fit()'s line per epoch
         for epoch in range(1, epochs + 1):  # one epoch a call: fit() goes on where it stopped
-            metrics = fit(trainer, dataclasses.replace(cfg, epochs=epoch), train_x, test_x, StopSignals(), metrics)
+            metrics = fit(trainer, dataclasses.replace(cfg, epochs=epoch), train_x, test_x, stop, metrics)
             ends.append((time.perf_counter(), trainer.step_seconds))
     whole, steps = min((b[0] - a[0], b[1] - a[1]) for a, b in zip(ends, ends[1:]))
     evaluate, checkpoint = math.inf, math.inf
@@ -236,15 +237,15 @@ def default_config(name, train_x):
     return TRAINERS[name].config_cls().for_training_set(len(train_x))
 
 
-def bench(models, steps, batch_sizes=None):
+def bench(models, steps, stop, batch_sizes=None):
     """Images per second of this project's steps, of the plain loop, and of the torch.mm limit; or, with
-    batch_sizes, the seconds per epoch of the project's steps at each."""
+    batch_sizes, the seconds per epoch of the project's steps at each. Checks stop between two timings."""
     train_x, test_x = load_images(RunConfig())
     if batch_sizes:
         print(f"bench: {torch.get_num_threads()} threads, {steps} timed steps per batch size, fastest of 3 rounds")
         for name in models:
             sizes = {b: (name, dataclasses.replace(default_config(name, train_x), batch_size=b)) for b in batch_sizes}
-            for batch_size, seconds in epoch_seconds(sizes, train_x, steps).items():
+            for batch_size, seconds in epoch_seconds(sizes, train_x, steps, stop).items():
                 print(f"{name} batch {batch_size}: {seconds:.2f} s per epoch of {len(train_x):,} images")
         return 0
     batches = ", ".join(f"{name} {default_config(name, train_x).batch_size}" for name in models)
@@ -257,11 +258,13 @@ def bench(models, steps, batch_sizes=None):
             plain_steps = {"vae": plain_vae_steps, "gan": plain_gan_steps}[name]
             products, plain, ours, limit = step_products(name, cfg), math.inf, math.inf, math.inf
             for _ in range(3):  # alternate and keep the fastest, so a slow moment of the machine hits all three
+                stop.check()
                 plain = min(plain, plain_steps(train_x, steps, cfg))
                 ours = min(ours, project_steps(name, train_x, steps, cfg))
                 limit = min(limit, matmul_seconds(products) * steps)
             memory = peak_memory_mb(name, Path(tmp))
-            whole, in_fit, evaluate, checkpoint = epoch_parts(name, train_x, test_x, cfg, Path(tmp) / f"{name}_epochs")
+            whole, in_fit, evaluate, checkpoint = epoch_parts(name, train_x, test_x, cfg, Path(tmp) / f"{name}_epochs",
+                                                              stop)
             bare = ours / steps * len(batch_bounds(len(train_x), cfg.batch_size))
             epochs.append((name, bare, in_fit, evaluate, checkpoint, whole - in_fit - evaluate - checkpoint, whole))
             per_s = {k: steps * cfg.batch_size / v for k, v in (("ours", ours), ("plain", plain), ("mm", limit))}
@@ -301,7 +304,7 @@ def build_parser():
 
 def bench_command(args, stop):
     use_threads(args.threads)
-    return bench(args.models, args.steps, args.batch_sizes)
+    return bench(args.models, args.steps, stop, args.batch_sizes)
 
 
 def main(argv=None):

@@ -20,7 +20,7 @@ from torch import nn
 from tqdm import tqdm
 
 from homework7 import (IMAGE_DIM, IMAGE_SIDE, MNIST_DIR, MNIST_SHA256, Parser, UsageError, VAETrainer, descend,
-                       load_images, load_mnist, make_adam, read_idx, run_cli, save_json, sha256, torch_load)
+                       load_images, load_mnist, make_adam, read_mnist_file, run_cli, save_json, sha256, torch_load)
 from tools import add_number_flag
 from tools.outputs import CHECKPOINT_FILE, check_replaceable, write_output
 from tools.sample import add_checkpoint_flags, checkpoint_trainer, draw_samples, sampler_labels
@@ -100,7 +100,7 @@ def load_mnist_with_labels(split, data_dir=MNIST_DIR):
     """MNIST's images of that split (homework7's load_mnist) and their labels (N int64), each file checked
     against its SHA-256."""
     path = Path(data_dir) / f"{split}-labels-idx1-ubyte.gz"
-    labels = read_idx(path.read_bytes(), path, IDX_LABELS, LABELS_SHA256[path.name])
+    labels = read_mnist_file(path, IDX_LABELS, LABELS_SHA256[path.name])
     return load_mnist(split, data_dir), torch.from_numpy(labels.astype(np.int64))
 
 

@@ -320,7 +320,7 @@ def quality(args, stop):
     step_cost = None
     if args.step_cost:
         train_x = load_images(method_config("old"))[0]
-        step_cost = epoch_seconds({name: ("gan", method_config(name)) for name in args.methods}, train_x, 300)
+        step_cost = epoch_seconds({name: ("gan", method_config(name)) for name in args.methods}, train_x, 300, stop)
         for name, seconds in step_cost.items():
             print(f"{name}: {seconds:.2f} s per epoch of {len(train_x):,} images ({torch.get_num_threads()} threads)")
         if not args.figure:

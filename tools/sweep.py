@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from homework7 import (Parser, UsageError, VAEConfig, VAETrainer, add_config_flags, load_images, make_config,
-                       output_dirs, plot_rows, run, run_cli, save_json)
+from homework7 import (Parser, Stopped, UsageError, VAEConfig, VAETrainer, add_config_flags, load_images,
+                       make_config, output_dirs, plot_rows, run, run_cli, save_json)
 from tools import add_number_flag
 from tools.evaluate import CLASSIFIER_PATH, evaluate_trainer, load_classifier, real_references
 
@@ -130,8 +130,11 @@ def build_parser():
 def sweep_command(args, stop):
     lists = ("kl_weights", "latent_dims", "epochs_list", "components", "fit_sizes", "n", "classifier")
     given = {k: v for k, v in vars(args).items() if k not in lists}
-    return sweep(given, args.latent_dims, args.kl_weights, args.epochs_list, args.components, args.n,
-                 args.classifier, stop, args.fit_sizes)
+    try:
+        return sweep(given, args.latent_dims, args.kl_weights, args.epochs_list, args.components, args.n,
+                     args.classifier, stop, args.fit_sizes)
+    except Stopped as e:  # run again, a sweep starts its runs over: no command of homework7's continues it
+        raise Stopped(*e.args[:2], "") from None
 
 
 def main(argv=None):
