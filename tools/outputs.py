@@ -5,7 +5,7 @@ reader of JSON."""
 import json
 from pathlib import Path
 
-from homework7 import UsageError, atomic_write, first_line
+from homework7 import UsageError, atomic_write, first_line, reading
 
 # (name, first bytes) of each kind of file
 CHECKPOINT_FILE = ("PyTorch", b"PK\x03\x04")  # torch.save writes a zip archive
@@ -37,7 +37,9 @@ def write_output(path, write, kind):
 def read_json(path):
     """The JSON value in the file at path, or one line where it is not JSON (not UTF-8, not parsed, or nested
     deeper than the parser can follow)."""
+    with reading(path) as f:
+        text = f.read()
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
+        return json.loads(text.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise UsageError(f"{path}: not JSON ({first_line(e)})") from None
