@@ -615,7 +615,7 @@ def marked_processes(mark):
     (["tools.company", "--cases", "vae + busy", "--repeats", "1", "--epochs", "1000"], 3, [signal.SIGINT], 130),
     (["tools.company", "--cases", "vae + busy", "--repeats", "1", "--epochs", "1000"], 3, [signal.SIGINT] * 2,
      -signal.SIGINT),
-    (["tools.bench", "--models", "vae", "--steps", "50"], 1, [signal.SIGINT], 130),
+    (["tools.bench", "--models", "vae", "--steps", "1"], 1, [signal.SIGINT], 130),
 ], ids=["company, Ctrl-C", "company, Ctrl-C twice", "bench, Ctrl-C"])
 def test_a_tool_stops_at_once_and_ends_what_it_started(argv, started, signals, status, tmp_path):
     """Each signal once the tool and what it starts run; the first is acted on within seconds (one line), a second
@@ -689,9 +689,9 @@ def test_a_full_disk_keeps_the_previous_checkpoint(tmp_path, small_npy, monkeypa
 
 
 def limited_memory():
-    """In a child, before it runs: at most 5 GB of address space, so that a reader without a bound, or a model too
+    """In a child, before it runs: at most 2 GB of address space, so that a reader without a bound, or a model too
     large, fails in the child, never on the machine's whole memory."""
-    resource.setrlimit(resource.RLIMIT_AS, (5 * 10**9, 5 * 10**9))
+    resource.setrlimit(resource.RLIMIT_AS, (2 * 10**9, 2 * 10**9))
 
 
 @pytest.mark.parametrize("source", ["zeros", "a header of 10^8 images, then zeros"])
@@ -711,10 +711,10 @@ def test_an_endless_input_is_read_no_further_than_its_header_promises(source, tm
 
 
 def test_memory_that_runs_out_while_a_checkpoint_is_made_ends_in_one_line(tmp_path, python_run):
-    """A VAE of 100,000 hidden units, under 5 GB: its checkpoint, made in memory, does not fit (torch.save's writer
+    """A VAE of 30,000 hidden units, under 2 GB: its checkpoint, made in memory, does not fit (torch.save's writer
     then fails in words of its own)."""
     np.save(tmp_path / "x.npy", np.random.default_rng(0).random((300, 784), dtype=np.float32))
-    status, _, err = python_run([ROOT / "homework7.py", "vae", "--data", "x.npy", "--hidden", "100000", "--lr", "1e-7",
+    status, _, err = python_run([ROOT / "homework7.py", "vae", "--data", "x.npy", "--hidden", "30000", "--lr", "1e-7",
                                  "--epochs", "1", "--batch-size", "100", "--mixture-components", "0"], tmp_path,
                                 preexec=limited_memory)
     assert status == 2 and err.startswith("homework7.py: error: out of memory (") and err.count("\n") == 1, err
