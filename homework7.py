@@ -873,8 +873,9 @@ def read_npy(f, source):
     except (ValueError, OverflowError, TypeError, EOFError) as e:
         raise UsageError(f"{source}: not a readable .npy file ({first_line(e)})") from None
     count = math.prod(shape)
-    data = read_promised(f, count * dtype.itemsize, source, f"{'×'.join(map(str, shape))} of {dtype}", count)
-    return data.view(dtype).reshape(shape[::-1]).T if fortran_order else data.view(dtype).reshape(shape)
+    promise = f"{'×'.join(map(str, shape))} of {dtype}"
+    array = read_promised(f, count * dtype.itemsize, source, promise, count).view(dtype)
+    return array.reshape(shape[::-1]).T if fortran_order else array.reshape(shape)
 
 
 def read_idx(f, source, magic):
@@ -890,7 +891,8 @@ def read_idx(f, source, magic):
         if shape[1:] not in ((), (IMAGE_SIDE, IMAGE_SIDE)):  # before the data are shaped: 0×2³²×2³² cannot be
             raise UsageError(f"{source}: images must be {IMAGE_SIDE}×{IMAGE_SIDE}, the header says "
                              f"{shape[1]}×{shape[2]}")
-        return read_promised(f, math.prod(shape), source, "×".join(map(str, shape)), math.prod(shape)).reshape(shape)
+        n = math.prod(shape)  # one byte each
+        return read_promised(f, n, source, "×".join(map(str, shape)), n).reshape(shape)
     except (EOFError, zlib.error, gzip.BadGzipFile) as e:
         raise UsageError(f"{source}: corrupt gzip data: {e}") from None
 

@@ -193,9 +193,8 @@ def test_the_assignments_debugging_step_needs_no_other_flag_and_replaces_no_othe
     assert status == 0 and all(path.read_bytes() == data for path, data in full_run.items())
     run = Path("runs/vae_kl-weight=0_n-train=100")
     assert f"run dir {run}" in out and "vae epoch 150/150  train loss " in out
-    state = hw.load_checkpoint(run / "checkpoint.pt", "vae")
-    trainer = hw.restore(hw.VAETrainer(state["config"], torch.device("cpu")), state, run)
-    x = hw.load_images(state["config"])[0]
+    trainer = ts.trainer_from_checkpoint(run / "checkpoint.pt", CPU, "vae")
+    x = hw.load_images(trainer.cfg)[0]
     assert (trainer.reconstruct(x) - x).abs().mean() <= 0.03
     [(rows, path)] = [(rows, path) for rows, path in drawn if path.name == "vae.png"]
     assert path == run / "vae.png" and rows[0][0] == "training images" and torch.equal(rows[0][1], x[:16])
@@ -251,7 +250,7 @@ def test_vae_samples_from_its_fitted_mixture_and_from_the_prior(tmp_path, checkp
     assert mixture["covariances"].shape == (2, 32, 32)
     assert abs(mixture["weights"].sum().item() - 1) < 1e-9
 
-    trainer = ts.trainer_from_checkpoint(hw.load_checkpoint(path, "vae"), CPU, path)
+    trainer = ts.trainer_from_checkpoint(path, CPU, "vae")
     for name, value in mixture.items():  # the round trip keeps the mixture bit for bit
         assert torch.equal(trainer.mixture[name], value), name
     images = trainer.sample(500, torch.Generator().manual_seed(1), sampler="mixture")
@@ -440,8 +439,9 @@ def test_every_stop_signal_ends_a_real_run_in_one_line_and_keeps_its_last_epoch(
 def test_the_advice_after_a_stop_is_the_command_that_continues_this_run(tmp_path, small_npy, interrupt_child,
                                                                         monkeypatch):
     """A resumed run, stopped in its first resumed epoch, before it saved a config of its own: its advice names the
-    script as it was started (tools.report copies it as homework7.NAME.py), the run directory as --run-dir=-r (which argparse would take for a flag otherwise), and
-    every setting a resume may change, as FLAG=VALUE, whatever the checkpoint held before."""
+    script as it was started (tools.report copies it as homework7.NAME.py), the run directory as --run-dir=-r
+    (which argparse would take for a flag otherwise), and every setting a resume may change, as FLAG=VALUE, whatever
+    the checkpoint held before."""
     shutil.copy(ROOT / "homework7.py", tmp_path / "homework7.alice.py")
     monkeypatch.chdir(tmp_path)
     flags = ["--data", str(small_npy), "--figures-dir", "figures", "--run-dir=-r"]

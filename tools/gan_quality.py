@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from matplotlib.figure import Figure
 
-from homework7 import (GANConfig, GANTrainer, Parser, UsageError, add_config_flags, fit, flag, load_checkpoint,
+from homework7 import (GANConfig, GANTrainer, Parser, UsageError, add_config_flags, fit, flag,
                        load_images, output_dirs, resolve_device, run_cli, save_json, use_threads, validate_config)
 from tools import add_number_flag, add_threads_flag
 from tools.bench import epoch_seconds
@@ -326,8 +326,7 @@ def quality(args, stop):
         if not args.figure:
             return 0
     if args.r1_coupling:
-        state = load_checkpoint(args.r1_coupling, "gan")
-        trainer = trainer_from_checkpoint(state, torch.device("cpu"), args.r1_coupling)
+        trainer = trainer_from_checkpoint(args.r1_coupling, torch.device("cpu"), "gan")
         test_x = load_images(trainer.cfg)[1]
         print(json.dumps(r1_batch_coupling(trainer.D, test_x[: trainer.cfg.batch_size])))
         return 0

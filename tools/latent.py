@@ -10,10 +10,8 @@ from pathlib import Path
 
 import torch
 
-from homework7 import (IMAGE_DIM, Parser, UsageError, VAETrainer, load_checkpoint, load_images, output_dirs,
-                       plot_grid, plot_rows, run_cli)
+from homework7 import IMAGE_DIM, Parser, UsageError, VAETrainer, load_images, output_dirs, plot_grid, plot_rows, run_cli
 from tools.sample import trainer_from_checkpoint
-from tools.vaegan import TRAINERS
 
 
 @torch.inference_mode()
@@ -38,8 +36,7 @@ def manifold(model, n=20):
 def draw_latent(checkpoint, figures_dir):
     """Draws the figures of the VAE in the checkpoint, on the CPU, with the test images of its run, in
     figures_dir; returns their paths."""
-    state = load_checkpoint(checkpoint, trainers=TRAINERS)
-    trainer = trainer_from_checkpoint(state, torch.device("cpu"), checkpoint)
+    trainer = trainer_from_checkpoint(checkpoint, torch.device("cpu"))
     if not isinstance(trainer, VAETrainer):
         raise UsageError(f"{checkpoint}: a {trainer.name} checkpoint; only a VAE has a latent space to draw")
     test_x = load_images(trainer.cfg)[1]

@@ -35,8 +35,9 @@ def add_checkpoint_flags(parser, n_help, sampler_default, n_within="[1, 1e9]"):
                              f"(default: {sampler_default})")
 
 
-def trainer_from_checkpoint(state, device, path):
-    """The trainer a loaded checkpoint holds, on device."""
+def trainer_from_checkpoint(path, device, model=None):
+    """The trainer that the checkpoint at path holds (of the model, where given), on device."""
+    state = load_checkpoint(path, model, TRAINERS)
     return restore(TRAINERS[state["model"]](state["config"], device), state, path)
 
 
@@ -47,7 +48,7 @@ def checkpoint_trainer(args):
         raise UsageError("--sampler: only the VAE has a choice of sampler")
     use_threads(args.threads)
     path = Path(args.checkpoint or f"runs/{args.model}/checkpoint.pt")
-    trainer = trainer_from_checkpoint(load_checkpoint(path, args.model, TRAINERS), resolve_device(args.device), path)
+    trainer = trainer_from_checkpoint(path, resolve_device(args.device), args.model)
     if args.sampler and args.sampler not in trainer.sampler_labels():
         raise UsageError(f"{path}: this VAE has no fitted mixture; use --sampler prior")
     return trainer, path
